@@ -1,0 +1,249 @@
+"""Engines layer: demo models in the real formats, loaders, and batched == original numerics."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import sys
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from virnucpro.engines.classifier import (
+    MLPClassifier,
+    classify,
+    input_dim,
+    load_classifier,
+)
+from virnucpro.engines.demo import write_demo_models
+from virnucpro.orchestration.plan import chunk_length_from_name
+from virnucpro.engines.dnabert import DnabertEmbedder
+from virnucpro.engines.esm2 import ESM2Reference, load_esm2
+
+AMINO = "ACDEFGHIKLMNPQRSTVWY"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return write_demo_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def esm_model(demo):
+    return load_esm2(str(demo["esm2"]))
+
+
+@pytest.fixture(scope="module")
+def dnabert(demo):
+    return DnabertEmbedder(str(demo["dnabert"]), token_budget=64)
+
+
+def _digests(directory):
+    return {p.relative_to(directory): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- demo models
+
+
+def test_demo_models_are_deterministic_and_complete(demo, tmp_path):
+    again = write_demo_models(tmp_path)
+    assert _digests(demo["esm2"].parent) == _digests(tmp_path)
+    assert set(again) == {"esm2", "esm2_regression", "dnabert", "classifier_300", "classifier_500", "readme"}
+    assert "RANDOM DEMO MODELS" in again["readme"].read_text()
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temp files behind
+
+
+def test_demo_esm_checkpoint_is_the_fair_esm_hub_format(demo):
+    import esm
+
+    data = torch.load(demo["esm2"], map_location="cpu", weights_only=False)
+    regression = torch.load(demo["esm2_regression"], map_location="cpu", weights_only=False)
+    assert isinstance(data["cfg"]["model"], argparse.Namespace)
+    assert all(k.startswith("encoder.") for k in data["model"])
+    assert set(regression["model"]) == {"contact_head.regression.weight", "contact_head.regression.bias"}
+    # regression data given -> fair-esm loads with strict=True: no missing or unexpected key
+    model, alphabet = esm.pretrained.load_model_and_alphabet_core("esm2_t2_demo", data, regression)
+    assert model.num_layers == 2 and model.embed_dim == 64
+    # fair-esm's own local loader reads it too once Namespace is allow-listed
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        model, _ = esm.pretrained.load_model_and_alphabet_local(str(demo["esm2"]))
+    assert model.embed_dim == 64
+
+
+def test_load_esm2_reads_demo_with_all_keys(demo, esm_model):
+    assert (esm_model.name, esm_model.embed_dim, esm_model.num_layers) == ("esm2_t2_demo", 64, 2)
+    assert not esm_model.model.training
+    saved = torch.load(demo["esm2"], map_location="cpu", weights_only=False)["model"]
+    loaded = esm_model.model.state_dict()
+    key = "encoder.sentence_encoder.emb_layer_norm_after.weight"
+    assert torch.equal(loaded["emb_layer_norm_after.weight"], saved[key])
+
+
+def test_load_esm2_without_regression_file_and_bad_names(demo, tmp_path):
+    alone = tmp_path / "esm2_t2_demo.pt"
+    alone.write_bytes(demo["esm2"].read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_esm2(str(alone)).embed_dim == 64
+    renamed = tmp_path / "my_model.pt"
+    renamed.write_bytes(demo["esm2"].read_bytes())
+    with pytest.raises(ValueError, match="esm2_"):
+        load_esm2(str(renamed))
+    with pytest.raises(ValueError):
+        load_esm2("not_an_esm_model")
+    with pytest.raises(FileNotFoundError):
+        load_esm2(str(tmp_path / "esm2_missing.pt"))
+
+
+# ---------------------------------------------------------------- ESM-2
+
+
+def _esm_one_at_a_time(esm_model, proteins):
+    """Straight from the contract: one protein per forward, mean over positions 1..min(L, 1024)."""
+    convert = esm_model.alphabet.get_batch_converter()
+    layer = esm_model.num_layers
+    rows = []
+    with torch.no_grad():
+        for protein in proteins:
+            _, _, tokens = convert([("x", protein)])
+            reps = esm_model.model(tokens, repr_layers=[layer])["representations"][layer]
+            rows.append(reps[0, 1 : min(len(protein), 1024) + 1].mean(0).numpy())
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("toks_per_batch", [2048, 200])
+def test_esm_reference_matches_per_sequence_pooling(esm_model, toks_per_batch):
+    rng = random.Random(7)
+    proteins = ["".join(rng.choice(AMINO) for _ in range(n)) for n in (40, 1, 166, 1100, 12, 99, 166, 3)]
+    got = ESM2Reference(esm_model, toks_per_batch=toks_per_batch).embed(proteins)
+    want = _esm_one_at_a_time(esm_model, proteins)
+    assert got.dtype == np.float32 and got.shape == (len(proteins), 64)
+    rel = np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)
+    assert rel.max() <= 1e-5
+    # the 1100-residue protein is seen whole but pooled over its first 1024 positions only
+    assert not np.allclose(got[3], _esm_full_mean(esm_model, proteins[3]), atol=1e-4)
+
+
+def _esm_full_mean(esm_model, protein):
+    convert = esm_model.alphabet.get_batch_converter()
+    _, _, tokens = convert([("x", protein)])
+    with torch.no_grad():
+        reps = esm_model.model(tokens, repr_layers=[2])["representations"][2]
+    return reps[0, 1 : len(protein) + 1].mean(0).numpy()
+
+
+def test_esm_reference_empty_and_lower_precision(esm_model, demo):
+    ref = ESM2Reference(esm_model)
+    assert ref.dim == 64 and ref.embed([]).shape == (0, 64)
+    with pytest.raises(ValueError, match="empty"):
+        ref.embed(["MKV", ""])
+    proteins = ["MKVLA" * 20, "MST", AMINO * 3]
+    want = ref.embed(proteins)
+    bf16 = ESM2Reference(str(demo["esm2"]), precision="bf16").embed(proteins)
+    assert bf16.dtype == np.float32
+    assert np.abs(bf16 - want).max() / np.abs(want).max() < 3e-2
+    with pytest.raises(ValueError):
+        ESM2Reference(esm_model, precision="int8")
+
+
+# ---------------------------------------------------------------- DNABERT-S
+
+
+def test_dnabert_demo_loads_through_auto_classes(demo):
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(demo["dnabert"]), trust_remote_code=True)
+    model, info = AutoModel.from_pretrained(str(demo["dnabert"]), trust_remote_code=True, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    saved = load_file(str(demo["dnabert"] / "model.safetensors"))
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+    ids = tokenizer("ACGTAATTN")["input_ids"]
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert len(ids) < len("ACGTAATTN") + 2  # BPE merges, like DNABERT-S
+    out = model(torch.tensor([ids]))[0]
+    assert out.shape == (1, len(ids), 32)
+
+
+def test_dnabert_batched_equals_one_at_a_time(dnabert):
+    rng = random.Random(3)
+    seqs = ["".join(rng.choice("ACGTN" if i % 3 == 0 else "ACGT") for _ in range(n))
+            for i, n in enumerate((499, 12, 300, 1, 150, 498, 77, 300, 35, 2))]
+    got = dnabert.embed(seqs)
+    want = dnabert.embed_one_at_a_time(seqs)
+    assert got.dtype == np.float32 and got.shape == (len(seqs), dnabert.dim) == (10, 32)
+    assert np.abs(got - want).max() <= 1e-5
+    assert dnabert.embed([]).shape == (0, 32)
+
+
+def test_dnabert_batches_respect_token_budget(dnabert):
+    lengths = [5, 40, 3, 17, 64, 100, 8]
+    batches = dnabert._batches(lengths)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:  # a lone over-budget sequence still gets its own batch
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= dnabert.token_budget
+
+
+# ---------------------------------------------------------------- classifier
+
+
+def test_classifier_pickle_is_main_mlpclassifier(demo):
+    with zipfile.ZipFile(demo["classifier_300"]) as archive:
+        pickle_bytes = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    assert b"__main__\nMLPClassifier" in pickle_bytes
+    for key in ("classifier_300", "classifier_500"):
+        model = load_classifier(demo[key])
+        assert isinstance(model, MLPClassifier) and not model.training
+        assert input_dim(model) == model.input_dim == 96
+        assert model.bn1.running_mean.abs().sum() > 0
+    assert not hasattr(sys.modules["__main__"], "MLPClassifier")  # injection undone
+    assert chunk_length_from_name(demo["classifier_300"]) == 300
+    assert chunk_length_from_name(demo["classifier_500"]) == 500
+
+
+def test_classifier_state_dict_forms_load_identically(demo, tmp_path):
+    model = load_classifier(demo["classifier_300"])
+    features = np.random.default_rng(0).standard_normal((5, 96)).astype(np.float32)
+    want = classify(model, features)
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "wrapped.pth")
+    for name in ("plain.pth", "wrapped.pth"):
+        np.testing.assert_array_equal(classify(load_classifier(tmp_path / name), features), want)
+
+
+def test_classifier_rejects_other_files(demo, tmp_path):
+    (tmp_path / "notes.pth").write_text("not a model\n")
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pth")
+    for path in (tmp_path / "notes.pth", tmp_path / "other.pth", demo["esm2"]):
+        with pytest.raises(ValueError, match="MLPClassifier") as info:
+            load_classifier(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_classify_probabilities(demo):
+    model = load_classifier(demo["classifier_500"])
+    features = np.random.default_rng(1).standard_normal((600, 96)).astype(np.float32)  # > one batch of 256
+    probs = classify(model, features)
+    assert probs.dtype == np.float32 and probs.shape == (600, 2)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    with torch.no_grad():  # eval-mode reference: BatchNorm running stats, no dropout
+        logits = model(torch.from_numpy(features)).numpy()
+    np.testing.assert_array_equal(probs.argmax(1), logits.argmax(1))
+    assert classify(model, np.zeros((0, 96), np.float32)).shape == (0, 2)
+    with pytest.raises(ValueError, match="95.*96"):
+        classify(model, np.zeros((2, 95), np.float32))
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("300_model.pth", 300), ("500_model.pth", 500), ("/a/b/model-300.pth", 300), ("model_500_v2.pth", 500),
+     ("3000_model.pth", None), ("model.pth", None), ("300_500.pth", None)],
+)
+def test_chunk_length_from_name(name, expected):
+    assert chunk_length_from_name(name) == expected

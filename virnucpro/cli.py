@@ -1,0 +1,295 @@
+"""`virnucpro-slurm`: run VirNucPro step-first, locally or as SLURM array jobs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__, console
+from .errors import VirnucproError
+
+# Each module here defines register(subparsers, add_common, add_run_options) for its commands.
+COMMAND_MODULES: list[str] = []
+
+EXAMPLE_DIR = Path(__file__).parent / "data" / "example"
+DEMO_WARNING = ("DEMO MODELS: random weights; their predictions are MEANINGLESS. "
+                "Use the real VirNucPro classifier, ESM-2 3B and DNABERT-S for real calls.")
+
+
+# ---------------------------------------------------------------- shared options
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", "-q", action="store_true", help="print errors only")
+    parser.add_argument("--verbose", "-v", action="store_true", help="print debug messages")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("models")
+    group.add_argument("--demo", action="store_true",
+                       help="run on the bundled example reads with tiny random demo models (no inputs needed)")
+    group.add_argument("--models", type=Path, metavar="DIR", help="a folder with esm2_*.pt, a DNABERT-S folder and 300_/500_model.pth")
+    group.add_argument("--esm-model", metavar="NAME|PT", help="fair-esm name (default esm2_t36_3B_UR50D) or local .pt")
+    group.add_argument("--dnabert-model", metavar="ID|DIR", help="HF id (default zhihan1996/DNABERT-S) or local folder")
+    group.add_argument("--classifier", metavar="PTH", help="VirNucPro 300_model.pth or 500_model.pth")
+    group.add_argument("--chunk-length", type=int, choices=(300, 500), help="default: from the classifier name, else 500")
+    group.add_argument("--force-chunk-length", action="store_true", help="allow a chunk length that contradicts the classifier name")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="?", type=Path, help="text file listing FASTA files (plain or .gz), one per line")
+    parser.add_argument("--workdir", "-w", type=Path, help="where state, embeddings and results go (default: ./virnucpro-run)")
+    _add_model_options(parser)
+    tuning = parser.add_argument_group("execution")
+    tuning.add_argument("--shards", type=int, help="number of shards (default: input size / 50 Mbp, at least 1)")
+    tuning.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    tuning.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                        help="ESM-2 precision (default fp16 on CUDA, fp32 on CPU; VIRNUCPRO_DISABLE_FP16=1 forces fp32)")
+    tuning.add_argument("--no-packing", dest="packing", action="store_false",
+                        help="use fair-esm's padded forward instead of the packed engine (also VIRNUCPRO_DISABLE_PACKING=1)")
+    tuning.add_argument("--esm-token-budget", type=int, help="tokens per packed ESM-2 batch (default: from free GPU memory)")
+    tuning.add_argument("--dnabert-token-budget", type=int, help="padded tokens per DNABERT-S batch")
+    tuning.add_argument("--checkpoint-tokens", type=int, help="tokens between checkpoints of the embedding stages")
+    tuning.add_argument("--restart", action="store_true", help="discard this workdir's results and start again")
+
+
+def run_request(args: argparse.Namespace):
+    from .orchestration.plan import RunRequest
+
+    inputs = args.inputs
+    models_dir = args.models
+    workdir = args.workdir or Path("virnucpro-run")
+    if args.demo:
+        from .engines.demo import write_demo_models
+        inputs = inputs or EXAMPLE_DIR / "inputs.txt"
+        models_dir = models_dir or workdir / "demo-models"
+        if not (models_dir / "README.txt").exists():
+            write_demo_models(models_dir)
+        console.warn(DEMO_WARNING)
+    if inputs is None:
+        raise VirnucproError("no inputs list given: 'virnucpro-slurm run inputs.txt --workdir W ...' (or --demo)")
+    return RunRequest(
+        inputs_list=inputs, workdir=workdir, models_dir=models_dir, esm_model=args.esm_model,
+        dnabert_model=args.dnabert_model, classifier=args.classifier, chunk_length=args.chunk_length,
+        force_chunk_length=args.force_chunk_length, shards=args.shards, precision=args.precision,
+        packing=args.packing, device=args.device, esm_token_budget=args.esm_token_budget,
+        dnabert_token_budget=args.dnabert_token_budget, checkpoint_tokens=args.checkpoint_tokens,
+        restart=args.restart, demo=args.demo,
+    )
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_run(args) -> int:
+    from .orchestration.plan import plan_run
+    from .orchestration.runner import StageContext, StopFlag, run_locally
+
+    workdir, config, state = plan_run(run_request(args))
+    console.info(f"workdir {workdir.root}: {len(config.inputs)} input(s), {config.shards} shard(s), "
+                 f"chunk length {config.chunk_length}")
+    ctx = StageContext(workdir=workdir, config=config, device=config.device, stop_requested=StopFlag().install())
+    run_locally(ctx, state)
+    if config.models.demo:
+        console.warn(DEMO_WARNING)
+    console.info(f"[bold green]done[/bold green]: results in {workdir.results}")
+    for name in config.input_names:
+        console.info(f"  {workdir.result_dir(name)}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .orchestration.plan import open_run
+    from .orchestration.status import all_done, format_seconds, summarise
+
+    workdir, config, state = open_run(args.workdir)
+    summaries = summarise(state.load())
+    if args.json:
+        print(json.dumps({"workdir": str(workdir.root), "complete": all_done(summaries),
+                          "stages": [s.to_dict() for s in summaries]}, indent=1))
+        return 0 if all_done(summaries) else 1
+    from rich.table import Table
+
+    table = Table(title=f"virnucpro run {workdir.root}")
+    for column in ("stage", "shards", "done", "running", "pending", "failed", "requeues", "tokens/s", "ETA"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for s in summaries:
+        c = s.counts
+        table.add_row(s.stage, str(s.shards), f"[green]{c['done']}[/green]", str(c["running"]), str(c["pending"]),
+                      f"[red]{c['failed']}[/red]" if c["failed"] else "0", str(s.requeues),
+                      f"{s.tokens_per_second:,.0f}" if s.tokens_per_second else "-", format_seconds(s.eta_seconds))
+    from rich.console import Console
+
+    out = Console(highlight=False)
+    out.print(table)
+    for s in summaries:
+        for failure in s.failures:
+            out.print(f"[red]{s.stage} shard {failure['shard']} failed[/red]: {failure['error']}"
+                      + (f" (log: {failure['log']})" if failure.get("log") else ""))
+    return 0 if all_done(summaries) else 1
+
+
+def cmd_translate(args) -> int:
+    from .atomic import atomic_open
+    from .sequences import frames_of_read, read_fasta
+
+    with atomic_open(args.nucleotide_out) as dna, atomic_open(args.protein_out) as protein:
+        for read in read_fasta(args.fasta):
+            for frame in frames_of_read(read, args.chunk_length):
+                dna.write(f">{frame.frame_id}\n{frame.nucleotide}\n")
+                protein.write(f">{frame.frame_id}\n{frame.protein}\n")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from .stages.embedding import resolve_device
+    from .storage import write_matrix
+
+    records = _read_plain_fasta(args.fasta)
+    ids = [r[0] for r in records]
+    seqs = [r[1] for r in records]
+    device = resolve_device(args.device)
+    if args.kind == "esm2":
+        from .stages.esm2 import load_engine
+        packing = args.packing and os.environ.get("VIRNUCPRO_DISABLE_PACKING", "") in ("", "0")
+        engine = load_engine(args.model, device, args.precision, packing, args.token_budget)
+        matrix = engine.embed(seqs)
+    else:
+        from .engines.dnabert import DnabertEmbedder
+        kwargs = {"token_budget": args.token_budget} if args.token_budget else {}
+        embedder = DnabertEmbedder(args.model, device=device, **kwargs)
+        matrix = embedder.embed(seqs)
+    write_matrix(args.out, ids, matrix, attrs={"model": args.model, "kind": args.kind})
+    console.info(f"wrote {len(ids)} embeddings of dimension {matrix.shape[1]} to {args.out}")
+    return 0
+
+
+def _read_plain_fasta(path: Path) -> list[tuple[str, str]]:
+    """Protein or nucleotide FASTA for `embed` (no nucleotide validation)."""
+    from .errors import InputError
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: FASTA file not found")
+    records, name, parts, seen = [], None, [], set()
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            line = line.rstrip("\r\n")
+            if line.startswith(">"):
+                if name is not None:
+                    records.append((name, "".join(parts)))
+                name, parts = (line[1:].split() or [""])[0], []
+                if not name or name in seen:
+                    raise InputError(f"{path}: empty or duplicate record id '{name}'; ids must be unique")
+                seen.add(name)
+            elif line.strip():
+                if name is None:
+                    raise InputError(f"{path}: not a FASTA file (no '>' header before sequence)")
+                parts.append(line.strip())
+    if name is not None:
+        records.append((name, "".join(parts)))
+    return records
+
+
+def cmd_demo_models(args) -> int:
+    from .engines.demo import write_demo_models
+
+    paths = write_demo_models(args.directory)
+    console.warn(DEMO_WARNING)
+    for kind, path in paths.items():
+        console.info(f"  {kind}: {path}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="virnucpro-slurm",
+        description="VirNucPro viral sequence identification, step-first, on one machine or a SLURM cluster.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  virnucpro-slurm run --demo --workdir demo-run\n"
+               "  virnucpro-slurm run inputs.txt --workdir W --classifier 500_model.pth\n"
+               "  virnucpro-slurm status --workdir W\n",
+    )
+    parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run every stage locally (resumes an interrupted run)",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="examples:\n  virnucpro-slurm run --demo --workdir demo-run\n"
+                                "  virnucpro-slurm run inputs.txt -w W --classifier 500_model.pth --device cuda\n"
+                                "  virnucpro-slurm run inputs.txt -w W --models my-models/ --chunk-length 300")
+    _add_run_options(run)
+    _add_common(run)
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="what is done, running and failed, per stage and shard",
+                            epilog="exit status 0 only when every stage is done")
+    status.add_argument("--workdir", "-w", type=Path, required=True)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(status)
+    status.set_defaults(func=cmd_status)
+
+    translate = sub.add_parser("translate", help="chunk and six-frame translate one FASTA (the original's _identified_* files)",
+                               epilog="example:\n  virnucpro-slurm translate reads.fa --chunk-length 500 "
+                                      "--nucleotide-out reads_identified_nucleotide.fa --protein-out reads_identified_protein.faa",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    translate.add_argument("fasta", type=Path)
+    translate.add_argument("--chunk-length", type=int, choices=(300, 500), required=True)
+    translate.add_argument("--nucleotide-out", type=Path, required=True)
+    translate.add_argument("--protein-out", type=Path, required=True)
+    _add_common(translate)
+    translate.set_defaults(func=cmd_translate)
+
+    embed = sub.add_parser("embed", help="embed a FASTA with ESM-2 or DNABERT-S into HDF5",
+                           epilog="example:\n  virnucpro-slurm embed esm2 proteins.faa --model esm2_t36_3B_UR50D --out esm.h5",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    embed.add_argument("kind", choices=("esm2", "dnabert"))
+    embed.add_argument("fasta", type=Path)
+    embed.add_argument("--model", required=True, help="fair-esm name or .pt (esm2); HF id or folder (dnabert)")
+    embed.add_argument("--out", type=Path, required=True, help="HDF5 with datasets ids and embeddings")
+    embed.add_argument("--device", default="auto")
+    embed.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    embed.add_argument("--no-packing", dest="packing", action="store_false")
+    embed.add_argument("--token-budget", type=int)
+    _add_common(embed)
+    embed.set_defaults(func=cmd_embed)
+
+    demo = sub.add_parser("demo-models", help="write tiny random models in the real on-disk formats (meaningless predictions)")
+    demo.add_argument("directory", type=Path)
+    _add_common(demo)
+    demo.set_defaults(func=cmd_demo_models)
+
+    for module in COMMAND_MODULES:  # commands that live beside their subsystem
+        importlib.import_module(module).register(sub, _add_common, _add_run_options)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    console.configure(quiet=args.quiet, verbose=args.verbose)
+    try:
+        return args.func(args)
+    except VirnucproError as exc:
+        console.error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.error("interrupted; run the same command again to resume")
+        return 130
+    except Exception as exc:  # never a traceback for users unless asked
+        if args.debug:
+            raise
+        console.error(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The VirNucPro MLP classifier and loading of its released checkpoints.
+
+The released 300_model.pth / 500_model.pth are whole modules pickled by `torch.save(model)` from a
+training script run as `__main__`, so the pickle names the class `__main__.MLPClassifier`. To
+load them we put our class under that name in `sys.modules['__main__']` for the duration of the
+load. `weights_only=False` is needed for a pickled module; model files are trusted like code.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from virnucpro.errors import InputError
+
+BATCH_SIZE = 256
+_MAIN_LOCK = threading.Lock()  # the __main__ injection is process-global
+_MISSING = object()
+
+
+class ClassifierFileError(InputError, ValueError):
+    """A file that is not a VirNucPro classifier (one line naming the file and what was expected)."""
+
+
+class MLPClassifier(nn.Module):
+    # Attribute names are those of the original: the released state is keyed by them.
+    def __init__(self, input_dim: int, hidden_dim: int, num_class: int):
+        super().__init__()
+        self.hidden_layer = nn.Linear(input_dim, hidden_dim)
+        self.bn1 = nn.BatchNorm1d(hidden_dim)
+        self.output_layer = nn.Linear(hidden_dim, num_class)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.hidden_layer(x)))
+        return self.output_layer(self.dropout(x))
+
+    @property
+    def input_dim(self) -> int:
+        return self.hidden_layer.in_features
+
+
+def input_dim(model: MLPClassifier) -> int:
+    return model.hidden_layer.in_features
+
+
+def _torch_load_as_main(path: Path):
+    """torch.load with our MLPClassifier resolvable as __main__.MLPClassifier, restored afterwards."""
+    with _MAIN_LOCK:
+        main = sys.modules["__main__"]
+        previous = getattr(main, "MLPClassifier", _MISSING)
+        main.MLPClassifier = MLPClassifier
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=False)
+        finally:
+            if previous is _MISSING:
+                del main.MLPClassifier
+            else:
+                main.MLPClassifier = previous
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
+
+
+def _state_dict_of(obj) -> dict | None:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    return None
+
+
+def load_classifier(path: str | Path) -> MLPClassifier:
+    """Load a released whole-module .pth or a state_dict into a fresh MLPClassifier in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier model not found: {path}")
+    expected = "expected a VirNucPro MLPClassifier (whole pickled module or its state_dict)"
+    try:
+        obj = _torch_load_as_main(path)
+    except (AttributeError, ModuleNotFoundError) as exc:  # pickle names a class we do not have
+        raise ClassifierFileError(f"{path}: pickles an unknown class ({_first_line(exc)}); {expected}") from None
+    except Exception as exc:  # torch raises many types for a non-torch file
+        raise ClassifierFileError(f"{path}: not a readable PyTorch file ({_first_line(exc)}); {expected}") from None
+    state = _state_dict_of(obj)
+    try:
+        hidden_w, output_w = state["hidden_layer.weight"], state["output_layer.weight"]
+        model = MLPClassifier(hidden_w.shape[1], hidden_w.shape[0], output_w.shape[0])
+        model.load_state_dict(state, strict=True)
+    except Exception:
+        raise ClassifierFileError(f"{path}: wrong structure; {expected}") from None
+    return model.eval()
+
+
+@torch.inference_mode()
+def classify(model: MLPClassifier, features: np.ndarray) -> np.ndarray:
+    """Softmax probabilities float32 [N, num_class] (class 0 = others, 1 = virus)."""
+    features = np.asarray(features, dtype=np.float32)
+    num_class = model.output_layer.out_features
+    if features.ndim != 2 or features.shape[1] != input_dim(model):
+        got = features.shape[1] if features.ndim == 2 else f"shape {features.shape}"
+        raise ValueError(f"features have dimension {got} but the classifier expects {input_dim(model)}")
+    model.eval()
+    device = next(model.parameters()).device
+    out = np.zeros((features.shape[0], num_class), dtype=np.float32)
+    for start in range(0, features.shape[0], BATCH_SIZE):
+        batch = torch.from_numpy(features[start : start + BATCH_SIZE]).to(device)
+        out[start : start + BATCH_SIZE] = F.softmax(model(batch), dim=1).float().cpu().numpy()
+    return out

@@ -1,0 +1,136 @@
+"""ESM-2 protein language model: loading fair-esm checkpoints and the original VirNucPro embedding.
+
+Loading. fair-esm 2.0.0 calls `torch.load` without `weights_only`; PyTorch >= 2.6 defaults it to
+True and ESM-2 checkpoints pickle an `argparse.Namespace` under `cfg["model"]`, so fair-esm's own
+loaders fail. We read the files ourselves with `weights_only=False` — acceptable because an ESM-2
+checkpoint is trusted input in the same way as the code that runs it (a hub download from the
+fair-esm URL or a file the user points us at) — and hand the dict to fair-esm's
+`load_model_and_alphabet_core`, which builds the model exactly as the hub loader would.
+
+Embedding (`ESM2Reference`). The original method: fair-esm length-sorted padded batches of
+`toks_per_batch` tokens, BOS + residues + EOS with no truncation, representation of the final
+layer, mean over token positions 1..min(L, 1024).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ESM_DOWNLOAD_ROOT = "https://dl.fbaipublicfiles.com/fair-esm"
+POOL_CAP = 1024  # the original averages at most the first 1024 residues of a protein
+_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ESM2Model:
+    model: Any  # esm.model.esm2.ESM2, eval mode
+    alphabet: Any  # esm.data.Alphabet
+    name: str
+    embed_dim: int
+    num_layers: int
+
+
+def _torch_load_trusted(path: str | Path) -> dict:
+    # weights_only=False: the checkpoint pickles an argparse.Namespace (see module docstring).
+    return torch.load(str(path), map_location="cpu", weights_only=False)
+
+
+def _load_hub_file(url: str) -> dict:
+    """Like fair-esm's load_hub_workaround, but with weights_only=False; uses the torch hub cache."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if cached.is_file():
+        return _torch_load_trusted(cached)
+    return torch.hub.load_state_dict_from_url(url, progress=False, map_location="cpu", weights_only=False)
+
+
+def _read_local(path: Path) -> tuple[str, dict, dict | None]:
+    name = path.stem
+    if not name.startswith("esm2"):
+        raise ValueError(
+            f"{path}: an ESM-2 checkpoint file must be named esm2_*.pt (fair-esm picks the ESM-2 "
+            f"architecture from the file name); rename it, keeping its -contact-regression.pt beside it"
+        )
+    model_data = _torch_load_trusted(path)
+    if not isinstance(model_data, dict) or "model" not in model_data or "cfg" not in model_data:
+        raise ValueError(f"{path}: not a fair-esm ESM-2 checkpoint (expected a dict with 'model' and 'cfg')")
+    regression_path = path.with_name(f"{name}-contact-regression.pt")
+    regression_data = _torch_load_trusted(regression_path) if regression_path.is_file() else None
+    return name, model_data, regression_data
+
+
+def load_esm2(spec: str, device: str | torch.device = "cpu") -> ESM2Model:
+    """Load an ESM-2 model from a fair-esm hub name (e.g. esm2_t36_3B_UR50D) or a local .pt file."""
+    import esm.pretrained  # deferred: importing fair-esm is slow and only needed here
+
+    path = Path(spec)
+    if str(spec).endswith(".pt") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"ESM-2 checkpoint not found: {spec}")
+        name, model_data, regression_data = _read_local(path)
+    elif re.fullmatch(r"esm2_t\d+_\w+", spec):
+        name = spec
+        model_data = _load_hub_file(f"{ESM_DOWNLOAD_ROOT}/models/{name}.pt")
+        regression_data = _load_hub_file(f"{ESM_DOWNLOAD_ROOT}/regression/{name}-contact-regression.pt")
+    else:
+        raise ValueError(f"{spec!r} is neither a local esm2_*.pt file nor a fair-esm ESM-2 model name")
+
+    with warnings.catch_warnings():
+        # Without the regression file fair-esm only warns that *contacts* will be wrong; we never
+        # predict contacts, so the warning would only mislead.
+        warnings.filterwarnings("ignore", message="Regression weights not found")
+        model, alphabet = esm.pretrained.load_model_and_alphabet_core(name, model_data, regression_data)
+    model = model.eval().to(device)
+    return ESM2Model(model, alphabet, name, int(model.embed_dim), int(model.num_layers))
+
+
+class ESM2Reference:
+    """The original VirNucPro ESM-2 embedding, batched as fair-esm's extract script batches."""
+
+    def __init__(
+        self,
+        model: ESM2Model | str,
+        device: str | torch.device = "cpu",
+        toks_per_batch: int = 2048,
+        precision: str = "fp32",
+    ):
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+        self.esm = load_esm2(model, device) if isinstance(model, str) else model
+        self.device = torch.device(device)
+        # Casting happens in place: an ESM2Model passed in is shared, not copied (a 3B copy costs 12 GB).
+        self.esm.model.to(device=self.device, dtype=_PRECISIONS[precision]).eval()
+        self.toks_per_batch = toks_per_batch
+        self.precision = precision
+        self.dim = self.esm.embed_dim
+
+    def _batches(self, proteins: list[str]) -> list[list[int]]:
+        from esm.data import FastaBatchedDataset
+
+        dataset = FastaBatchedDataset([str(i) for i in range(len(proteins))], proteins)
+        # extra_toks_per_seq=1 as fair-esm's extract.py does (BOS, as it counts it).
+        return dataset.get_batch_indices(self.toks_per_batch, extra_toks_per_seq=1)
+
+    @torch.inference_mode()
+    def embed(self, proteins: list[str]) -> np.ndarray:
+        """Mean final-layer representation per protein, float32 [N, dim], in input order."""
+        out = np.zeros((len(proteins), self.dim), dtype=np.float32)
+        for i, protein in enumerate(proteins):
+            if not protein:
+                raise ValueError(f"protein {i} is empty: ESM-2 mean pooling is undefined for 0 residues")
+        alphabet, layer = self.esm.alphabet, self.esm.num_layers
+        convert = alphabet.get_batch_converter()  # no truncation: the whole protein is seen
+        for indices in self._batches(proteins):
+            _, _, tokens = convert([(str(i), proteins[i]) for i in indices])
+            reps = self.esm.model(tokens.to(self.device), repr_layers=[layer])["representations"][layer]
+            residues = (tokens != alphabet.padding_idx).sum(1) - 2  # minus BOS and EOS
+            for row, i in enumerate(indices):
+                n = min(int(residues[row]), POOL_CAP)
+                out[i] = reps[row, 1 : n + 1].float().mean(0).cpu().numpy()  # pool in fp32
+        return out

@@ -1,0 +1,19 @@
+"""User-facing errors: one line that names the file or record and says what to do."""
+
+
+class VirnucproError(Exception):
+    """An error caused by input, configuration or environment; printed without a traceback."""
+
+    exit_code = 2
+
+
+class InputError(VirnucproError):
+    """Bad input data (FASTA, inputs list, model file)."""
+
+
+class StateError(VirnucproError):
+    """The workdir belongs to a different run or is inconsistent."""
+
+
+class ShardError(VirnucproError):
+    """A (stage, shard) failed its integrity checks; the shard is marked failed."""

@@ -1,0 +1,177 @@
+"""A run's inputs and parameters (run.json) and the fingerprint that decides resume vs refuse.
+
+Knows nothing of torch: models are identified by name or by the SHA-256 of their files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from ..errors import InputError, StateError
+from ..paths import Workdir
+
+# Shard sizing: aim at GPU tasks of minutes, not seconds, so model loading (ESM-2 3B: ~1 min)
+# is amortised. 50 Mbp of input gives ~22M ESM tokens (~0.44 tokens per input base after
+# six-frame translation and stop filtering): about 4 minutes at 100K tokens/s on one H100.
+BASES_PER_SHARD = 50_000_000
+GZIP_EXPANSION = 3.5  # typical FASTA gzip ratio, for sizing only
+CONFIG_VERSION = 1
+
+
+@dataclass
+class ModelSpec:
+    esm: str
+    dnabert: str
+    classifier: str
+    demo: bool = False
+
+
+@dataclass
+class RunConfig:
+    inputs_list: str
+    inputs: list[str]
+    input_names: list[str]
+    chunk_length: int
+    shards: int
+    models: ModelSpec
+    precision: str = "auto"
+    packing: bool = True
+    device: str = "auto"
+    esm_token_budget: int | None = None
+    dnabert_token_budget: int | None = None
+    checkpoint_tokens: int | None = None
+    fingerprint: dict = field(default_factory=dict)
+    version: int = CONFIG_VERSION
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        data = dict(data)
+        data["models"] = ModelSpec(**data["models"])
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+    def save(self, workdir: Workdir) -> None:
+        atomic_write_text(workdir.config, self.to_json())
+
+    @classmethod
+    def load(cls, workdir: Workdir) -> "RunConfig":
+        try:
+            return cls.from_dict(json.loads(workdir.config.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise StateError(f"{workdir.root}: not a virnucpro workdir (no run.json); start a run with 'virnucpro-slurm run'") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateError(f"{workdir.config}: unreadable run configuration ({exc}); re-run with --restart") from None
+
+
+def input_names(paths: list[Path]) -> list[str]:
+    """Result folder per input: the file stem (without .gz/.fa), made unique in list order."""
+    names, used = [], set()
+    for path in paths:
+        stem = path.name
+        for suffix in (".gz", ".fasta", ".fna", ".fa", ".fas", ".ffn", ".txt"):
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+        stem = re.sub(r"[^A-Za-z0-9._+-]", "_", stem) or "input"
+        name, k = stem, 2
+        while name in used:
+            name, k = f"{stem}-{k}", k + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def auto_shards(paths: list[Path], bases_per_shard: int = BASES_PER_SHARD) -> int:
+    """Shard count from file sizes alone, so a login node can size the arrays in milliseconds."""
+    estimate = 0.0
+    for path in paths:
+        size = path.stat().st_size
+        estimate += size * GZIP_EXPANSION if path.name.endswith(".gz") else size
+    return max(1, math.ceil(estimate / bases_per_shard))
+
+
+class HashCache:
+    """SHA-256 of files, remembered by (path, size, mtime) so a 11 GB model is hashed once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.entries = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            self.entries = {}
+        self.dirty = False
+
+    def sha256(self, file: Path) -> str:
+        stat = file.stat()
+        key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if key not in self.entries:
+            digest = hashlib.sha256()
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            self.entries[key] = digest.hexdigest()
+            self.dirty = True
+        return self.entries[key]
+
+    def save(self) -> None:
+        if self.dirty:
+            atomic_write_text(self.path, json.dumps(self.entries, indent=0))
+
+
+def model_identity(spec: str, hashes: HashCache) -> dict:
+    """A model is its name (hub id) or the hashes of its weight files (local file or folder)."""
+    path = Path(spec)
+    if path.is_file():
+        return {"path": str(path.resolve()), "sha256": hashes.sha256(path)}
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and "__pycache__" not in p.parts)
+        return {"path": str(path.resolve()), "files": {str(p.relative_to(path)): hashes.sha256(p) for p in files}}
+    return {"name": spec}
+
+
+def compute_fingerprint(config: RunConfig, hashes: HashCache) -> dict:
+    """What decides whether existing results may be reused: inputs, parameters, models."""
+    return {
+        "inputs": [{"path": p, "sha256": hashes.sha256(Path(p))} for p in config.inputs],
+        "parameters": {
+            "chunk_length": config.chunk_length,
+            "shards": config.shards,
+            "precision": config.precision,
+            "packing": config.packing,
+        },
+        "models": {
+            "esm": model_identity(config.models.esm, hashes),
+            "dnabert": model_identity(config.models.dnabert, hashes),
+            "classifier": model_identity(config.models.classifier, hashes),
+        },
+    }
+
+
+def fingerprint_differences(old: dict, new: dict) -> list[str]:
+    diffs = []
+    for section in ("inputs", "parameters", "models"):
+        if old.get(section) != new.get(section):
+            if section == "parameters":
+                for key in sorted(set(old.get(section, {})) | set(new.get(section, {}))):
+                    if old.get(section, {}).get(key) != new.get(section, {}).get(key):
+                        diffs.append(f"{key} {old.get(section, {}).get(key)!r} -> {new.get(section, {}).get(key)!r}")
+            else:
+                diffs.append(f"{section} changed")
+    return diffs
+
+
+def check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{directory}: cannot create the workdir ({exc.strerror}); choose a writable --workdir") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InputError(f"{directory}: the workdir is not writable; choose a writable --workdir")

@@ -1,0 +1,144 @@
+"""Turning a command line into a run: resolve models, read the inputs list, size the shards,
+compare the fingerprint with the workdir's, and create the state entries. No torch here."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError, StateError
+from ..paths import STAGES, Workdir
+from ..sequences import read_inputs_list
+from .config import (HashCache, ModelSpec, RunConfig, auto_shards, check_writable, compute_fingerprint,
+                     fingerprint_differences, input_names)
+from .state import StateFile
+
+DEFAULT_ESM = "esm2_t36_3B_UR50D"
+DEFAULT_DNABERT = "zhihan1996/DNABERT-S"
+DEFAULT_CHUNK_LENGTH = 500
+
+
+@dataclass
+class RunRequest:
+    inputs_list: Path
+    workdir: Path
+    models_dir: Path | None = None
+    esm_model: str | None = None
+    dnabert_model: str | None = None
+    classifier: str | None = None
+    chunk_length: int | None = None
+    force_chunk_length: bool = False
+    shards: int | None = None
+    precision: str = "auto"
+    packing: bool = True
+    device: str = "auto"
+    esm_token_budget: int | None = None
+    dnabert_token_budget: int | None = None
+    checkpoint_tokens: int | None = None
+    restart: bool = False
+    demo: bool = False
+
+
+def chunk_length_from_name(path: str) -> int | None:
+    """300 or 500 when the file name carries that number as its own token (300_model.pth), else None."""
+    tokens = set(re.split(r"[^0-9A-Za-z]+", Path(path).name)) & {"300", "500"}
+    return int(tokens.pop()) if len(tokens) == 1 else None
+
+
+def models_in_dir(directory: Path, chunk_length: int | None) -> dict:
+    """Find an ESM-2 .pt, a DNABERT-S folder and the classifier(s) in a folder like demo-models."""
+    if not directory.is_dir():
+        raise InputError(f"{directory}: --models folder not found; create one with 'virnucpro-slurm demo-models DIR'")
+    esm = sorted(p for p in directory.glob("esm2*.pt") if not p.name.endswith("-contact-regression.pt"))
+    dnabert = sorted(p.parent for p in directory.glob("*/config.json"))
+    classifiers = sorted(directory.glob("*.pth"))
+    if chunk_length is not None:
+        classifiers = [c for c in classifiers if chunk_length_from_name(str(c)) == chunk_length] or classifiers
+    found = {"esm": esm[0] if esm else None, "dnabert": dnabert[0] if dnabert else None,
+             "classifier": classifiers[0] if len(classifiers) == 1 else None}
+    if chunk_length is None and classifiers:
+        preferred = [c for c in classifiers if chunk_length_from_name(str(c)) == DEFAULT_CHUNK_LENGTH]
+        found["classifier"] = (preferred or classifiers)[0]
+    for kind, path in found.items():
+        if path is None:
+            raise InputError(f"{directory}: no {kind} model found in --models folder (expected esm2_*.pt, a DNABERT-S "
+                             f"folder with config.json and 300_/500_model.pth); give --{kind}-model explicitly")
+    return {k: str(v) for k, v in found.items()}
+
+
+def resolve_models(request: RunRequest) -> tuple[ModelSpec, int]:
+    found = models_in_dir(request.models_dir, request.chunk_length) if request.models_dir else {}
+    esm = request.esm_model or found.get("esm") or DEFAULT_ESM
+    dnabert = request.dnabert_model or found.get("dnabert") or DEFAULT_DNABERT
+    classifier = request.classifier or found.get("classifier")
+    if not classifier:
+        raise InputError("no classifier given: pass --classifier 500_model.pth (or 300_model.pth) from VirNucPro, "
+                         "or --models DIR, or --demo")
+    if not Path(classifier).is_file():
+        raise InputError(f"{classifier}: classifier file not found; give the path to 300_model.pth or 500_model.pth")
+    for kind, spec in (("ESM-2", esm), ("DNABERT-S", dnabert)):
+        looks_like_path = spec.startswith(("/", ".", "~")) or spec.endswith(".pt")
+        if looks_like_path and not Path(spec).exists():
+            raise InputError(f"{spec}: {kind} model path not found")
+    named = chunk_length_from_name(classifier)
+    chunk_length = request.chunk_length or named or DEFAULT_CHUNK_LENGTH
+    if named and chunk_length != named and not request.force_chunk_length:
+        raise InputError(f"--chunk-length {chunk_length} contradicts the classifier {Path(classifier).name} (trained on "
+                         f"{named}-bp chunks); use --chunk-length {named}, or --force-chunk-length if you are sure")
+    models = ModelSpec(esm=str(Path(esm).resolve()) if Path(esm).exists() else esm,
+                       dnabert=str(Path(dnabert).resolve()) if Path(dnabert).exists() else dnabert,
+                       classifier=str(Path(classifier).resolve()), demo=request.demo)
+    return models, chunk_length
+
+
+OUTPUT_FOLDERS = ("prepare", "shards", "embeddings", "predictions", "results", "report")
+
+
+def discard_results(workdir: Workdir) -> None:
+    for name in OUTPUT_FOLDERS:
+        shutil.rmtree(workdir.root / name, ignore_errors=True)
+    for path in (workdir.state, workdir.config):
+        path.unlink(missing_ok=True)
+
+
+def plan_run(request: RunRequest) -> tuple[Workdir, RunConfig, StateFile]:
+    """Create or re-open a workdir for this request; refuse a workdir of a different run."""
+    workdir = Workdir(request.workdir)
+    check_writable(workdir.root)
+    models, chunk_length = resolve_models(request)
+    inputs = read_inputs_list(request.inputs_list)
+    config = RunConfig(
+        inputs_list=str(Path(request.inputs_list).resolve()), inputs=[str(p) for p in inputs],
+        input_names=input_names(inputs), chunk_length=chunk_length,
+        shards=request.shards or auto_shards(inputs), models=models, precision=request.precision,
+        packing=request.packing, device=request.device, esm_token_budget=request.esm_token_budget,
+        dnabert_token_budget=request.dnabert_token_budget, checkpoint_tokens=request.checkpoint_tokens,
+    )
+    hashes = HashCache(workdir.hash_cache)
+    if workdir.config.exists() and not request.restart:
+        previous = RunConfig.load(workdir)
+        if request.shards is None:
+            config.shards = previous.shards  # auto-sizing must not change a run in flight
+        config.fingerprint = compute_fingerprint(config, hashes)
+        differences = fingerprint_differences(previous.fingerprint, config.fingerprint)
+        if differences:
+            raise StateError(f"{workdir.root} holds a run with different {'; '.join(differences)}; "
+                             "use a new --workdir, or add --restart to discard its results")
+    else:
+        if request.restart:
+            discard_results(workdir)
+        config.fingerprint = compute_fingerprint(config, hashes)
+    hashes.save()
+    config.save(workdir)
+    state = StateFile(workdir.state, workdir.state_lock)
+    from .runner import shard_count
+    state.initialise({stage: shard_count(stage, config) for stage in STAGES})
+    return workdir, config, state
+
+
+def open_run(workdir_path: Path) -> tuple[Workdir, RunConfig, StateFile]:
+    workdir = Workdir(workdir_path)
+    config = RunConfig.load(workdir)
+    return workdir, config, StateFile(workdir.state, workdir.state_lock)

@@ -1,0 +1,53 @@
+"""Stage 3, esm2 (GPU): ESM-2 protein embeddings of every frame of a shard.
+
+The packed engine is the default; `--no-packing` or VIRNUCPRO_DISABLE_PACKING=1 uses fair-esm's
+own padded forward (the original's method). Either way the shard is checkpointed per window and
+resumes exactly where a SIGTERM or kill -9 stopped it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..orchestration.runner import StageContext
+from .embedding import embed_shard, resolve_device
+
+log = logging.getLogger("virnucpro.esm2")
+KIND = "esm2"
+
+
+def packing_enabled(config) -> bool:
+    return config.packing and os.environ.get("VIRNUCPRO_DISABLE_PACKING", "") in ("", "0")
+
+
+def load_engine(spec: str, device: str, precision: str, packing: bool, token_budget: int | None):
+    from ..engines.esm2 import ESM2Reference, load_esm2
+
+    loaded = load_esm2(spec, device=device)
+    precision = None if precision == "auto" else precision
+    if packing:
+        from ..engines.esm2_packed import PackedESM2Engine
+        engine = PackedESM2Engine(loaded.model, loaded.alphabet, device=device, precision=precision, token_budget=token_budget)
+        log.info("ESM-2 %s: packed engine, backend %s, precision %s", loaded.name, engine.backend, engine.precision)
+    else:
+        engine = ESM2Reference(loaded, device=device, precision=precision or "fp32")
+        log.info("ESM-2 %s: fair-esm padded forward (packing disabled)", loaded.name)
+    return engine
+
+
+def default_window_tokens(device: str) -> int:
+    # A window is the unit of checkpointing: ~4 s of work on an H100, well inside SLURM's KillWait.
+    return 400_000 if device.startswith("cuda") else 20_000
+
+
+def open_stage(ctx: StageContext):
+    config = ctx.config
+    device = resolve_device(config.device)
+    engine = load_engine(config.models.esm, device, config.precision, packing_enabled(config), config.esm_token_budget)
+    window = config.checkpoint_tokens or default_window_tokens(device)
+
+    def process(shard: int) -> dict:
+        return embed_shard(ctx, KIND, shard, lambda frames: frames.proteins, engine.embed, engine.dim, window,
+                           attrs={"model": config.models.esm})
+    return process
