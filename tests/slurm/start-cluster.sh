@@ -50,6 +50,10 @@ DBD_PORT=$((PORT_BASE + 2))
 DB_PORT=$((PORT_BASE + 3))
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin:/sbin" ;; esac
+case ":$PATH:" in *:/usr/bin:*) ;; *) PATH="$PATH:/usr/bin:/bin" ;; esac
+export PATH
+
 log() { printf '[start-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf '[start-cluster] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -106,8 +110,11 @@ pid_alive() {  # pid_alive PIDFILE -> 0 if the process named in PIDFILE runs
     [ -s "$f" ] || return 1
     p="$(tr -dc '0-9' < "$f")"
     [ -n "$p" ] || return 1
-    p="$(ps -o stat= -p "$p" 2>/dev/null || true)"
-    [ -n "$p" ] && [ "${p:0:1}" != Z ]   # zombies (not yet reaped by init) are dead
+    # Read /proc directly (procps may be missing); zombies (not yet reaped by init) are dead.
+    local st
+    st="$(cat "/proc/$p/stat" 2>/dev/null)" || return 1
+    st="${st##*) }"
+    [ -n "$st" ] && [ "${st:0:1}" != Z ]
 }
 
 cluster_up() {
@@ -224,6 +231,13 @@ for ((i = 0; i < NGPUS; i++)); do
 done
 
 # --------------------------------------------------------------------------- configs
+# Continue job ids after a restart (stop-cluster.sh records the next one; with accounting
+# the database knows it too), so ids never repeat within DIR.
+FIRST_JOB_ID=1
+if [ -s "$STATE/next_job_id" ]; then
+    n="$(tr -dc '0-9' < "$STATE/next_job_id")"
+    [ -n "$n" ] && [ "$n" -gt 1 ] && FIRST_JOB_ID=$n
+fi
 if [ "$ACCOUNTING" = 1 ]; then
     ACCT_CONF="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
@@ -266,6 +280,7 @@ JobAcctGatherType=jobacct_gather/none
 MpiDefault=none
 $ACCT_CONF
 JobCompType=jobcomp/none
+MailProg=/bin/true
 # The node declares $CPUS CPUs whatever the hardware has (config_overrides), so that
 # several 1-CPU jobs run side by side on a small CI machine.
 SlurmdParameters=config_overrides
@@ -285,6 +300,8 @@ InactiveLimit=0
 SlurmdTimeout=300
 SchedulerType=sched/backfill
 SchedulerParameters=bf_interval=1,sched_interval=1,sched_min_interval=0,batch_sched_delay=0
+# Job state is not recovered across restarts (slurmctld -c); job ids continue instead.
+FirstJobId=1
 GresTypes=gpu
 NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$CPUS RealMemory=$MEM $GRES_NODE State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
@@ -358,6 +375,9 @@ EOF
     if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER"; then
         sacctmgr -i add cluster "$CLUSTER" >/dev/null
     fi
+    n="$(mariadb --no-defaults -S "$DB_SOCK" -uroot -N -B -e \
+        "SELECT COALESCE(MAX(id_job), 0) + 1 FROM slurm_acct_db.${CLUSTER}_job_table" 2>/dev/null || true)"
+    [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -gt "$FIRST_JOB_ID" ] && FIRST_JOB_ID=$n
     # No associations are enforced (AccountingStorageEnforce unset): any user may submit;
     # root gets the 'root' account that 'add cluster' creates.
 else
@@ -365,7 +385,9 @@ else
 fi
 
 # --------------------------------------------------------------------------- slurm
-spawn "$LOG/slurmctld.out" slurmctld -f "$SLURM_CONF"
+sed -i "s/^FirstJobId=.*/FirstJobId=$FIRST_JOB_ID/" "$SLURM_CONF"
+# -c: start without old jobs (a job that was running at stop would keep the node busy).
+spawn "$LOG/slurmctld.out" slurmctld -c -f "$SLURM_CONF"
 wait_for "slurmctld" "$LOG/slurmctld.log" "$LOG/slurmctld.out" -- \
     bash -c "timeout 5 scontrol ping | grep -q 'is UP'"
 spawn "$LOG/slurmd.out" slurmd -N "$NODE" -f "$SLURM_CONF"

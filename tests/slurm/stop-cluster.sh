@@ -29,17 +29,31 @@ read_pid() {  # read_pid NAME -> pid if DIR/run/NAME.pid names a live process ru
     echo "$p"
 }
 
-descendants() {  # all descendant pids of $1
-    local c
-    for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do
-        echo "$c"
-        descendants "$c"
+proc_stat() {  # proc_stat PID -> "STATE PPID ..." (fields after the command name)
+    local st
+    st="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    echo "${st##*) }"
+}
+
+descendants() {  # descendants PID... -> all their descendant pids (one /proc scan)
+    local d c f
+    local -A kids=()
+    for d in /proc/[0-9]*; do
+        c="${d#/proc/}"
+        f="$(proc_stat "$c")" || continue
+        f="${f#* }"; f="${f%% *}"
+        kids[$f]="${kids[$f]:-} $c"
+    done
+    local todo=("$@") p
+    while [ ${#todo[@]} -gt 0 ]; do
+        p="${todo[0]}"; todo=("${todo[@]:1}")
+        for c in ${kids[$p]:-}; do echo "$c"; todo+=("$c"); done
     done
 }
 
 is_running() {  # a zombie counts as gone (some container inits reap only every ~2 s)
     local st
-    st="$(ps -o stat= -p "$1" 2>/dev/null || true)"
+    st="$(proc_stat "$1")" || return 1
     [ -n "$st" ] && [ "${st:0:1}" != Z ]
 }
 
@@ -69,6 +83,15 @@ stop_one() {  # stop_one NAME EXE [GRACE]
     rm -f "$RUN/$name.pid"
 }
 
+# 0. Remember the next job id (start-cluster.sh continues from it; -c drops job state).
+if [ -f "$DIR/etc/slurm.conf" ] && read_pid slurmctld slurmctld >/dev/null; then
+    max="$(SLURM_CONF="$DIR/etc/slurm.conf" timeout 10 squeue -h -t all -o %A 2>/dev/null \
+           | sort -n | tail -n1 || true)"
+    if [[ "$max" =~ ^[0-9]+$ ]]; then
+        echo $((max + 1)) > "$DIR/state/next_job_id"
+    fi
+fi
+
 # 1. Job steps of this cluster: slurmstepd clears its environment, but it inherits the
 #    working directory of our slurmd (DIR/log).  Kill them and everything below them.
 steps=()
@@ -79,9 +102,8 @@ for d in /proc/[0-9]*; do
     case "$cwd/" in "$DIR"/*) steps+=("$p") ;; esac
 done
 if [ ${#steps[@]} -gt 0 ]; then
-    victims=()
-    for p in "${steps[@]}"; do victims+=("$p"); victims+=($(descendants "$p")); done
-    log "killing ${#steps[@]} job step daemon(s) and their ${#victims[@]} processes"
+    victims=("${steps[@]}" $(descendants "${steps[@]}"))
+    log "killing ${#steps[@]} job step daemon(s) and their processes (${#victims[@]} in all)"
     kill -KILL "${victims[@]}" 2>/dev/null || true
     wait_gone 5 "${victims[@]}" || true
 fi
