@@ -7,6 +7,7 @@ stale file is refused instead of silently shifting ids against rows.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -85,25 +86,40 @@ def write_matrix(path: Path, ids: list[str], matrix: np.ndarray, name: str = "em
                 h5.attrs[key] = value
 
 
-def read_matrix(path: Path, expected_ids: list[str] | None = None, name: str = "embeddings",
-                dim: int | None = None) -> tuple[list[str], np.ndarray]:
+@contextlib.contextmanager
+def open_matrix(path: Path, expected_ids: list[str] | None = None, name: str = "embeddings",
+                dim: int | None = None) -> Iterator[tuple[list[str], h5py.Dataset]]:
+    """Open an HDF5 matrix after checking it: ids, row count and width; rows are read lazily."""
     try:
-        with h5py.File(path, "r") as h5:
-            ids = [x.decode("utf-8") if isinstance(x, bytes) else x for x in h5["ids"][:]]
-            matrix = h5[name][:]
+        h5 = h5py.File(path, "r")
     except FileNotFoundError:
         raise ShardError(f"{path}: missing; its stage has not finished for this shard") from None
-    except (OSError, KeyError) as exc:
+    except OSError as exc:
         raise ShardError(f"{path}: unreadable or incomplete HDF5 ({exc}); the shard will be recomputed") from None
-    if matrix.ndim != 2 or matrix.shape[0] != len(ids):
-        raise ShardError(f"{path}: {len(ids)} ids but {matrix.shape[0]} rows; the shard will be recomputed")
-    if dim is not None and matrix.shape[1] != dim:
-        raise ShardError(f"{path}: rows have {matrix.shape[1]} values, expected {dim}")
-    if expected_ids is not None and ids != expected_ids:
-        missing = len(expected_ids) - len(ids)
-        detail = f"{abs(missing)} frame(s) {'missing' if missing > 0 else 'extra'}" if missing else "ids in a different order"
-        raise ShardError(f"{path}: does not match the shard's frames ({detail}); refusing to pair ids with the wrong rows")
-    return ids, matrix
+    with h5:
+        try:
+            ids = [x.decode("utf-8") if isinstance(x, bytes) else x for x in h5["ids"][:]]
+            matrix = h5[name]
+        except (OSError, KeyError) as exc:
+            raise ShardError(f"{path}: unreadable or incomplete HDF5 ({exc}); the shard will be recomputed") from None
+        if matrix.ndim != 2 or matrix.shape[0] != len(ids):
+            raise ShardError(f"{path}: {len(ids)} ids but {matrix.shape[0]} rows; the shard will be recomputed")
+        if dim is not None and matrix.shape[1] != dim:
+            raise ShardError(f"{path}: rows have {matrix.shape[1]} values, expected {dim}")
+        if expected_ids is not None and ids != expected_ids:
+            missing = len(expected_ids) - len(ids)
+            detail = f"{abs(missing)} frame(s) {'missing' if missing > 0 else 'extra'}" if missing else "ids in a different order"
+            raise ShardError(f"{path}: does not match the shard's frames ({detail}); refusing to pair ids with the wrong rows")
+        yield ids, matrix
+
+
+def read_matrix(path: Path, expected_ids: list[str] | None = None, name: str = "embeddings",
+                dim: int | None = None) -> tuple[list[str], np.ndarray]:
+    with open_matrix(path, expected_ids, name, dim) as (ids, matrix):
+        try:
+            return ids, matrix[:]
+        except OSError as exc:
+            raise ShardError(f"{path}: unreadable rows ({exc}); the shard will be recomputed") from None
 
 
 # ---------------------------------------------------------------- checkpointed embedding
@@ -180,9 +196,16 @@ class ShardCheckpoint:
     def finish(self, attrs: dict | None = None) -> None:
         if self.rows_done != len(self.frame_ids):
             raise ShardError(f"{self.folder}: {self.rows_done} of {len(self.frame_ids)} rows embedded")
-        parts = [read_matrix(self.folder / p["file"], dim=self.dim)[1] for p in self.pieces]
-        matrix = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
-        write_matrix(self.final_path, self.frame_ids, matrix, attrs=attrs)
+        # Stream piece by piece: a shard's ESM-2 matrix can be several GB.
+        with atomic_path(self.final_path) as tmp:
+            with h5py.File(tmp, "w") as h5:
+                h5.create_dataset("ids", data=np.array(self.frame_ids, dtype=object), dtype=_STR)
+                out = h5.create_dataset("embeddings", shape=(len(self.frame_ids), self.dim), dtype=np.float32)
+                for piece in self.pieces:
+                    _, rows = read_matrix(self.folder / piece["file"], dim=self.dim)
+                    out[piece["start"]:piece["start"] + piece["rows"]] = rows
+                for key, value in (attrs or {}).items():
+                    h5.attrs[key] = value
         self.discard()
 
     def discard(self) -> None:

@@ -9,6 +9,7 @@ finished window is an atomic checkpoint; a stop request is honoured at the next 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
@@ -43,17 +44,27 @@ def embed_shard(ctx: StageContext, kind: str, shard: int, sequences_of: Callable
         console.info(f"{kind} shard {shard}: resuming at frame {start} of {len(sequences)}")
     started = time.perf_counter()
     computed_tokens = 0
-    with console.progress(f"{kind} shard {shard}", len(sequences)) as advance:
+    # Checkpoint pieces are written by one background thread while the next window computes;
+    # waiting for the previous write before queueing the next keeps pieces in order.
+    with console.progress(f"{kind} shard {shard}", len(sequences)) as advance, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{kind}-checkpoint") as writer:
         advance(start)
+        pending = None
         for a, b in windows(costs, start, window_tokens):
             if ctx.stop_requested():
-                raise ShardInterrupted({"resume_row": a})
+                if pending is not None:
+                    pending.result()
+                raise ShardInterrupted({"resume_row": checkpoint.rows_done})
             matrix = embed(sequences[a:b])
             if matrix.shape != (b - a, dim):
                 raise RuntimeError(f"{kind} engine returned {matrix.shape} for {b - a} sequences")
-            checkpoint.append(a, matrix)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(checkpoint.append, a, matrix)
             computed_tokens += sum(costs[a:b])
             advance(b - a)
+        if pending is not None:
+            pending.result()
     checkpoint.finish(attrs)
     seconds = time.perf_counter() - started
     return {"frames": len(sequences), "tokens": sum(costs), "computed_tokens": computed_tokens,

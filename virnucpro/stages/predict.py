@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from ..errors import InputError
 from ..orchestration.runner import StageContext
-from ..storage import read_matrix, read_shard_frames, write_matrix
+from ..storage import open_matrix, read_shard_frames, write_matrix
+
+ROWS_PER_BLOCK = 65_536  # a shard's features never sit in memory all at once
 from .embedding import resolve_device
 
 
@@ -26,13 +28,18 @@ def open_stage(ctx: StageContext):
 
     def process(shard: int) -> dict:
         frames = read_shard_frames(workdir.shard_frames(shard))
-        _, dna = read_matrix(workdir.embeddings("dnabert", shard), frames.frame_ids)
-        _, protein = read_matrix(workdir.embeddings("esm2", shard), frames.frame_ids)
-        features = np.concatenate([dna, protein], axis=1) if len(frames) else np.zeros((0, dna.shape[1] + protein.shape[1]), np.float32)
-        try:
-            scores = classify(model, features)
-        except ValueError as exc:
-            raise InputError(f"{config.models.classifier}: {exc}") from None
+        scores = np.zeros((len(frames), 2), np.float32)
+        with open_matrix(workdir.embeddings("dnabert", shard), frames.frame_ids) as (_, dna), \
+                open_matrix(workdir.embeddings("esm2", shard), frames.frame_ids) as (_, protein):
+            width = dna.shape[1] + protein.shape[1]
+            for start in range(0, max(len(frames), 1), ROWS_PER_BLOCK):
+                stop = min(start + ROWS_PER_BLOCK, len(frames))
+                features = np.concatenate([dna[start:stop], protein[start:stop]], axis=1).reshape(stop - start, width)
+                try:
+                    scores[start:stop] = classify(model, features)
+                except ValueError as exc:
+                    raise InputError(f"{config.models.classifier}: {exc} (DNABERT-S {dna.shape[1]} + ESM-2 "
+                                     f"{protein.shape[1]}); use the classifier that matches these models") from None
         write_matrix(workdir.predictions(shard), frames.frame_ids, scores, name="scores")
         return {"frames": len(frames)}
     return process
