@@ -303,24 +303,52 @@ class _DevicePack:
 # --------------------------------------------------------------------------------------------
 
 def _attn_in(x, ln_w, ln_b, eps: float, wqkv, bqkv, cos, sin, heads: int, cdtype: torch.dtype):
-    """LayerNorm -> fused q/k/v projection -> rotary on q and k (fp32 arithmetic)."""
+    """LayerNorm -> fused q/k/v projection -> rotary on q and k (fp32 arithmetic).
+
+    Functional form (what torch.compile fuses into one kernel).  Returns q, k [T, H, dh] and v.
+    """
     T, D = x.shape
     dh = D // heads
     h = F.layer_norm(x, (D,), ln_w, ln_b, eps)
     if h.dtype != cdtype:
         h = h.to(cdtype)
     qkv = F.linear(h, wqkv, bqkv).view(T, 3, heads, dh)
-    qk = qkv[:, :2]
+    qk = qkv[:, :2].transpose(0, 1)  # [2, T, H, dh]
     half = dh // 2
     x1 = qk[..., :half]
     x2 = qk[..., half:]
-    c = cos[:, None, None, :]
-    s = sin[:, None, None, :]
+    c = cos[None, :, None, :]
+    s = sin[None, :, None, :]
     # fair-esm: x*cos + rotate_half(x)*sin with rotate_half(x) = (-x2, x1) and cos/sin duplicated
     rot = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
     if rot.dtype != cdtype:
         rot = rot.to(cdtype)
-    return rot[:, 0], rot[:, 1], qkv[:, 2]
+    return rot[0], rot[1], qkv[:, 2]
+
+
+def _attn_in_eager(x, ln_w, ln_b, eps: float, wqkv, bqkv, cos, sin, heads: int, cdtype: torch.dtype):
+    """Same as _attn_in with fewer kernels in eager mode (rotary written into one buffer)."""
+    T, D = x.shape
+    dh = D // heads
+    h = F.layer_norm(x, (D,), ln_w, ln_b, eps)
+    if h.dtype != cdtype:
+        h = h.to(cdtype)
+    qkv = F.linear(h, wqkv, bqkv).view(T, 3, heads, dh)
+    qk = qkv[:, :2].transpose(0, 1)  # [2, T, H, dh]
+    half = dh // 2
+    x1 = qk[..., :half]
+    x2 = qk[..., half:]
+    c = cos[None, :, None, :]
+    s = sin[None, :, None, :]
+    rot = torch.empty((2, T, heads, dh), dtype=torch.float32, device=x.device)
+    r1, r2 = rot[..., :half], rot[..., half:]
+    torch.mul(x1, c, out=r1)
+    r1.addcmul_(x2, s, value=-1.0)  # x1*c - x2*s
+    torch.mul(x2, c, out=r2)
+    r2.addcmul_(x1, s)  # x2*c + x1*s
+    if cdtype != torch.float32:
+        rot = rot.to(cdtype)
+    return rot[0], rot[1], qkv[:, 2]
 
 
 def _attn_out_ffn(x, a, wo, bo, ln_w, ln_b, eps: float, w1, b1, w2, b2, cdtype: torch.dtype):
@@ -427,6 +455,7 @@ class PackedESM2Engine:
             raise ValueError("token_budget must be at least 8 tokens")
         self.token_budget = token_budget
 
+        self._contiguous_qkv = False
         self.backend = self._select_backend(backend)
         self._attn = {
             "flash_attn": self._attn_flash,
@@ -435,7 +464,7 @@ class PackedESM2Engine:
             "sdpa_loop": self._attn_sdpa_loop,
         }[self.backend]
 
-        self._f_in, self._f_out = _attn_in, _attn_out_ffn
+        self._f_in, self._f_out = _attn_in_eager, _attn_out_ffn
         if self.compile:
             self._f_in = torch.compile(_attn_in, dynamic=True)
             self._f_out = torch.compile(_attn_out_ffn, dynamic=True)
@@ -512,6 +541,9 @@ class PackedESM2Engine:
                     raise RuntimeError(f"backend {requested} is not usable here: {err}")
             log.info("ESM-2 attention backend: %s (requested)", requested)
             return requested
+        if cuda and not half:
+            log.info("ESM-2 attention backend: sdpa (fp32 on CUDA: varlen kernels need fp16/bf16)")
+            return "sdpa"
         if cuda and half:
             for candidate in ("flash_attn", "varlen"):
                 err = self._probe(candidate)
@@ -519,11 +551,18 @@ class PackedESM2Engine:
                     log.info("ESM-2 attention backend: %s", candidate)
                     return candidate
                 log.info("ESM-2 attention backend %s unavailable: %s", candidate, err)
-        log.info("ESM-2 attention backend: sdpa (per-pack padded SDPA, block-diagonal)")
+            log.warning("ESM-2: no variable-length attention kernel on %s (flash_attn / torch varlen_attn); "
+                        "using the slower per-pack padded SDPA", self.device)
+        else:
+            log.info("ESM-2 attention backend: sdpa (per-pack padded SDPA, block-diagonal)")
         return "sdpa"
 
     def _probe(self, name: str) -> Optional[str]:
-        """Import the kernel and check it against SDPA on a tiny packed problem."""
+        """Import the kernel and check it against SDPA on a tiny packed problem.
+
+        First with the strided q/k/v views the forward passes (last dim contiguous, rows not);
+        if the kernel rejects those, again with contiguous copies, which the forward then makes.
+        """
         try:
             if name == "flash_attn":
                 from flash_attn import flash_attn_varlen_func  # type: ignore
@@ -534,30 +573,45 @@ class PackedESM2Engine:
                 from torch.nn.attention.varlen import varlen_attn
                 self._varlen_fn = varlen_attn
                 self._varlen_kw = _varlen_kwargs(varlen_attn, self.scale)
-            g = torch.Generator(device="cpu").manual_seed(0)
-            lens = [5, 9, 3]
-            T, H, dh = sum(lens), 2, self.head_dim
-            qkv = torch.randn(T, 3, H, dh, generator=g).to(self.device, self.dtype)
-            q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # strided like the real call
-            cu = torch.tensor([0, 5, 14, 17], dtype=torch.int32, device=self.device)
-            pk = _DevicePack(B=3, T=T, max_len=9, uniform=False, cu_host=[0, 5, 14, 17], tokens=None,
-                             pos=None, keep=None, seg=None, flat=None, cu=cu, counts=None, scale=None,
-                             key_mask=None)
-            got = (self._attn_flash if name == "flash_attn" else self._attn_varlen)(q, k, v, pk).float()
-            ref = self._attn_sdpa_loop(q.float(), k.float(), v.float(), pk)
-            torch.cuda.synchronize(self.device)
-            err = float((got - ref).abs().max())
-            if not math.isfinite(err) or err > 2e-2:
-                return f"self-check mismatch {err:.3g}"
         except Exception as e:  # noqa: BLE001 - any failure means "not usable"
             return f"{type(e).__name__}: {e}"
-        return None
+        g = torch.Generator(device="cpu").manual_seed(0)
+        lens = [5, 9, 3]
+        T, H, dh = sum(lens), 2, self.head_dim
+        qkv = torch.randn(T, 3, H, dh, generator=g).to(self.device, self.dtype)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # strided like the real call
+        cu = torch.tensor([0, 5, 14, 17], dtype=torch.int32, device=self.device)
+        pk = _DevicePack(B=3, T=T, max_len=9, uniform=False, cu_host=[0, 5, 14, 17], tokens=None,
+                         pos=None, keep=None, seg=None, flat=None, cu=cu, counts=None, scale=None,
+                         key_mask=None)
+        fn = self._attn_flash if name == "flash_attn" else self._attn_varlen
+        ref = self._attn_sdpa_loop(q.float(), k.float(), v.float(), pk)
+        failure = None
+        for contiguous in (False, True):
+            try:
+                self._contiguous_qkv = contiguous
+                got = fn(q, k, v, pk).float()
+                torch.cuda.synchronize(self.device)
+                err = float((got - ref).abs().max())
+                if math.isfinite(err) and err <= 2e-2:
+                    if contiguous:
+                        log.info("ESM-2 attention backend %s needs contiguous q/k/v", name)
+                    return None
+                failure = f"self-check mismatch {err:.3g}"
+            except Exception as e:  # noqa: BLE001
+                failure = f"{type(e).__name__}: {e}"
+        self._contiguous_qkv = False
+        return failure
 
     def _attn_flash(self, q, k, v, pk: _DevicePack):
+        if self._contiguous_qkv:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return self._flash_fn(q, k, v, pk.cu, pk.cu, pk.max_len, pk.max_len, dropout_p=0.0,
                               softmax_scale=self.scale, causal=False)
 
     def _attn_varlen(self, q, k, v, pk: _DevicePack):
+        if self._contiguous_qkv:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return self._varlen_fn(q, k, v, pk.cu, pk.cu, pk.max_len, pk.max_len, **self._varlen_kw)
 
     def _attn_sdpa_loop(self, q, k, v, pk: _DevicePack):
@@ -782,3 +836,40 @@ class PackedESM2Engine:
         return out
 
     __call__ = embed
+
+
+# --------------------------------------------------------------------------------------------
+# random-weight models for tests and benchmarks
+# --------------------------------------------------------------------------------------------
+
+def random_esm2(num_layers: int, embed_dim: int, attention_heads: int, device="cpu", seed: int = 0,
+                linear_std: float = 0.02, token_dropout: bool = True):
+    """An ``esm.model.esm2.ESM2`` with random weights scaled to give realistic activations.
+
+    PyTorch's default init (and fair-esm's xavier q/k/v) makes a deep random ESM-2 degenerate:
+    activations either shrink to nothing or attention saturates.  Here every Linear weight and
+    bias is N(0, linear_std) (0.02, BERT/ESM style: with unit-variance LayerNorm outputs, q/k
+    entries have std ~0.02*sqrt(dim) ~= 1 for the 3B model, so attention logits have std ~1), the
+    token embeddings N(0, 1), LayerNorm weights 1 + N(0, 0.1) and biases N(0, 0.1).  Built
+    directly on ``device`` (a 3B model in fp32 is 12 GB).  Returns (model, alphabet), eval mode.
+    """
+    import esm
+    import esm.modules
+
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    device = torch.device(device)
+    with device:
+        model = esm.model.esm2.ESM2(num_layers, embed_dim, attention_heads, alphabet=alphabet,
+                                    token_dropout=token_dropout)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod.weight.normal_(0.0, linear_std, generator=gen)
+                if mod.bias is not None:
+                    mod.bias.normal_(0.0, linear_std, generator=gen)
+            elif isinstance(mod, (torch.nn.LayerNorm, esm.modules.ESM1bLayerNorm)):
+                mod.weight.normal_(1.0, 0.1, generator=gen)
+                mod.bias.normal_(0.0, 0.1, generator=gen)
+        model.embed_tokens.weight.normal_(0.0, 1.0, generator=gen)
+    return model.eval(), alphabet

@@ -24,12 +24,15 @@ def packing_enabled(config) -> bool:
 def load_engine(spec: str, device: str, precision: str, packing: bool, token_budget: int | None):
     from ..engines.esm2 import ESM2Reference, load_esm2
 
-    loaded = load_esm2(spec, device=device)
     precision = None if precision == "auto" else precision
+    # Load on the host: the packed engine copies the weights to the GPU in its own precision,
+    # so the fp32 original never occupies GPU memory beside it (12 GB for the 3B model).
+    loaded = load_esm2(spec, device="cpu")
     if packing:
         from ..engines.esm2_packed import PackedESM2Engine
         engine = PackedESM2Engine(loaded.model, loaded.alphabet, device=device, precision=precision, token_budget=token_budget)
-        log.info("ESM-2 %s: packed engine, backend %s, precision %s", loaded.name, engine.backend, engine.precision)
+        del loaded
+        log.info("ESM-2: packed engine, backend %s, precision %s, %d tokens per pack", engine.backend, engine.precision, engine.token_budget)
     else:
         engine = ESM2Reference(loaded, device=device, precision=precision or "fp32")
         log.info("ESM-2 %s: fair-esm padded forward (packing disabled)", loaded.name)
