@@ -7,10 +7,13 @@ half-written one, whatever kills the writer (SIGKILL, node failure, full disk).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from .errors import OutputError
 
 
 def fsync_dir(directory: Path) -> None:
@@ -43,8 +46,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On any exception the temp file is removed and `path` is left exactly as it was.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise OutputError(exc.errno, f"{target}: cannot create the file ({exc.strerror or exc}); "
+                                     "choose a location that exists and is writable") from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared with the lab
@@ -54,10 +61,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
         fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError) and _is_out_of_space(exc):
+            raise OutputError(exc.errno, f"{target}: {exc.strerror or 'write failed'} while writing it; free space "
+                                         "(or raise the limit) and run the same command again (the previous "
+                                         "version of the file is untouched)") from None
         raise
+
+
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _is_out_of_space(exc: OSError) -> bool:
+    # h5py reports a failed write as an OSError without errno, naming it only in the message
+    return exc.errno in _OUT_OF_SPACE or any(os.strerror(e) in str(exc) for e in _OUT_OF_SPACE)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from . import __version__, console
 from .errors import VirnucproError
 
 # Each module here defines register(subparsers, add_common, add_run_options) for its commands.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["virnucpro.slurm_cli", "virnucpro.report.command"]
 
 EXAMPLE_DIR = Path(__file__).parent / "data" / "example"
 DEMO_WARNING = ("DEMO MODELS: random weights; their predictions are MEANINGLESS. "
@@ -55,6 +55,20 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument("--dnabert-token-budget", type=int, help="padded tokens per DNABERT-S batch")
     tuning.add_argument("--checkpoint-tokens", type=int, help="tokens between checkpoints of the embedding stages")
     tuning.add_argument("--restart", action="store_true", help="discard this workdir's results and start again")
+    calls = parser.add_argument_group("read calls")
+    calls.add_argument("--min-score", type=_score, metavar="T",
+                       help="call a read virus iff its max_virus_score >= T (0..1); default: virus iff at least one "
+                            "chunk is viral by the original per-chunk rule. Changing it re-runs consensus only")
+
+
+def _score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
+    return value
 
 
 def run_request(args: argparse.Namespace):
@@ -78,7 +92,7 @@ def run_request(args: argparse.Namespace):
         force_chunk_length=args.force_chunk_length, shards=args.shards, precision=args.precision,
         packing=args.packing, device=args.device, esm_token_budget=args.esm_token_budget,
         dnabert_token_budget=args.dnabert_token_budget, checkpoint_tokens=args.checkpoint_tokens,
-        restart=args.restart, demo=args.demo,
+        restart=args.restart, demo=args.demo, min_score=args.min_score,
     )
 
 
@@ -88,59 +102,46 @@ def cmd_run(args) -> int:
     from .orchestration.plan import plan_run
     from .orchestration.runner import StageContext, StopFlag, run_locally
 
+    stop = StopFlag().install()  # before anything is written: a SIGTERM now still ends cleanly
     workdir, config, state = plan_run(run_request(args))
+    console.log_to_file(workdir.logs)
     console.info(f"workdir {workdir.root}: {len(config.inputs)} input(s), {config.shards} shard(s), "
                  f"chunk length {config.chunk_length}")
-    ctx = StageContext(workdir=workdir, config=config, device=config.device, stop_requested=StopFlag().install())
+    ctx = StageContext(workdir=workdir, config=config, device=config.device, stop_requested=stop)
     run_locally(ctx, state)
     if config.models.demo:
         console.warn(DEMO_WARNING)
     console.info(f"[bold green]done[/bold green]: results in {workdir.results}")
     for name in config.input_names:
         console.info(f"  {workdir.result_dir(name)}")
+    console.info(f"report: {workdir.report_dir / 'index.html'}")
     return 0
 
 
 def cmd_status(args) -> int:
-    from .orchestration.plan import open_run
-    from .orchestration.status import all_done, format_seconds, summarise
+    from .orchestration.config import RunConfig
+    from .orchestration.status import render_status, status_console, status_report, watch
+    from .paths import Workdir
 
-    workdir, config, state = open_run(args.workdir)
-    summaries = summarise(state.load())
-    if args.json:
-        print(json.dumps({"workdir": str(workdir.root), "complete": all_done(summaries),
-                          "stages": [s.to_dict() for s in summaries]}, indent=1))
-        return 0 if all_done(summaries) else 1
-    from rich.table import Table
-
-    table = Table(title=f"virnucpro run {workdir.root}")
-    for column in ("stage", "shards", "done", "running", "pending", "failed", "requeues", "tokens/s", "ETA"):
-        table.add_column(column, justify="left" if column == "stage" else "right")
-    for s in summaries:
-        c = s.counts
-        table.add_row(s.stage, str(s.shards), f"[green]{c['done']}[/green]", str(c["running"]), str(c["pending"]),
-                      f"[red]{c['failed']}[/red]" if c["failed"] else "0", str(s.requeues),
-                      f"{s.tokens_per_second:,.0f}" if s.tokens_per_second else "-", format_seconds(s.eta_seconds))
-    from rich.console import Console
-
-    out = Console(highlight=False)
-    out.print(table)
-    for s in summaries:
-        for failure in s.failures:
-            out.print(f"[red]{s.stage} shard {failure['shard']} failed[/red]: {failure['error']}"
-                      + (f" (log: {failure['log']})" if failure.get("log") else ""))
-    return 0 if all_done(summaries) else 1
+    workdir = Workdir(args.workdir)
+    RunConfig.load(workdir)  # refuses a folder that is not a workdir (and imports no numpy: status is fast)
+    if args.watch:
+        report = watch(workdir, args.watch, status_console())
+    else:
+        report = status_report(workdir)
+        if args.json:
+            print(json.dumps(report, indent=1))
+        else:
+            status_console().print(render_status(report))
+    return 0 if report["complete"] else 1
 
 
 def cmd_translate(args) -> int:
     from .atomic import atomic_open
-    from .sequences import frames_of_read, read_fasta
+    from .sequences import write_translation
 
     with atomic_open(args.nucleotide_out) as dna, atomic_open(args.protein_out) as protein:
-        for read in read_fasta(args.fasta):
-            for frame in frames_of_read(read, args.chunk_length):
-                dna.write(f">{frame.frame_id}\n{frame.nucleotide}\n")
-                protein.write(f">{frame.frame_id}\n{frame.protein}\n")
+        write_translation(args.fasta, args.chunk_length, dna, protein)
     return 0
 
 
@@ -228,9 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="what is done, running and failed, per stage and shard",
-                            epilog="exit status 0 only when every stage is done")
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="exit status 0 only when every stage is done\n\nexamples:\n"
+                                   "  virnucpro-slurm status --workdir W\n"
+                                   "  virnucpro-slurm status --workdir W --json | jq .complete")
     status.add_argument("--workdir", "-w", type=Path, required=True)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
+                        help="redraw every SECONDS (default 5) until the run is complete or nothing is left running")
     _add_common(status)
     status.set_defaults(func=cmd_status)
 
@@ -259,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(embed)
     embed.set_defaults(func=cmd_embed)
 
-    demo = sub.add_parser("demo-models", help="write tiny random models in the real on-disk formats (meaningless predictions)")
+    demo = sub.add_parser("demo-models", help="write tiny random models in the real on-disk formats (meaningless predictions)",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="example:\n  virnucpro-slurm demo-models my-demo-models\n"
+                                 "  virnucpro-slurm run virnucpro/data/example/inputs.txt -w W --models my-demo-models")
     demo.add_argument("directory", type=Path)
     _add_common(demo)
     demo.set_defaults(func=cmd_demo_models)
@@ -285,9 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         console.error("interrupted; run the same command again to resume")
         return 130
     except Exception as exc:  # never a traceback for users unless asked
+        console.log_traceback()
         if args.debug:
             raise
-        console.error(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)")
+        where = f"; traceback in {console.log_file()}" if console.log_file() else "; re-run with --debug for the traceback"
+        console.error(f"internal error: {type(exc).__name__}: {exc}{where}")
         return 1
 
 

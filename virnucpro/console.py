@@ -1,45 +1,103 @@
-"""Console output: rich on a terminal, plain lines elsewhere, nothing but errors with --quiet."""
+"""Console output: rich on a terminal, plain lines elsewhere, nothing but errors with --quiet.
+
+Colours only when stderr is a terminal and NO_COLOR is unset (rich decides both). Everything shown,
+and INFO messages --quiet hides, also goes to the run's log file once `log_to_file` is called.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import sys
+import time
+import traceback
+from pathlib import Path
 from typing import Callable, Iterator
 
 from rich.console import Console
+from rich.errors import MarkupError
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 console = Console(stderr=True, highlight=False)
 _quiet = False
+_verbose = False
+_file_handler: logging.FileHandler | None = None
+LOGGER = "virnucpro"
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def configure(quiet: bool = False, verbose: bool = False) -> None:
-    global _quiet
-    _quiet = quiet
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    root = logging.getLogger("virnucpro")
-    root.setLevel(level)
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
+    global _quiet, _verbose
+    _quiet, _verbose = quiet, verbose
+    root = logging.getLogger(LOGGER)
+    root.setLevel(logging.DEBUG)  # each handler filters: the console by --quiet/--verbose, the log file keeps INFO
+    handler = next((h for h in root.handlers if isinstance(h, RichHandler)), None)
+    if handler is None:
         handler = RichHandler(console=console, show_path=False, show_time=console.is_terminal, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
+    handler.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
     root.propagate = False
 
 
+def log_to_file(logs_dir: Path) -> Path:
+    """Also log to logs_dir/virnucpro-<timestamp>.log (appended line by line, so not atomic)."""
+    global _file_handler
+    root = logging.getLogger(LOGGER)
+    if _file_handler is not None:  # a second command in the same process (tests) gets its own file
+        root.removeHandler(_file_handler)
+        _file_handler.close()
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    path = logs_dir / f"virnucpro-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    _file_handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    _file_handler.setLevel(logging.DEBUG if _verbose else logging.INFO)
+    _file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(_file_handler)
+    _to_file(logging.INFO, f"virnucpro command line: {' '.join(sys.argv)}")
+    return path
+
+
+def log_file() -> Path | None:
+    return Path(_file_handler.baseFilename) if _file_handler is not None else None
+
+
+def _to_file(level: int, message: str, exc_info=None) -> None:
+    """Console messages go to the log file as plain text (the console has already shown them)."""
+    if _file_handler is not None and level >= _file_handler.level:
+        record = logging.LogRecord(f"{LOGGER}.console", level, __file__, 0, message, None, exc_info)
+        _file_handler.handle(record)
+
+
 def info(message: str) -> None:
+    """`message` may carry rich markup ([bold]...); the log file gets the plain text."""
+    try:
+        plain = Text.from_markup(message).plain
+    except MarkupError:
+        plain = message
+    _to_file(logging.INFO, plain)
     if not _quiet:
         console.print(message)
 
 
 def warn(message: str) -> None:
+    _to_file(logging.WARNING, message)
     if not _quiet:
-        console.print(f"[yellow]warning:[/yellow] {message}")
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def error(message: str) -> None:
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
+    _to_file(logging.ERROR, message)
+    # a fresh Console: the error must reach stderr even when a progress bar holds the shared one
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+
+
+def log_traceback() -> None:
+    """Keep the current exception's traceback in the log file; the console shows one line."""
+    if _file_handler is not None:
+        _to_file(logging.ERROR, "traceback:\n" + traceback.format_exc().rstrip())
 
 
 @contextlib.contextmanager

@@ -17,3 +17,15 @@ class StateError(VirnucproError):
 
 class ShardError(VirnucproError):
     """A (stage, shard) failed its integrity checks; the shard is marked failed."""
+
+
+class OutputError(VirnucproError, OSError):
+    """Writing a file failed (disk full, quota, file-size limit, unwritable folder); the message
+    names the file, and the previous complete version of it is untouched."""
+
+    def __init__(self, errno: int | None, message: str):
+        super().__init__(errno, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

@@ -38,8 +38,11 @@ def iter_frame_lines(path: Path) -> Iterator[FrameRecord]:
         header = handle.readline().rstrip("\n").split("\t")
         if tuple(header) != FRAME_COLUMNS:
             raise ShardError(f"{path}: not a frame table (bad header); re-run with --restart")
-        for line in handle:
+        for number, line in enumerate(handle, start=2):
             fields = line.rstrip("\n").split("\t")
+            if len(fields) != len(FRAME_COLUMNS) or not line.endswith("\n") or not fields[0].isdigit():
+                raise ShardError(f"{path}: line {number} is truncated or malformed, so the file is incomplete; "
+                                 "re-run the same command (or add --restart)")
             yield FrameRecord(int(fields[0]), fields[1], fields[2], fields[3], fields[4], fields[5])
 
 

@@ -47,6 +47,7 @@ class RunConfig:
     esm_token_budget: int | None = None
     dnabert_token_budget: int | None = None
     checkpoint_tokens: int | None = None
+    min_score: float | None = None  # per-read call threshold; consensus only, so not in the fingerprint
     fingerprint: dict = field(default_factory=dict)
     version: int = CONFIG_VERSION
 

@@ -13,7 +13,7 @@ from ..paths import STAGES, Workdir
 from ..sequences import read_inputs_list
 from .config import (HashCache, ModelSpec, RunConfig, auto_shards, check_writable, compute_fingerprint,
                      fingerprint_differences, input_names)
-from .state import StateFile
+from .state import DONE, RUNNING, StateFile
 
 DEFAULT_ESM = "esm2_t36_3B_UR50D"
 DEFAULT_DNABERT = "zhihan1996/DNABERT-S"
@@ -39,6 +39,7 @@ class RunRequest:
     checkpoint_tokens: int | None = None
     restart: bool = False
     demo: bool = False
+    min_score: float | None = None
 
 
 def chunk_length_from_name(path: str) -> int | None:
@@ -103,29 +104,40 @@ def discard_results(workdir: Workdir) -> None:
         path.unlink(missing_ok=True)
 
 
+def _holds_work(workdir: Workdir) -> bool:
+    """Whether any (stage, shard) of the workdir's run is done or running."""
+    state = StateFile(workdir.state, workdir.state_lock).load()
+    return any(entry.status in (DONE, RUNNING) for shards in state.values() for entry in shards.values())
+
+
 def plan_run(request: RunRequest) -> tuple[Workdir, RunConfig, StateFile]:
     """Create or re-open a workdir for this request; refuse a workdir of a different run."""
     workdir = Workdir(request.workdir)
-    check_writable(workdir.root)
     models, chunk_length = resolve_models(request)
     inputs = read_inputs_list(request.inputs_list)
+    check_writable(workdir.root)  # only now: a request refused above leaves no empty workdir behind
     config = RunConfig(
         inputs_list=str(Path(request.inputs_list).resolve()), inputs=[str(p) for p in inputs],
         input_names=input_names(inputs), chunk_length=chunk_length,
         shards=request.shards or auto_shards(inputs), models=models, precision=request.precision,
         packing=request.packing, device=request.device, esm_token_budget=request.esm_token_budget,
         dnabert_token_budget=request.dnabert_token_budget, checkpoint_tokens=request.checkpoint_tokens,
+        min_score=request.min_score,
     )
     hashes = HashCache(workdir.hash_cache)
+    threshold_changed = False
     if workdir.config.exists() and not request.restart:
         previous = RunConfig.load(workdir)
         if request.shards is None:
             config.shards = previous.shards  # auto-sizing must not change a run in flight
         config.fingerprint = compute_fingerprint(config, hashes)
         differences = fingerprint_differences(previous.fingerprint, config.fingerprint)
-        if differences:
+        if differences and _holds_work(workdir):
             raise StateError(f"{workdir.root} holds a run with different {'; '.join(differences)}; "
                              "use a new --workdir, or add --restart to discard its results")
+        if differences:  # e.g. an input fixed after prepare refused it: nothing done, nothing to lose
+            discard_results(workdir)
+        threshold_changed = previous.min_score != config.min_score
     else:
         if request.restart:
             discard_results(workdir)
@@ -133,8 +145,12 @@ def plan_run(request: RunRequest) -> tuple[Workdir, RunConfig, StateFile]:
     hashes.save()
     config.save(workdir)
     state = StateFile(workdir.state, workdir.state_lock)
+    if threshold_changed:  # only the per-read calls depend on --min-score: redo consensus alone
+        state.reset(["consensus"])
     from .runner import shard_count
     state.initialise({stage: shard_count(stage, config) for stage in STAGES})
+    from ..provenance import update_provenance
+    update_provenance(workdir, config, "plan", state.load())
     return workdir, config, state
 
 

@@ -1,12 +1,25 @@
-"""What is done, running, failed: a summary of the state file per stage (no torch, no SLURM)."""
+"""What is done, running, failed: the state file per stage, plus what SLURM says about the run's
+jobs when it was submitted (W/slurm/jobs.json; sacct, or `squeue -t all` without accounting).
+
+The state file is the truth about shards; SLURM only adds job ids and states, and catches the
+one thing the state file cannot know: a shard marked running whose task SLURM has ended (killed
+for memory, node failure, cancelled) is reported as failed. Work is O(shards): one JSON read,
+one pass, one sacct/squeue call.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
 from ..paths import STAGES
 from .state import DONE, FAILED, PENDING, RUNNING, ShardState
+
+# SLURM states after which a task no longer runs anything.
+ENDED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"}
+MAX_LISTED_FAILURES = 20
 
 
 @dataclass
@@ -15,6 +28,7 @@ class StageSummary:
     shards: int = 0
     counts: dict = field(default_factory=lambda: {PENDING: 0, RUNNING: 0, DONE: 0, FAILED: 0})
     requeues: int = 0
+    requeued_shards: int = 0
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
     failures: list = field(default_factory=list)
@@ -26,36 +40,60 @@ class StageSummary:
 
     def to_dict(self) -> dict:
         return {"stage": self.stage, "shards": self.shards, **self.counts, "requeues": self.requeues,
-                "tokens_per_second": self.tokens_per_second, "eta_seconds": self.eta_seconds,
-                "failures": self.failures, "job_ids": self.job_ids}
+                "requeued_shards": self.requeued_shards, "tokens_per_second": self.tokens_per_second,
+                "eta_seconds": self.eta_seconds, "failures": self.failures, "job_ids": self.job_ids}
 
 
-def summarise(state: dict[str, dict[int, ShardState]]) -> list[StageSummary]:
+def summarise(state: dict[str, dict[int, ShardState | dict]], task_states: dict[str, str] | None = None) -> list[StageSummary]:
+    """Per stage counts. Entries are ShardStates or their raw JSON dicts (faster: no objects).
+    `task_states` ({'12_3': 'OUT_OF_MEMORY'}) turns running shards whose SLURM task ended into failures."""
+    task_states = task_states or {}
     summaries = []
     for stage in STAGES:
         entries = state.get(stage, {})
         summary = StageSummary(stage, shards=len(entries))
         done_seconds = []
         tokens = []
+        running = 0
+        job_ids: dict[str, None] = {}  # ordered and O(1) per shard
         for shard, entry in sorted(entries.items()):
-            summary.counts[entry.status if entry.status in summary.counts else PENDING] += 1
-            summary.requeues += entry.requeues
-            if entry.job_id and entry.job_id not in summary.job_ids:
-                summary.job_ids.append(entry.job_id)
-            if entry.status == FAILED:
-                summary.failures.append({"shard": shard, "error": entry.error, "log": entry.log})
-            if entry.status == DONE and entry.seconds:
-                done_seconds.append(entry.seconds)
-                if entry.metrics.get("tokens_per_second"):
-                    tokens.append(entry.metrics["tokens_per_second"])
+            e = entry if isinstance(entry, dict) else vars(entry)
+            status = e.get("status") if e.get("status") in summary.counts else PENDING
+            job_id, error = e.get("job_id"), e.get("error")
+            if status == RUNNING and task_states.get(job_id or "") in ENDED_STATES:
+                status = FAILED
+                error = f"SLURM task {job_id} ended {task_states[job_id]} while running this shard"
+            summary.counts[status] += 1
+            running += status == RUNNING
+            requeues = e.get("requeues") or 0
+            summary.requeues += requeues
+            summary.requeued_shards += requeues > 0
+            if job_id:
+                job_ids[job_id] = None
+            if status == FAILED:
+                summary.failures.append({"shard": shard, "error": error, "log": e.get("log"), "job_id": job_id})
+            if status == DONE and e.get("seconds"):
+                done_seconds.append(e["seconds"])
+                speed = (e.get("metrics") or {}).get("tokens_per_second")
+                if speed:
+                    tokens.append(speed)
+        summary.job_ids = list(job_ids)
         if tokens:
             summary.tokens_per_second = round(sum(tokens) / len(tokens), 1)
         remaining = summary.shards - summary.counts[DONE]
         if done_seconds and remaining:
-            running = sum(1 for e in entries.values() if e.status == RUNNING) or 1
-            summary.eta_seconds = round(sum(done_seconds) / len(done_seconds) * remaining / running, 1)
+            summary.eta_seconds = round(sum(done_seconds) / len(done_seconds) * remaining / (running or 1), 1)
         summaries.append(summary)
     return summaries
+
+
+def read_state(workdir) -> dict[str, dict[int, dict]]:
+    """The state file as raw dicts (status reads it without the lock: writes are atomic renames)."""
+    try:
+        raw = json.loads(workdir.state.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    return {stage: {int(k): v for k, v in shards.items()} for stage, shards in raw.get("stages", {}).items()}
 
 
 def all_done(summaries: list[StageSummary]) -> bool:
@@ -66,3 +104,91 @@ def format_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} d"
+
+
+def status_report(workdir) -> dict:
+    """Everything `status` shows, as plain data (also the --json output)."""
+    slurm = {"source": None, "stages": {}, "task_states": {}, "active": False}
+    from .slurm import jobs_path, slurm_view
+
+    if jobs_path(workdir).exists():
+        slurm = slurm_view(workdir)
+    state = read_state(workdir)
+    summaries = summarise(state, slurm["task_states"])
+    stages = []
+    for s in summaries:
+        entry = s.to_dict()
+        job = slurm["stages"].get(s.stage)
+        entry["slurm"] = job and {k: v for k, v in job.items() if k != "crashed"}
+        # tasks SLURM ended in failure before they could record anything (launch failure, killed
+        # while loading the model): their log is the only account of what happened
+        recorded = {f["shard"] for f in entry["failures"]}
+        for crash in (job or {}).get("crashed", []):
+            shards = [x for x in crash["shards"] if x not in recorded and state.get(s.stage, {}).get(x, {}).get("status") != DONE]
+            if shards:
+                entry["failures"].append({"shard": shards[0] if len(shards) == 1 else shards, "job_id": crash["task"],
+                                          "error": f"SLURM task {crash['task']} ended {crash['state']}", "log": crash["log"]})
+        stages.append(entry)
+    return {"workdir": str(workdir.root), "complete": all_done(summaries), "slurm_source": slurm["source"],
+            "slurm_active": slurm["active"], "stages": stages}
+
+
+def render_status(report: dict):
+    """A rich table of the report plus one line per failure (log path included)."""
+    from rich.console import Group
+    from rich.table import Table
+
+    from .slurm import format_states
+
+    from rich import box
+
+    table = Table(title=f"virnucpro run {report['workdir']}", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ["stage", "shards", "done", "running", "pending", "failed", "requeued", "tok/s", "ETA"]
+    slurm_column = report["slurm_source"] is not None or any(s["slurm"] for s in report["stages"])
+    if slurm_column:
+        columns.append(f"SLURM job: tasks ({report['slurm_source'] or 'SLURM unavailable'})")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "stage" or column.startswith("SLURM") else "right",
+                         no_wrap=not column.startswith("SLURM"))
+    lines = []
+    for s in report["stages"]:
+        row = [s["stage"], str(s["shards"]), f"[green]{s['done']}[/green]", str(s["running"]), str(s["pending"]),
+               f"[red]{s['failed']}[/red]" if s["failed"] else "0",
+               str(s["requeued_shards"]),
+               f"{s['tokens_per_second']:,.0f}" if s["tokens_per_second"] else "-", format_seconds(s["eta_seconds"])]
+        if slurm_column:
+            job = s["slurm"]
+            row.append(f"{job['latest']}: {format_states(job['states'])}" if job else "-")
+        table.add_row(*row)
+        for failure in s["failures"][:MAX_LISTED_FAILURES]:
+            lines.append(f"[red]{s['stage']} shard {failure['shard']} failed[/red]: {failure['error']}"
+                         + (f" (log: {failure['log']})" if failure.get("log") else ""))
+        if len(s["failures"]) > MAX_LISTED_FAILURES:
+            lines.append(f"[red]{s['stage']}: {len(s['failures']) - MAX_LISTED_FAILURES} more failed shard(s)[/red] "
+                         "(--json lists them all)")
+    return Group(table, *lines)
+
+
+def status_console():
+    """stdout; when piped, wide enough that no column is cut (a terminal keeps its own width)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def watch(workdir, interval: float, console) -> dict:
+    """Redraw the status every `interval` seconds until the run is complete or nothing is left
+    that could change it (no SLURM job queued or running, no shard running)."""
+    from rich.live import Live
+
+    report = status_report(workdir)
+    with Live(render_status(report), console=console, auto_refresh=False) as live:
+        while True:
+            running = any(s["running"] for s in report["stages"])
+            if report["complete"] or not (report["slurm_active"] or running):
+                return report
+            time.sleep(interval)
+            report = status_report(workdir)
+            live.update(render_status(report), refresh=True)

@@ -57,7 +57,22 @@ class InputTally:
 
 
 def open_stage(ctx: StageContext):
-    return lambda shard: consensus(ctx)
+    def process(shard: int) -> dict:
+        totals = consensus(ctx, ctx.config.min_score)
+        finish_report(ctx, totals)
+        return totals
+    return process
+
+
+def finish_report(ctx: StageContext, totals: dict) -> None:
+    """The final stage writes the run's report and provenance; the results stand even if that fails."""
+    from ..report import write_report
+
+    try:
+        write_report(ctx.workdir, ctx.config, completing={"consensus": totals}, event="consensus")
+    except Exception as exc:  # a report problem (fonts, disk) must not fail a finished run's results
+        console.warn(f"report not written ({type(exc).__name__}: {exc}); "
+                     f"run 'virnucpro-slurm report --workdir {ctx.workdir.root}'")
 
 
 def consensus(ctx: StageContext, min_score: float | None = None) -> dict:
@@ -145,7 +160,9 @@ def write_reads_table(reads_in: Path, reads_out: Path, tally: InputTally, min_sc
                 continue
             best = max(tally.chunk_max[c][1] for c in chunk_ids)
             viral_chunks = sum(tally.chunk_is_virus(c) for c in chunk_ids)
-            is_virus = best >= min_score if min_score is not None else viral_chunks > 0
+            # in float32 (the precision max_virus_score is printed in; numpy < 2 would widen to float64),
+            # so a threshold copied from reads.tsv includes that read; bool(): numpy bools break json
+            is_virus = bool(best >= np.float32(min_score)) if min_score is not None else viral_chunks > 0
             viral_reads += is_virus
             out.write(f"{read_id}\t{length}\t{chunks}\t{frames}\t{viral_chunks}\t{str(best)}\t{'virus' if is_virus else 'others'}\n")
     return viral_reads

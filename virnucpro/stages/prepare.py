@@ -1,94 +1,305 @@
 """Stage 1, prepare (CPU): read every input, chunk, translate six frames, write balanced shards.
 
-Shards are contiguous runs of frames in input order, cut where the cumulative ESM-2 token count
-(protein length + BOS + EOS) crosses k/N of the total, so every shard costs the GPU about the same
-and the split is a pure function of the inputs and N. Frames are spooled to disk first, so memory
-stays bounded however many reads come in.
+Inputs are cut into blocks of whole FASTA records; each block is parsed, validated, chunked and
+translated (the vectorised `translate_stream`) into frame lines and reads-table lines, by a pool
+of worker processes when the input is large. Results are consumed in block order, so the output
+does not depend on the number of workers. Frames are spooled to disk, then cut into shards:
+contiguous runs of frames in input order, cut where the cumulative ESM-2 token count (protein
+length + BOS + EOS) crosses k/N of the total, so every shard costs the GPU about the same and the
+split is a pure function of the inputs and N. Memory stays bounded by a few blocks (plus 2 bytes
+per frame for the token costs and 8 bytes per read for the duplicate-id check).
+
+Before writing the shards, the stage checks that the three models fit together (the
+classifier's input width is DNABERT-S's plus ESM-2's), so a wrong model fails here, on the CPU,
+and not after hours of GPU.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import itertools
 import json
+import logging
+import multiprocessing
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
 
 from .. import console
 from ..atomic import atomic_open, atomic_write_text
+from ..errors import InputError
 from ..orchestration.runner import StageContext
-from ..sequences import chunk_starts, frames_of_read, read_fasta
-from ..storage import FRAME_COLUMNS, frame_line, iter_frame_lines
+from ..sequences import (BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block,
+                         translate_stream)
+from ..storage import FRAME_COLUMNS
+
+log = logging.getLogger("virnucpro.prepare")
 
 READS_COLUMNS = ("read_id", "length", "chunks", "frames")
+COUNT_KEYS = ("reads", "bases", "chunks", "frames", "reads_without_frames", "reads_shorter_than_codon",
+              "records_without_sequence")
+PARALLEL_MIN_BYTES = 16 << 20  # below this much input, worker start-up costs more than it saves
 
 
 def open_stage(ctx: StageContext):
-    return lambda shard: prepare(ctx)
+    return lambda shard: prepare(ctx, before_shards=lambda: check_models(ctx.config))
 
 
-def esm_tokens(protein: str) -> int:
-    return len(protein) + 2
+# ---------------------------------------------------------------- one block of records
+
+@dataclass
+class BlockResult:
+    input_index: int
+    spool: str  # frame-table lines
+    reads: str  # reads-table lines
+    costs: bytes  # ESM-2 tokens of each frame, uint16
+    digests: bytes  # read-id digests for the duplicate check
+    counts: dict
 
 
-def prepare(ctx: StageContext) -> dict:
+def prepare_block(task: tuple[Block, int, int]) -> BlockResult:
+    """Parse, validate, chunk and translate one block (runs in a worker process)."""
+    block, input_index, chunk_length = task
+    reads = parse_block(block)
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    spool, table, costs = [], [], []
+    prefix = f"{input_index}\t"
+    for batch in translate_stream(reads, chunk_length):
+        spool.append("".join([f"{prefix}{r}\t{c}\t{f}\t{n}\t{p}\n" for r, c, f, n, p in zip(
+            batch.read_ids, batch.chunk_ids, batch.frame_ids, batch.nucleotides, batch.proteins)]))
+        table.append("".join([f"{i}\t{length}\t{chunks}\t{frames}\n" for i, length, chunks, frames in zip(
+            batch.finished_ids, batch.finished_lengths, batch.finished_chunks, batch.finished_frames)]))
+        costs.append(np.fromiter(map(len, batch.proteins), np.uint16, len(batch.proteins)) + 2)
+        lengths = np.asarray(batch.finished_lengths)
+        frames = np.asarray(batch.finished_frames)
+        counts["reads"] += len(lengths)
+        counts["bases"] += int(lengths.sum())
+        counts["chunks"] += sum(batch.finished_chunks)
+        counts["frames"] += len(batch.frame_ids)
+        counts["reads_without_frames"] += int((frames == 0).sum())
+        counts["reads_shorter_than_codon"] += int((lengths < 3).sum())
+        counts["records_without_sequence"] += int((lengths == 0).sum())
+    cost_bytes = np.concatenate(costs).tobytes() if costs else b""
+    digests = id_hashes(read_id for read_id, _ in reads)
+    return BlockResult(input_index, "".join(spool), "".join(table), cost_bytes, digests, counts)
+
+
+# ---------------------------------------------------------------- the stage
+
+def prepare_workers(total_bytes: int) -> int:
+    """Worker processes for this much input: none for small inputs, else one per available CPU
+    (SLURM_CPUS_PER_TASK on a cluster; VIRNUCPRO_PREPARE_WORKERS overrides)."""
+    forced = os.environ.get("VIRNUCPRO_PREPARE_WORKERS")
+    if forced:
+        return max(1, int(forced))
+    if total_bytes < PARALLEL_MIN_BYTES:
+        return 1
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or len(os.sched_getaffinity(0))
+    return max(1, min(cpus, 32))
+
+
+def ordered_map(function: Callable, tasks: Iterable, workers: int) -> Iterator:
+    """map(function, tasks) in order, over `workers` processes with at most 2 tasks per worker
+    in flight (so memory stays bounded however long `tasks` is)."""
+    if workers <= 1:
+        yield from map(function, tasks)
+        return
+    # spawn: the parent may hold torch and threads; a forked copy of those is not safe
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
+    try:
+        pending: collections.deque = collections.deque()
+        for task in tasks:
+            pending.append(pool.submit(function, task))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker start-up: die with the parent, even when it is killed with kill -9 (an orphaned
+    worker would otherwise wait for tasks forever). Linux's PR_SET_PDEATHSIG; a no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os._exit(1)
+
+
+class InputTotals:
+    """What prepare learns about one input file while its blocks go by."""
+
+    def __init__(self, name: str, path: Path):
+        self.counts = {"name": name, "path": str(path), **dict.fromkeys(COUNT_KEYS, 0)}
+        self.duplicates = DuplicateIds(path)
+        self.path = path
+
+    def add(self, result: BlockResult) -> None:
+        for key in COUNT_KEYS:
+            self.counts[key] += result.counts[key]
+        self.duplicates.add(result.digests)
+
+    def finish(self) -> dict:
+        if self.counts["reads"] == 0:
+            raise InputError(empty_file_message(self.path))
+        self.duplicates.check()
+        short, empty = self.counts["reads_shorter_than_codon"], self.counts["records_without_sequence"]
+        if short:
+            console.warn(f"{self.path}: skipped {short} read(s) shorter than one codon"
+                         + (f" ({empty} with no sequence at all)" if empty else ""))
+        if self.counts["frames"] == 0:
+            console.warn(f"{self.path}: no read yields a stop-free frame; its results will be header-only")
+        return self.counts
+
+
+def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None) -> dict:
+    """Spool the frames of every input, call `before_shards` (the model check: after the inputs,
+    so a bad input fails in seconds), then write the shards."""
     workdir, config = ctx.workdir, ctx.config
     inputs = [Path(p) for p in config.inputs]
+    workers = prepare_workers(sum(p.stat().st_size for p in inputs))
+    log.info("prepare: %d input(s), %d worker process(es)", len(inputs), workers)
+    tasks = ((block, index, config.chunk_length) for index, path in enumerate(inputs)
+             for block in fasta_blocks(path, BLOCK_BYTES))
+    results = ordered_map(prepare_block, tasks, workers)
+    # results come in block order, so each input's results are one run (none for an empty file)
+    runs = itertools.groupby(results, key=lambda result: result.input_index)
+    costs = bytearray()
     summary = {"inputs": [], "shards": []}
-    total_tokens = 0
-    with atomic_open(workdir.frames_spool) as spool, console.progress("prepare", len(inputs)) as advance:
+    with contextlib.closing(results), atomic_open(workdir.frames_spool) as spool, \
+            console.progress("prepare", len(inputs)) as advance:
         spool.write("\t".join(FRAME_COLUMNS) + "\n")
+        run_index, run = next(runs, (None, iter(())))
         for index, path in enumerate(inputs):
-            counts = {"name": config.input_names[index], "path": str(path), "reads": 0, "bases": 0,
-                      "chunks": 0, "frames": 0, "reads_without_frames": 0, "reads_shorter_than_codon": 0}
+            totals = InputTotals(config.input_names[index], path)
             with atomic_open(workdir.reads_table(index)) as reads_out:
                 reads_out.write("\t".join(READS_COLUMNS) + "\n")
-                for read in read_fasta(path):
-                    frames = frames_of_read(read, config.chunk_length, index)
-                    chunk_count = len(chunk_starts(len(read.sequence), config.chunk_length))
-                    for frame in frames:
-                        spool.write(frame_line(frame))
-                        total_tokens += esm_tokens(frame.protein)
-                    counts["reads"] += 1
-                    counts["bases"] += len(read.sequence)
-                    counts["chunks"] += chunk_count
-                    counts["frames"] += len(frames)
-                    counts["reads_without_frames"] += not frames
-                    counts["reads_shorter_than_codon"] += len(read.sequence) < 3
-                    reads_out.write(f"{read.id}\t{len(read.sequence)}\t{chunk_count}\t{len(frames)}\n")
-            if counts["reads_shorter_than_codon"]:
-                console.warn(f"{path}: skipped {counts['reads_shorter_than_codon']} read(s) shorter than one codon")
-            if counts["frames"] == 0:
-                console.warn(f"{path}: no read yields a stop-free frame; its results will be header-only")
-            summary["inputs"].append(counts)
+                if run_index == index:
+                    for result in run:
+                        spool.write(result.spool)
+                        reads_out.write(result.reads)
+                        costs += result.costs
+                        totals.add(result)
+                    run_index, run = next(runs, (None, iter(())))
+                summary["inputs"].append(totals.finish())
             advance(1)
-    summary["shards"] = split_spool(workdir, config.shards, total_tokens)
-    summary["total_tokens"] = total_tokens
-    summary["total_frames"] = sum(s["frames"] for s in summary["shards"])
+        before_shards()  # inside: if it refuses the models, the spool is never committed
+    token_costs = np.frombuffer(bytes(costs), np.uint16)
+    summary["shards"] = split_spool(workdir, config.shards, token_costs)
+    summary["total_tokens"] = int(token_costs.sum(dtype=np.int64))
+    summary["total_frames"] = len(token_costs)
+    summary["workers"] = workers
     atomic_write_text(workdir.prepare_summary, json.dumps(summary, indent=1) + "\n")
     workdir.frames_spool.unlink()
-    return {"frames": summary["total_frames"], "tokens": total_tokens,
-            "reads": sum(i["reads"] for i in summary["inputs"])}
+    return {"frames": summary["total_frames"], "tokens": summary["total_tokens"],
+            "reads": sum(i["reads"] for i in summary["inputs"]), "workers": workers}
 
 
-def shard_of(tokens_before: int, total_tokens: int, shards: int) -> int:
-    if total_tokens == 0:
-        return 0
-    return min(shards - 1, tokens_before * shards // total_tokens)
+def shard_boundaries(token_costs: np.ndarray, shards: int) -> list[int]:
+    """Frame index where each shard starts (plus the end): frame i goes to shard
+    min(shards - 1, tokens_before_i * shards // total), a pure function of the frames and N."""
+    total = int(token_costs.sum(dtype=np.int64))
+    if total == 0:
+        return [0] * shards + [len(token_costs)]
+    before = np.concatenate([[0], np.cumsum(token_costs, dtype=np.int64)[:-1]])
+    # first frame of shard k: the first with tokens_before * shards >= k * total
+    firsts = [int(np.searchsorted(before, -(-k * total // shards), side="left")) for k in range(1, shards)]
+    return [0] + firsts + [len(token_costs)]
 
 
-def split_spool(workdir, shards: int, total_tokens: int) -> list[dict]:
+def split_spool(workdir, shards: int, token_costs: np.ndarray) -> list[dict]:
     """Cut the spooled frames into `shards` contiguous, token-balanced frame tables."""
-    stats = [{"frames": 0, "tokens": 0} for _ in range(shards)]
-    frames = iter_frame_lines(workdir.frames_spool)
-    pending = next(frames, None)
-    tokens_before = 0
-    for shard in range(shards):
-        with atomic_open(workdir.shard_frames(shard)) as out:
-            out.write("\t".join(FRAME_COLUMNS) + "\n")
-            while pending is not None and shard_of(tokens_before, total_tokens, shards) == shard:
-                out.write(frame_line(pending))
-                cost = esm_tokens(pending.protein)
-                stats[shard]["frames"] += 1
-                stats[shard]["tokens"] += cost
-                tokens_before += cost
-                pending = next(frames, None)
-    assert pending is None, "frames left after the last shard"
+    bounds = shard_boundaries(token_costs, shards)
+    stats = []
+    with open(workdir.frames_spool, encoding="utf-8", newline="") as frames:
+        frames.readline()
+        for shard in range(shards):
+            count = bounds[shard + 1] - bounds[shard]
+            with atomic_open(workdir.shard_frames(shard)) as out:
+                out.write("\t".join(FRAME_COLUMNS) + "\n")
+                out.writelines(itertools.islice(frames, count))
+            stats.append({"frames": count,
+                          "tokens": int(token_costs[bounds[shard]:bounds[shard + 1]].sum(dtype=np.int64))})
+        if frames.readline():
+            raise RuntimeError(f"{workdir.frames_spool}: frames left after the last shard")
     return stats
+
+
+# ---------------------------------------------------------------- do the models fit together?
+
+# Embedding widths of the models that are known by name, so no 11 GB file is opened to check them.
+KNOWN_WIDTHS = {
+    "zhihan1996/DNABERT-S": 768, "esm2_t6_8M_UR50D": 320, "esm2_t12_35M_UR50D": 480, "esm2_t30_150M_UR50D": 640,
+    "esm2_t33_650M_UR50D": 1280, "esm2_t36_3B_UR50D": 2560, "esm2_t48_15B_UR50D": 5120,
+}
+
+
+def dnabert_width(spec: str) -> int | None:
+    config = Path(spec) / "config.json"
+    if config.is_file():
+        try:
+            return int(json.loads(config.read_text(encoding="utf-8"))["hidden_size"])
+        except (ValueError, KeyError, TypeError):
+            raise InputError(f"{config}: not a DNABERT-S model configuration (no hidden_size); "
+                             "give the DNABERT-S folder or 'zhihan1996/DNABERT-S'") from None
+    return KNOWN_WIDTHS.get(spec)
+
+
+def esm_width(spec: str) -> int | None:
+    path = Path(spec)
+    if path.stem in KNOWN_WIDTHS:
+        return KNOWN_WIDTHS[path.stem]
+    if not path.is_file():
+        return None
+    import torch
+
+    try:  # memory-mapped: only the pickled configuration is read, not the weights
+        data = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
+        if path.stat().st_size > (512 << 20):
+            return None  # an old-format large checkpoint: checked when the esm2 stage loads it
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable ESM-2 checkpoint ({type(exc).__name__}); "
+                             "give an esm2_*.pt file from fair-esm or a fair-esm model name") from None
+    try:
+        return int(data["cfg"]["model"].encoder_embed_dim)
+    except (KeyError, TypeError, AttributeError):
+        raise InputError(f"{path}: not a fair-esm ESM-2 checkpoint (no cfg.model.encoder_embed_dim); "
+                         "give an esm2_*.pt file from fair-esm or a fair-esm model name") from None
+
+
+def check_models(config) -> None:
+    """Fail before any GPU work when the classifier cannot take DNABERT-S + ESM-2 features."""
+    from ..engines.classifier import load_classifier
+
+    models = config.models
+    classifier = load_classifier(models.classifier)  # raises a one-line InputError for a non-classifier
+    expects = classifier.hidden_layer.in_features
+    classes = classifier.output_layer.out_features
+    if classes != 2:
+        raise InputError(f"{models.classifier}: the classifier has {classes} output classes, VirNucPro's has 2 "
+                         "(others, virus); give 300_model.pth or 500_model.pth")
+    dnabert, esm = dnabert_width(models.dnabert), esm_width(models.esm)
+    if dnabert is None or esm is None:
+        log.info("model widths not checked before the run (%s, %s): checked when the models load",
+                 models.dnabert, models.esm)
+        return
+    if dnabert + esm != expects:
+        raise InputError(
+            f"{models.classifier}: the classifier takes {expects} features but DNABERT-S ({models.dnabert}) gives "
+            f"{dnabert} and ESM-2 ({models.esm}) gives {esm}, {dnabert + esm} together; use the classifier "
+            "trained with these models (VirNucPro: DNABERT-S 768 + ESM-2 3B 2560 = 3328)")

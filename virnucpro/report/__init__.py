@@ -1,0 +1,50 @@
+"""The run report: W/report/index.html (self-contained) and its figures as PNG files beside it.
+
+`write_report` is called by `virnucpro-slurm report` and at the end of the consensus stage; it also
+brings W/provenance.json up to date.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..atomic import atomic_write_bytes, atomic_write_text
+from ..orchestration.config import RunConfig
+from ..paths import Workdir
+
+INDEX = "index.html"
+STAGES_PNG = "stages.png"
+# Past this many inputs the page keeps every input in its summary table but draws figures for the
+# first ones only: a page of thousands of embedded figures helps nobody and takes long to draw.
+MAX_INPUT_FIGURES = 50
+
+
+def input_figure_names(input_name: str) -> tuple[str, str]:
+    return f"{input_name}.scores.png", f"{input_name}.reads.png"
+
+
+def write_report(workdir: Workdir, config: RunConfig | None = None, completing: dict[str, dict] | None = None,
+                 event: str = "report") -> Path:
+    """Gather, draw and write the report; `completing` names a stage (and its metrics) that is
+    finishing in this very process, so the report does not show it as still running."""
+    from ..provenance import update_provenance
+    from . import figures, page
+    from .data import gather, load_state
+
+    config = config or RunConfig.load(workdir)
+    state = load_state(workdir, completing)
+    report = gather(workdir, config, state)
+    out = workdir.report_dir
+    drawn: dict[int, dict[str, bytes]] = {}
+    for stats in report.inputs[:MAX_INPUT_FIGURES]:
+        scores_name, reads_name = input_figure_names(stats.name)
+        scores, reads = figures.input_scores_figure(stats, report.min_score), figures.input_reads_figure(stats)
+        atomic_write_bytes(out / scores_name, scores)
+        atomic_write_bytes(out / reads_name, reads)
+        drawn[stats.index] = {f"{stats.name}: virus scores per frame and per read": scores,
+                              f"{stats.name}: read calls, frames lost to stop codons, chunks and frames per read": reads}
+    stage_png = figures.stages_figure(report)
+    atomic_write_bytes(out / STAGES_PNG, stage_png)
+    atomic_write_text(out / INDEX, page.render(report, drawn, stage_png, max(0, len(report.inputs) - MAX_INPUT_FIGURES)))
+    update_provenance(workdir, config, event, state)
+    return out / INDEX

@@ -1,0 +1,157 @@
+"""The report's PNG figures, drawn with matplotlib's Agg canvas (no display, no pyplot state)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..paths import STAGES
+from .data import CALLS, SCORE_BINS, InputStats, IntegerCounts, RunReport
+
+COLOURS = {"virus": "#c0392b", "others": "#2e86c1", "no_frames": "#95a5a6", "kept": "#27ae60", "lost": "#e67e22",
+           "bar": "#34495e", "requeues": "#f39c12", "failed": "#c0392b"}
+MAX_INTEGER_BARS = 40
+DPI = 100
+
+
+def png_bytes(figure: Figure) -> bytes:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def _nothing_yet(ax, title: str, why: str = "no data yet") -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, color="#7f8c8d")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _score_histogram(ax, counts: np.ndarray, total: int, title: str, xlabel: str, threshold: float | None,
+                     threshold_label: str) -> None:
+    """Bars at or above `threshold` in the virus colour; one neutral colour when there is no threshold."""
+    if total == 0:
+        _nothing_yet(ax, title, "no scores (no results yet, or no stop-free frame)")
+        return
+    centres = (SCORE_BINS[:-1] + SCORE_BINS[1:]) / 2
+    width = SCORE_BINS[1] - SCORE_BINS[0]
+    if threshold is None:
+        colours = [COLOURS["bar"]] * len(centres)
+    else:
+        colours = [COLOURS["virus"] if c >= threshold else COLOURS["others"] for c in centres]
+    ax.bar(centres, counts, width=width, color=colours, edgecolor="white", linewidth=0.5)
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=threshold_label)
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
+        ax.set_ylim(0, counts.max() * 1.2)
+    ax.set_xlim(0, 1)
+    ax.set_title(f"{title} (n={total:,})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+
+
+def _integer_bars(ax, counts: IntegerCounts, title: str, xlabel: str, colour: str) -> None:
+    if counts.total == 0:
+        _nothing_yet(ax, title)
+        return
+    values = np.arange(len(counts.counts))
+    if len(values) <= MAX_INTEGER_BARS:
+        ax.bar(values, counts.counts, color=colour, width=0.8)
+        ax.set_xticks(values[:: max(1, len(values) // 12)])
+    else:  # very long reads: group neighbouring values so the bars stay readable
+        heights, edges = np.histogram(values, bins=MAX_INTEGER_BARS, weights=counts.counts)
+        ax.bar(edges[:-1], heights, width=np.diff(edges), align="edge", color=colour)
+    ax.set_title(f"{title} (mean {counts.mean():.2f})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("reads")
+
+
+def input_scores_figure(stats: InputStats, min_score: float | None) -> bytes:
+    figure = Figure(figsize=(10, 3.6))
+    left, right = figure.subplots(1, 2, gridspec_kw={"left": 0.07, "right": 0.98, "bottom": 0.15, "top": 0.8, "wspace": 0.22})
+    _score_histogram(left, stats.frame_scores.counts, stats.frame_scores.total, "Virus score per frame",
+                     "score2 = P(virus)", 0.5, "0.5: frame label boundary")
+    # the default read call is per chunk, not a threshold on this score: no colours then
+    _score_histogram(right, stats.read_scores.counts, stats.read_scores.total, "Best virus score per read",
+                     "max_virus_score over the read's frames", min_score,
+                     f"--min-score {min_score:g}: virus at or above" if min_score is not None else "")
+    figure.suptitle(stats.name, fontsize=11, fontweight="bold")
+    return png_bytes(figure)
+
+
+def input_reads_figure(stats: InputStats) -> bytes:
+    figure = Figure(figsize=(10, 6.4))
+    (calls_ax, frames_ax), (chunks_ax, kept_ax) = figure.subplots(2, 2, gridspec_kw={
+        "left": 0.09, "right": 0.98, "bottom": 0.08, "top": 0.9, "wspace": 0.25, "hspace": 0.6})
+    if stats.has_results and stats.reads:
+        shares = [stats.calls[c] / stats.reads * 100 for c in CALLS]
+        bars = calls_ax.barh(list(CALLS)[::-1], shares[::-1], color=[COLOURS[c] for c in CALLS][::-1])
+        for bar, call in zip(bars, list(CALLS)[::-1]):
+            calls_ax.text(bar.get_width() + 1, bar.get_y() + bar.get_height() / 2,
+                          f"{stats.calls[call]:,} ({stats.calls[call] / stats.reads:.1%})", va="center", fontsize=8)
+        calls_ax.set_xlim(0, 120)
+        calls_ax.set_xlabel("% of reads")
+        calls_ax.set_title("Read calls")
+    else:
+        _nothing_yet(calls_ax, "Read calls")
+    if stats.prepared and stats.possible_frames:
+        kept, lost = stats.frames, stats.frames_lost_to_stops
+        frames_ax.barh([0], [kept], height=0.6, color=COLOURS["kept"], label=f"kept: {kept:,} ({kept / stats.possible_frames:.1%})")
+        frames_ax.barh([0], [lost], height=0.6, left=[kept], color=COLOURS["lost"],
+                       label=f"stop codon: {lost:,} ({lost / stats.possible_frames:.1%})")
+        frames_ax.set_ylim(-0.5, 1.3)
+        frames_ax.set_xlim(0, stats.possible_frames)
+        frames_ax.set_xlabel(f"of {stats.possible_frames:,} possible frames (6 per chunk)")
+        frames_ax.set_title("Frames lost to stop codons")
+        frames_ax.legend(loc="upper center", ncol=2, fontsize=8, frameon=False)
+        frames_ax.set_yticks([])
+    else:
+        _nothing_yet(frames_ax, "Frames lost to stop codons")
+    _integer_bars(chunks_ax, stats.chunks_per_read, "Chunks per read", "chunks", COLOURS["bar"])
+    _integer_bars(kept_ax, stats.frames_per_read, "Stop-free frames per read", "frames kept", COLOURS["kept"])
+    figure.suptitle(stats.name, fontsize=11, fontweight="bold")
+    return png_bytes(figure)
+
+
+def stages_figure(report: RunReport) -> bytes:
+    figure = Figure(figsize=(12, 3.6))
+    time_ax, speed_ax, trouble_ax = figure.subplots(1, 3, gridspec_kw={
+        "left": 0.06, "right": 0.98, "bottom": 0.2, "top": 0.9, "wspace": 0.3})
+    stages = list(STAGES)
+    elapsed = [report.stages[s]["elapsed_seconds"] or 0 for s in stages]
+    machine = [report.stages[s]["shard_seconds"] or 0 for s in stages]
+    x = np.arange(len(stages))
+    time_ax.bar(x - 0.2, elapsed, width=0.4, color=COLOURS["bar"], label="elapsed (first start to last finish)")
+    time_ax.bar(x + 0.2, machine, width=0.4, color="#85c1e9", label="sum over shards")
+    time_ax.set_xticks(x, stages, rotation=20)
+    time_ax.set_ylabel("seconds")
+    time_ax.set_title("Wall time per stage")
+    time_ax.set_ylim(0, max(elapsed + machine + [1e-3]) * 1.35)
+    time_ax.legend(loc="upper left", fontsize=7, frameon=False)
+    gpu_stages = [s for s in stages if report.stages[s]["tokens_per_second"]]
+    if gpu_stages:
+        rates = [report.stages[s]["tokens_per_second"] for s in gpu_stages]
+        bars = speed_ax.bar(gpu_stages, rates, color=COLOURS["kept"])
+        for bar, rate in zip(bars, rates):
+            speed_ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{rate:,.0f}", ha="center", va="bottom", fontsize=8)
+        speed_ax.set_ylim(0, max(rates) * 1.15)
+        speed_ax.set_ylabel("tokens / s per task")
+        speed_ax.set_title("Embedding throughput")
+    else:
+        _nothing_yet(speed_ax, "Embedding throughput", "no embedding stage finished yet")
+    requeues = [report.stages[s]["requeues"] for s in stages]
+    failed = [report.stages[s]["failed"] for s in stages]
+    trouble_ax.bar(x - 0.2, requeues, width=0.4, color=COLOURS["requeues"], label="requeues")
+    trouble_ax.bar(x + 0.2, failed, width=0.4, color=COLOURS["failed"], label="failed shards")
+    trouble_ax.set_xticks(x, stages, rotation=20)
+    trouble_ax.set_ylim(0, max(requeues + failed + [1]) * 1.35)
+    trouble_ax.yaxis.get_major_locator().set_params(integer=True)
+    trouble_ax.set_title("Requeues and failures")
+    if not any(requeues + failed):
+        trouble_ax.text(0.5, 0.45, "no requeues, no failures", ha="center", transform=trouble_ax.transAxes, color=COLOURS["kept"])
+    trouble_ax.legend(loc="upper left", fontsize=7, frameon=False)
+    return png_bytes(figure)

@@ -1,0 +1,190 @@
+"""index.html: one self-contained page (inline CSS, figures as data URIs, no script) that opens offline."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..paths import PREDICTION_RESULTS, READS_TABLE
+from .data import InputStats, RunReport
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #222; background: #fafafa; }
+header { background: #1f3a4d; color: #fff; padding: 1.2em 2em; }
+header h1 { margin: 0 0 .3em 0; font-size: 1.6em; }
+header p { margin: .15em 0; opacity: .9; }
+header code { background: rgba(255, 255, 255, .15); color: #fff; }
+main { padding: 1em 2em 3em; max-width: 1300px; }
+section { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: .8em 1.4em 1.2em; margin: 1.2em 0; }
+h2 { border-bottom: 2px solid #1f3a4d; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .6em 0; font-size: .92em; }
+th, td { border: 1px solid #ccc; padding: .3em .7em; text-align: right; }
+th { background: #eef2f5; }
+td.text, th.text { text-align: left; }
+img { max-width: 100%; height: auto; display: block; margin: .6em 0; }
+.banner { padding: .7em 1em; border-radius: 4px; margin: 1em 0; font-weight: bold; }
+.demo { background: #fdecea; border: 2px solid #c0392b; color: #922b21; }
+.progress { background: #fef5e7; border: 1px solid #f39c12; }
+.ok { background: #e9f7ef; border: 1px solid #27ae60; }
+.failed { color: #c0392b; }
+code { background: #f0f0f0; padding: 0 .25em; border-radius: 3px; font-size: .9em; word-break: break-all; }
+.muted { color: #777; }
+"""
+
+
+def e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def number(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else ("-" if value is None else e(value))
+
+
+def percent(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "-"
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f} s" if value < 120 else time.strftime("%H:%M:%S", time.gmtime(value))
+
+
+def image(png: bytes, alt: str) -> str:
+    return f'<img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def table(headers: list[str], rows: list[list[str]], text_columns: int = 1) -> str:
+    def cells(values, tag):
+        return "".join(f'<{tag}{" class=text" if i < text_columns else ""}>{v}</{tag}>' for i, v in enumerate(values))
+    body = "".join(f"<tr>{cells(row, 'td')}</tr>" for row in rows)
+    return f"<table><thead><tr>{cells(headers, 'th')}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def call_rule(min_score: float | None) -> str:
+    if min_score is None:
+        return ("a read is <b>virus</b> when at least one of its chunks is viral by the original per-chunk rule "
+                "(max P(virus) &ge; max P(others) over the chunk's frames)")
+    return f"a read is <b>virus</b> when its max_virus_score &ge; {min_score:g} (<code>--min-score</code>)"
+
+
+def summary_rows(report: RunReport) -> list[list[str]]:
+    rows = []
+    for s in report.inputs:
+        rows.append([
+            f'<a href="#input-{s.index}">{e(s.name)}</a>', number(s.reads if s.prepared else None),
+            number(s.bases if s.prepared else None), number(s.chunks if s.prepared else None),
+            f"{number(s.frames)} / {number(s.possible_frames)}" if s.prepared else "-",
+            percent(s.frames_lost_to_stops, s.possible_frames) if s.prepared else "-",
+            number(s.calls["virus"]) if s.has_results else "-",
+            percent(s.calls["virus"], s.reads) if s.has_results else "-",
+            number(s.calls["others"]) if s.has_results else "-",
+            number(s.calls["no_frames"]) if s.has_results else "-",
+        ])
+    return rows
+
+
+def input_section(report: RunReport, s: InputStats, figures: dict[str, bytes]) -> str:
+    results = Path(os.path.relpath(report.workdir.result_dir(s.name), report.workdir.report_dir))
+    links = " · ".join(f'<a href="{e((results / f).as_posix())}">{e(f)}</a>' for f in (READS_TABLE, PREDICTION_RESULTS))
+    facts = table(["", "value"], [
+        ["file", f"<code>{e(s.path)}</code>"],
+        ["reads / bases", f"{number(s.reads)} / {number(s.bases)}" if s.prepared else "not prepared yet"],
+        ["chunks (mean per read)", f"{number(s.chunks)} ({s.chunks_per_read.mean() or 0:.2f})" if s.prepared else "-"],
+        ["stop-free frames kept / possible", f"{number(s.frames)} / {number(s.possible_frames)}" if s.prepared else "-"],
+        ["frames lost to stop codons", f"{number(s.frames_lost_to_stops)} ({percent(s.frames_lost_to_stops, s.possible_frames)})" if s.prepared else "-"],
+        ["reads without any stop-free frame", number(s.reads_without_frames) if s.prepared else "-"],
+        ["reads shorter than one codon", number(s.reads_too_short) if s.prepared else "-"],
+        ["frames labelled virus / others", f"{number(s.frame_labels['virus'])} / {number(s.frame_labels['others'])}" if s.has_results else "no results yet"],
+        ["reads called virus / others / no_frames", " / ".join(f"{number(s.calls[c])} ({percent(s.calls[c], s.reads)})" for c in ("virus", "others", "no_frames")) if s.has_results else "no results yet"],
+    ], text_columns=2)
+    pictures = "".join(image(png, alt) for alt, png in figures.items())
+    return (f'<section id="input-{s.index}"><h2>{e(s.name)}</h2>{facts}'
+            f'<p>Results: {links}</p>{pictures}</section>')
+
+
+def stages_section(report: RunReport, figure: bytes) -> str:
+    rows, failures = [], []
+    for stage, t in report.stages.items():
+        state = "done" if t["shards"] and t["done"] == t["shards"] else ("failed" if t["failed"] else "running" if t["running"] else "pending")
+        rows.append([e(stage), f'<span class="{"failed" if state == "failed" else ""}">{state}</span>',
+                     f'{t["done"]} / {t["shards"]}', seconds(t["elapsed_seconds"]), seconds(t["shard_seconds"]),
+                     number(t["computed_tokens"]), f'{t["tokens_per_second"]:,.0f}' if t["tokens_per_second"] else "-",
+                     number(t["attempts"]), number(t["requeues"]), number(t["failed"]),
+                     e(", ".join(t["job_ids"])) or "-", e(", ".join(t["hosts"])) or "-"])
+        for failure in t["failures"]:
+            failures.append(f'<li class="failed">{e(stage)} shard {failure["shard"]}: {e(failure["error"])}'
+                            + (f' (log <code>{e(failure["log"])}</code>)' if failure["log"] else "") + "</li>")
+    listing = f"<h3>Failures</h3><ul>{''.join(failures)}</ul>" if failures else ""
+    return ('<section id="stages"><h2>Stages</h2>'
+            + table(["stage", "state", "shards done", "elapsed", "shard time", "tokens", "tokens/s per task",
+                     "attempts", "requeues", "failed", "SLURM jobs", "hosts"], rows, text_columns=2)
+            + listing + image(figure, "wall time, throughput, requeues and failures per stage") + "</section>")
+
+
+def run_section(report: RunReport) -> str:
+    config = report.config
+    fingerprint = config.fingerprint.get("models", {}) if config.fingerprint else {}
+
+    def identity(kind: str) -> str:
+        ident = fingerprint.get(kind, {})
+        if "sha256" in ident:
+            return f"sha256 <code>{e(ident['sha256'][:16])}…</code>"
+        if "files" in ident:
+            return f"{len(ident['files'])} files hashed"
+        return "hub name"
+    rows = [[e(kind), f"<code>{e(getattr(config.models, kind))}</code>", identity(kind)] for kind in ("esm", "dnabert", "classifier")]
+    provenance = os.path.relpath(report.workdir.provenance, report.workdir.report_dir)
+    return ('<section id="run"><h2>Run</h2>'
+            + table(["parameter", "value"], [["chunk length", str(config.chunk_length)], ["shards", str(config.shards)],
+                                             ["precision", e(config.precision)], ["packed ESM-2", str(config.packing)],
+                                             ["device", e(config.device)], ["inputs list", f"<code>{e(config.inputs_list)}</code>"]],
+                    text_columns=2)
+            + table(["model", "spec", "identity"], rows, text_columns=3)
+            + f'<p>Versions, hashes, timings and job ids: <a href="{e(provenance)}">provenance.json</a>.</p></section>')
+
+
+def render(report: RunReport, input_figures: dict[int, dict[str, bytes]], stage_figure: bytes,
+           omitted_inputs: int = 0) -> str:
+    config, root = report.config, report.workdir.root
+    state = ('<div class="banner ok">Run complete.</div>' if report.complete else
+             '<div class="banner progress">Run in progress or stopped: figures show what is finished so far.</div>')
+    demo = ('<div class="banner demo">DEMO MODELS: random weights, so these predictions are MEANINGLESS.</div>'
+            if config.models.demo else "")
+    sections = "".join(input_section(report, s, input_figures[s.index]) for s in report.inputs if s.index in input_figures)
+    if omitted_inputs:
+        sections += f'<p class="muted">Figures of {omitted_inputs} more input(s) are left out; the summary table lists them all.</p>'
+    summary = table(["input", "reads", "bases", "chunks", "frames kept / possible", "lost to stops",
+                     "virus reads", "virus share", "others", "no frames"], summary_rows(report))
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>VirNucPro report: {e(root.name)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header>
+<h1>VirNucPro report: {e(root.name)}</h1>
+<p>workdir <code>{e(root)}</code></p>
+<p>generated {e(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report.generated)))} by virnucpro {e(__version__)}</p>
+</header>
+<main>
+{demo}{state}
+<section id="summary"><h2>Summary</h2>
+{summary}
+<p>Call rule: {call_rule(report.min_score)}. Reads with no stop-free frame in any chunk are <b>no_frames</b>.</p>
+</section>
+{sections}
+{stages_section(report, stage_figure)}
+{run_section(report)}
+</main>
+</body>
+</html>
+"""

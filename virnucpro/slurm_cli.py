@@ -1,0 +1,193 @@
+"""`virnucpro-slurm submit` and `cancel`: a run as SLURM array jobs (see orchestration/slurm.py)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import console
+from .paths import STAGES
+
+SUBMIT_EPILOG = """\
+examples:
+  virnucpro-slurm submit inputs.txt -w W --partition gpu --classifier 500_model.pth
+  virnucpro-slurm submit inputs.txt -w W --profile slurm_templates/example-site.yaml --dry-run
+  virnucpro-slurm submit inputs.txt -w W --partition gpu --gpus-per-task 4 --max-parallel-gpus 16 --time-esm2 12:00:00
+  virnucpro-slurm status -w W --watch
+  virnucpro-slurm cancel -w W
+
+The job graph: prepare (CPU) -> dnabert and esm2 (GPU arrays over shards) -> predict (array)
+-> consensus. Submitting again on the same workdir submits only the unfinished (stage, shard)
+pairs. Settings come from built-in defaults < --profile < flags. Shards: --shards N, default
+one per 50 Mbp of input (about 4 min of ESM-2 3B per shard on one H100), so each GPU task
+amortises its model loading; a task with --gpus-per-task N takes N shards, one per GPU.
+"""
+
+
+def register(subparsers, add_common, add_run_options) -> None:
+    submit = subparsers.add_parser("submit", help="run every stage as SLURM array jobs (resubmit: only unfinished work)",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUBMIT_EPILOG)
+    add_run_options(submit)
+    slurm = submit.add_argument_group("SLURM (flags override the --profile, which overrides the defaults)")
+    slurm.add_argument("--profile", metavar="YAML|NAME", help="site profile, e.g. slurm_templates/example-site.yaml")
+    slurm.add_argument("--partition", help="partition of the GPU stages (dnabert, esm2)")
+    slurm.add_argument("--cpu-partition", help="partition of prepare, predict and consensus (default: --partition)")
+    slurm.add_argument("--account")
+    slurm.add_argument("--qos")
+    slurm.add_argument("--gres-name", help="GPU gres as in --gres=NAME:N (default gpu; e.g. gpu:a100)")
+    slurm.add_argument("--gpus-per-task", type=int, metavar="N",
+                       help="GPUs per dnabert/esm2 task (one worker per GPU, N shards per task; default 1)")
+    slurm.add_argument("--max-parallel-gpus", type=int, metavar="N", help="at most N GPUs busy per GPU stage array")
+    for stage in STAGES:
+        slurm.add_argument(f"--time-{stage}", metavar="TIME", help=f"time limit of {stage} tasks (minutes or H:MM:SS)")
+    slurm.add_argument("--dry-run", action="store_true",
+                       help="write and print the sbatch scripts under W/slurm/dry-run/; submit nothing, change no state")
+    add_common(submit)
+    submit.set_defaults(func=cmd_submit)
+
+    cancel = subparsers.add_parser("cancel", help="cancel every SLURM job of a workdir (resubmit to resume)",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="cancels the jobs recorded in W/slurm/jobs.json; tasks stopped by it do not "
+                                          "requeue themselves\n\nexamples:\n  virnucpro-slurm cancel --workdir W\n"
+                                          "  virnucpro-slurm submit inputs.txt --workdir W --partition gpu   # resume later")
+    cancel.add_argument("--workdir", "-w", type=Path, required=True)
+    add_common(cancel)
+    cancel.set_defaults(func=cmd_cancel)
+
+
+def slurm_flags(args) -> dict:
+    return {
+        "partition": args.partition, "cpu_partition": args.cpu_partition, "account": args.account, "qos": args.qos,
+        "gres_name": args.gres_name, "gpus_per_task": args.gpus_per_task, "max_parallel_gpus": args.max_parallel_gpus,
+        "stages": {stage: {"time": getattr(args, f"time_{stage}")} for stage in STAGES},
+    }
+
+
+def preview_run(request):
+    """The run's configuration and state as `plan_run` would make them, without writing anything."""
+    from .orchestration.config import RunConfig, auto_shards, input_names
+    from .orchestration.plan import resolve_models
+    from .orchestration.state import StateFile
+    from .paths import Workdir
+    from .sequences import read_inputs_list
+
+    workdir = Workdir(request.workdir)
+    if workdir.config.exists() and not request.restart:
+        return workdir, RunConfig.load(workdir), StateFile(workdir.state, workdir.state_lock).load()
+    models, chunk_length = resolve_models(request)
+    inputs = read_inputs_list(request.inputs_list)
+    config = RunConfig(inputs_list=str(Path(request.inputs_list).resolve()), inputs=[str(p) for p in inputs],
+                       input_names=input_names(inputs), chunk_length=chunk_length,
+                       shards=request.shards or auto_shards(inputs), models=models, precision=request.precision,
+                       packing=request.packing, device=request.device, checkpoint_tokens=request.checkpoint_tokens,
+                       esm_token_budget=request.esm_token_budget, dnabert_token_budget=request.dnabert_token_budget,
+                       min_score=getattr(request, "min_score", None))
+    return workdir, config, {}
+
+
+def cmd_submit(args) -> int:
+    from .cli import run_request
+    from .orchestration import slurm
+    from .paths import Workdir
+
+    options = slurm.resolve_options(args.profile, slurm_flags(args))
+    request = run_request(args)
+    slurm.check_workdir_path(Workdir(request.workdir))
+    if args.dry_run:
+        workdir, config, state = preview_run(request)
+        jobs, _ = slurm.plan_jobs(config, state, options.gpus_per_task)
+        write_dry_run(workdir, jobs, options)
+        return 0
+
+    from .errors import VirnucproError
+    from .orchestration.plan import plan_run
+    from .orchestration.state import PENDING
+
+    slurm.require_slurm()
+    workdir = Workdir(request.workdir)
+    active = slurm.active_jobs(workdir)
+    if active:
+        raise VirnucproError(f"{workdir.root}: jobs {', '.join(active)} of this run are still queued or running; "
+                             f"wait for them, or 'virnucpro-slurm cancel --workdir {workdir.root}' first")
+    workdir, config, state = plan_run(request)
+    jobs, rerun = slurm.plan_jobs(config, state.load(), options.gpus_per_task)
+    if not jobs:
+        console.info(f"[green]nothing to submit[/green]: every stage of {workdir.root} is done")
+        return 0
+    for stage, shards in rerun.items():  # made from recomputed inputs: compute again
+        for shard in shards:
+            state.update(stage, shard, status=PENDING)
+    record = slurm.submit_graph(workdir, jobs, options)
+    print_submission(workdir, jobs, record)
+    return 0
+
+
+def describe(job) -> str:
+    shards = job.shards
+    span = f"shard {shards[0]}" if len(shards) == 1 else f"{len(shards)} shards"
+    after = f", after {' and '.join(job.after)}" if job.after else ""
+    gpus = f", {job.gpus} GPU(s) per task" if job.gpus else ""
+    return f"{job.stage}: {len(job.tasks)} task(s), {span}{gpus}{after}"
+
+
+def write_dry_run(workdir, jobs, options) -> None:
+    from .atomic import atomic_write_text
+    from .orchestration import slurm
+
+    folder = workdir.dry_run_dir
+    if folder.is_dir():
+        for old in folder.glob("*.sh"):
+            old.unlink()
+    placeholders = {job.stage: slurm.placeholder(job.stage) for job in jobs}
+    tty = console.stdout_is_tty()
+    if tty:
+        from rich.console import Console
+        from rich.syntax import Syntax
+        out = Console(highlight=False)
+    if not jobs:
+        console.info(f"nothing to submit: every stage of {workdir.root} is done")
+    for job in jobs:
+        script = slurm.render_script(workdir, job, options, placeholders)
+        path = folder / f"{job.stage}.sh"
+        atomic_write_text(path, script)
+        header = f"# ==== {path} -- {describe(job)}"
+        if tty:
+            out.print(f"[bold]{header}[/bold]")
+            out.print(Syntax(script, "bash", word_wrap=True))
+        else:
+            print(header)
+            print(script)
+    waited_for = [placeholders[s] for s in placeholders if any(s in job.after for job in jobs)]
+    console.info(f"dry run ({options.origin}): {len(jobs)} script(s) in {folder}; nothing submitted"
+                 + (f"; {', '.join(waited_for)} stand for the job ids sbatch will assign" if waited_for else ""))
+
+
+def print_submission(workdir, jobs, record) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"submitted {workdir.root}")
+    for column in ("stage", "job id", "tasks", "shards", "after"):
+        table.add_column(column)
+    for job in jobs:
+        entry = record["stages"][job.stage]
+        shards = job.shards
+        table.add_row(job.stage, entry["job_id"], str(len(job.tasks)),
+                      str(shards[0]) if len(shards) == 1 else f"{len(shards)} ({shards[0]}-{shards[-1]})",
+                      ", ".join(record["stages"][s]["job_id"] for s in job.after) or "-")
+    out = Console(highlight=False)
+    out.print(table)
+    out.print(f"logs: {workdir.logs}/<stage>/<job>_<task>.err   follow: virnucpro-slurm status -w {workdir.root} --watch")
+
+
+def cmd_cancel(args) -> int:
+    from .orchestration import slurm
+    from .paths import Workdir
+
+    workdir = Workdir(args.workdir)
+    ids = slurm.cancel_run(workdir)
+    if not ids:
+        console.info(f"no SLURM jobs recorded in {slurm.jobs_path(workdir)}")
+        return 0
+    console.info(f"cancelled jobs {', '.join(ids)}; 'virnucpro-slurm submit' on this workdir resumes the run")
+    return 0
