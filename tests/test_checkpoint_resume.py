@@ -21,7 +21,7 @@ from virnucpro.orchestration.state import StateFile
 from virnucpro.paths import Workdir
 
 CLI = [sys.executable, "-m", "virnucpro.cli"]
-CHECKPOINT_TOKENS = "1500"
+CHECKPOINT_TOKENS = "600"
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def wait_for_checkpoint(workdir: Path, process: subprocess.Popen, timeout: float
 def interrupt(inputs, workdir, models, sig, rng) -> subprocess.Popen:
     process = subprocess.Popen(command(inputs, workdir, models), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_checkpoint(workdir, process)
-    time.sleep(rng.uniform(0, 0.4))
+    time.sleep(rng.uniform(0, 0.1))
     sent = time.time()
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
