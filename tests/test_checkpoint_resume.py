@@ -29,7 +29,7 @@ def many_reads(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("reads")
     rng = random.Random(7)
     with open(folder / "reads.fa", "w") as out:
-        for i in range(1000):
+        for i in range(1500):
             out.write(f">read{i}\n{''.join(rng.choice('ACGT') for _ in range(150))}\n")
     (folder / "inputs.txt").write_text("reads.fa\n")
     return folder / "inputs.txt"
@@ -61,7 +61,7 @@ def wait_for_checkpoint(workdir: Path, process: subprocess.Popen, timeout: float
             return
         if process.poll() is not None:
             raise AssertionError(f"run ended (exit {process.returncode}) before an esm2 checkpoint")
-        time.sleep(0.05)
+        time.sleep(0.01)
     raise AssertionError("no esm2 checkpoint appeared")
 
 

@@ -44,6 +44,7 @@ log = logging.getLogger("virnucpro.prepare")
 READS_COLUMNS = ("read_id", "length", "chunks", "frames")
 COUNT_KEYS = ("reads", "bases", "chunks", "frames", "reads_without_frames", "reads_shorter_than_codon",
               "records_without_sequence")
+TABLE_HEADER = ("\t".join(FRAME_COLUMNS) + "\n").encode()
 PARALLEL_MIN_BYTES = 16 << 20  # below this much input, worker start-up costs more than it saves
 
 
@@ -56,8 +57,8 @@ def open_stage(ctx: StageContext):
 @dataclass
 class BlockResult:
     input_index: int
-    spool: str  # frame-table lines
-    reads: str  # reads-table lines
+    spool: bytes  # frame-table lines, UTF-8 (encoded by the worker, not the parent)
+    reads: bytes  # reads-table lines
     costs: bytes  # ESM-2 tokens of each frame, uint16
     digests: bytes  # read-id digests for the duplicate check
     counts: dict
@@ -87,21 +88,22 @@ def prepare_block(task: tuple[Block, int, int]) -> BlockResult:
         counts["records_without_sequence"] += int((lengths == 0).sum())
     cost_bytes = np.concatenate(costs).tobytes() if costs else b""
     digests = id_hashes(read_id for read_id, _ in reads)
-    return BlockResult(input_index, "".join(spool), "".join(table), cost_bytes, digests, counts)
+    return BlockResult(input_index, "".join(spool).encode(), "".join(table).encode(), cost_bytes, digests, counts)
 
 
 # ---------------------------------------------------------------- the stage
 
 def prepare_workers(total_bytes: int) -> int:
-    """Worker processes for this much input: none for small inputs, else one per available CPU
+    """Worker processes for this much input: none for small inputs or fewer than 3 CPUs (the
+    parent is busy too: it reads the blocks and writes the results), else one per other CPU
     (SLURM_CPUS_PER_TASK on a cluster; VIRNUCPRO_PREPARE_WORKERS overrides)."""
     forced = os.environ.get("VIRNUCPRO_PREPARE_WORKERS")
     if forced:
         return max(1, int(forced))
-    if total_bytes < PARALLEL_MIN_BYTES:
-        return 1
     cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or len(os.sched_getaffinity(0))
-    return max(1, min(cpus, 32))
+    if total_bytes < PARALLEL_MIN_BYTES or cpus < 3:
+        return 1
+    return min(cpus - 1, 32)
 
 
 def ordered_map(function: Callable, tasks: Iterable, workers: int) -> Iterator:
@@ -178,14 +180,14 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
     runs = itertools.groupby(results, key=lambda result: result.input_index)
     costs = bytearray()
     summary = {"inputs": [], "shards": []}
-    with contextlib.closing(results), atomic_open(workdir.frames_spool) as spool, \
+    with contextlib.closing(results), atomic_open(workdir.frames_spool, "wb") as spool, \
             console.progress("prepare", len(inputs)) as advance:
-        spool.write("\t".join(FRAME_COLUMNS) + "\n")
+        spool.write(TABLE_HEADER)
         run_index, run = next(runs, (None, iter(())))
         for index, path in enumerate(inputs):
             totals = InputTotals(config.input_names[index], path)
-            with atomic_open(workdir.reads_table(index)) as reads_out:
-                reads_out.write("\t".join(READS_COLUMNS) + "\n")
+            with atomic_open(workdir.reads_table(index), "wb") as reads_out:
+                reads_out.write(("\t".join(READS_COLUMNS) + "\n").encode())
                 if run_index == index:
                     for result in run:
                         spool.write(result.spool)
@@ -223,12 +225,12 @@ def split_spool(workdir, shards: int, token_costs: np.ndarray) -> list[dict]:
     """Cut the spooled frames into `shards` contiguous, token-balanced frame tables."""
     bounds = shard_boundaries(token_costs, shards)
     stats = []
-    with open(workdir.frames_spool, encoding="utf-8", newline="") as frames:
+    with open(workdir.frames_spool, "rb") as frames:
         frames.readline()
         for shard in range(shards):
             count = bounds[shard + 1] - bounds[shard]
-            with atomic_open(workdir.shard_frames(shard)) as out:
-                out.write("\t".join(FRAME_COLUMNS) + "\n")
+            with atomic_open(workdir.shard_frames(shard), "wb") as out:
+                out.write(TABLE_HEADER)
                 out.writelines(itertools.islice(frames, count))
             stats.append({"frames": count,
                           "tokens": int(token_costs[bounds[shard]:bounds[shard + 1]].sum(dtype=np.int64))})
