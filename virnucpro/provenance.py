@@ -13,8 +13,6 @@ GPU models from torch when already loaded, else from nvidia-smi when present.
 from __future__ import annotations
 
 import ast
-import contextlib
-import fcntl
 import json
 import os
 import platform
@@ -31,7 +29,7 @@ from pathlib import Path
 from . import __version__
 from .atomic import atomic_write_text
 from .orchestration.config import RunConfig
-from .orchestration.state import DONE, FAILED, PENDING, RUNNING, ShardState
+from .orchestration.state import DONE, FAILED, PENDING, RUNNING, ShardState, exclusive_lock
 from .paths import STAGES, Workdir
 
 PROVENANCE_VERSION = 1
@@ -198,16 +196,9 @@ def describe_run(workdir: Workdir, config: RunConfig, state: dict[str, dict[int,
 
 # ---------------------------------------------------------------- the file
 
-@contextlib.contextmanager
 def _run_lock(workdir: Workdir):
     # the state lock file is never unlinked, so it is a safe flock target; held only for a rewrite
-    workdir.state_lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(workdir.state_lock, "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    return exclusive_lock(workdir.state_lock)
 
 
 def read_provenance(workdir: Workdir) -> dict:

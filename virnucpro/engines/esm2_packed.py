@@ -302,11 +302,8 @@ class _DevicePack:
 # dense parts of a layer (pure functions so that torch.compile can take them)
 # --------------------------------------------------------------------------------------------
 
-def _attn_in(x, ln_w, ln_b, eps: float, wqkv, bqkv, cos, sin, heads: int, cdtype: torch.dtype):
-    """LayerNorm -> fused q/k/v projection -> rotary on q and k (fp32 arithmetic).
-
-    Functional form (what torch.compile fuses into one kernel).  Returns q, k [T, H, dh] and v.
-    """
+def _qk_halves(x, ln_w, ln_b, eps: float, wqkv, bqkv, heads: int, cdtype: torch.dtype):
+    """LayerNorm -> fused q/k/v projection; returns the rotary halves x1, x2 of [q; k] and qkv."""
     T, D = x.shape
     dh = D // heads
     h = F.layer_norm(x, (D,), ln_w, ln_b, eps)
@@ -315,8 +312,15 @@ def _attn_in(x, ln_w, ln_b, eps: float, wqkv, bqkv, cos, sin, heads: int, cdtype
     qkv = F.linear(h, wqkv, bqkv).view(T, 3, heads, dh)
     qk = qkv[:, :2].transpose(0, 1)  # [2, T, H, dh]
     half = dh // 2
-    x1 = qk[..., :half]
-    x2 = qk[..., half:]
+    return qk[..., :half], qk[..., half:], qkv
+
+
+def _attn_in(x, ln_w, ln_b, eps: float, wqkv, bqkv, cos, sin, heads: int, cdtype: torch.dtype):
+    """LayerNorm -> fused q/k/v projection -> rotary on q and k (fp32 arithmetic).
+
+    Functional form (what torch.compile fuses into one kernel).  Returns q, k [T, H, dh] and v.
+    """
+    x1, x2, qkv = _qk_halves(x, ln_w, ln_b, eps, wqkv, bqkv, heads, cdtype)
     c = cos[None, :, None, :]
     s = sin[None, :, None, :]
     # fair-esm: x*cos + rotate_half(x)*sin with rotate_half(x) = (-x2, x1) and cos/sin duplicated
@@ -328,19 +332,11 @@ def _attn_in(x, ln_w, ln_b, eps: float, wqkv, bqkv, cos, sin, heads: int, cdtype
 
 def _attn_in_eager(x, ln_w, ln_b, eps: float, wqkv, bqkv, cos, sin, heads: int, cdtype: torch.dtype):
     """Same as _attn_in with fewer kernels in eager mode (rotary written into one buffer)."""
-    T, D = x.shape
-    dh = D // heads
-    h = F.layer_norm(x, (D,), ln_w, ln_b, eps)
-    if h.dtype != cdtype:
-        h = h.to(cdtype)
-    qkv = F.linear(h, wqkv, bqkv).view(T, 3, heads, dh)
-    qk = qkv[:, :2].transpose(0, 1)  # [2, T, H, dh]
-    half = dh // 2
-    x1 = qk[..., :half]
-    x2 = qk[..., half:]
+    x1, x2, qkv = _qk_halves(x, ln_w, ln_b, eps, wqkv, bqkv, heads, cdtype)
+    half = x1.shape[-1]
     c = cos[None, :, None, :]
     s = sin[None, :, None, :]
-    rot = torch.empty((2, T, heads, dh), dtype=torch.float32, device=x.device)
+    rot = torch.empty((2, x.shape[0], heads, 2 * half), dtype=torch.float32, device=x.device)
     r1, r2 = rot[..., :half], rot[..., half:]
     torch.mul(x1, c, out=r1)
     r1.addcmul_(x2, s, value=-1.0)  # x1*c - x2*s

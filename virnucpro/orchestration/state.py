@@ -42,20 +42,22 @@ class ShardState:
         return cls(**known)
 
 
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `lock_path` (created if needed, never unlinked)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
 class StateFile:
     def __init__(self, path: Path, lock_path: Path):
         self.path = Path(path)
         self.lock_path = Path(lock_path)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def _read_raw(self) -> dict:
         try:
@@ -73,7 +75,7 @@ class StateFile:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict]:
         """Yield the raw state dict under the lock; it is written back atomically on success."""
-        with self._locked():
+        with exclusive_lock(self.lock_path):
             raw = self._read_raw()
             yield raw
             atomic_write_text(self.path, json.dumps(raw, indent=1, sort_keys=True) + "\n")
