@@ -212,6 +212,9 @@ class ShardCheckpoint:
         self.discard()
 
     def discard(self) -> None:
+        # Drop the record first: a kill while the pieces are being deleted must never leave a
+        # progress record that names pieces which are gone.
+        self.progress_path.unlink(missing_ok=True)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
