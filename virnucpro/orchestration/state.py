@@ -89,19 +89,23 @@ class StateFile:
                 for shard in range(count):
                     entries.setdefault(str(shard), asdict(ShardState()))
 
-    def update(self, stage: str, shard: int, **changes) -> ShardState:
+    @contextlib.contextmanager
+    def entry(self, stage: str, shard: int) -> Iterator[ShardState]:
+        """Yield one (stage, shard) entry under the lock; changes to it are written back atomically."""
         with self.transaction() as raw:
             entries = raw.setdefault("stages", {}).setdefault(stage, {})
             current = ShardState.from_dict(entries.get(str(shard), {}))
+            yield current
+            entries[str(shard)] = asdict(current)
+
+    def update(self, stage: str, shard: int, **changes) -> ShardState:
+        with self.entry(stage, shard) as current:
             for key, value in changes.items():
                 setattr(current, key, value)
-            entries[str(shard)] = asdict(current)
         return current
 
     def mark_running(self, stage: str, shard: int, job_id: str | None = None, log: str | None = None) -> ShardState:
-        with self.transaction() as raw:
-            entries = raw.setdefault("stages", {}).setdefault(stage, {})
-            current = ShardState.from_dict(entries.get(str(shard), {}))
+        with self.entry(stage, shard) as current:
             current.status = RUNNING
             current.attempts += 1
             current.started = time.time()
@@ -110,37 +114,27 @@ class StateFile:
             current.host = socket.gethostname()
             current.job_id = job_id or os.environ.get("SLURM_JOB_ID")
             current.log = log
-            entries[str(shard)] = asdict(current)
         return current
 
     def mark_done(self, stage: str, shard: int, metrics: dict | None = None) -> None:
-        with self.transaction() as raw:
-            entries = raw.setdefault("stages", {}).setdefault(stage, {})
-            current = ShardState.from_dict(entries.get(str(shard), {}))
-            now = time.time()
+        with self.entry(stage, shard) as current:
             current.status = DONE
-            current.finished = now
-            current.seconds = (now - current.started) if current.started else None
+            current.finished = time.time()
+            current.seconds = (current.finished - current.started) if current.started else None
             current.error = None
-            if metrics:
-                current.metrics = {**current.metrics, **metrics}
-            entries[str(shard)] = asdict(current)
+            current.metrics = {**current.metrics, **(metrics or {})}
 
     def mark_failed(self, stage: str, shard: int, error: str) -> None:
         self.update(stage, shard, status=FAILED, finished=time.time(), error=error)
 
     def mark_interrupted(self, stage: str, shard: int, metrics: dict | None = None) -> None:
         """Stopped by a signal after an emergency checkpoint: pending again, one more requeue."""
-        with self.transaction() as raw:
-            entries = raw.setdefault("stages", {}).setdefault(stage, {})
-            current = ShardState.from_dict(entries.get(str(shard), {}))
+        with self.entry(stage, shard) as current:
             current.status = PENDING
             current.requeues += 1
             current.finished = time.time()
             current.error = None
-            if metrics:
-                current.metrics = {**current.metrics, **metrics}
-            entries[str(shard)] = asdict(current)
+            current.metrics = {**current.metrics, **(metrics or {})}
 
     def reset(self, stages: list[str]) -> None:
         with self.transaction() as raw:
