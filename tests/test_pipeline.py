@@ -1,7 +1,6 @@
 """End to end on demo models: the CLI, the original method as oracle, resume after a crash."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -115,9 +115,5 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[int], No
         yield lambda n=1: bar.advance(task, n)
 
 
-def is_quiet() -> bool:
-    return _quiet
-
-
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()

@@ -700,9 +700,3 @@ def read_inputs_list(list_path: str | Path) -> list[Path]:
             raise InputError(f"{path}: input file not found{broken} (listed in {list_path}); fix the path")
         sniff_fasta(path)
     return paths
-
-
-def write_fasta_lines(handle, records: Iterable[tuple[str, str]]) -> None:
-    """One-line FASTA, the way the original writes its _identified_* files."""
-    for name, seq in records:
-        handle.write(f">{name}\n{seq}\n")

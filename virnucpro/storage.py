@@ -8,7 +8,6 @@ stale file is refused instead of silently shifting ids against rows.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import shutil
@@ -19,7 +18,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from .atomic import atomic_open, atomic_path, atomic_write_text
+from .atomic import atomic_path, atomic_write_text
 from .errors import ShardError
 from .sequences import FrameRecord
 
@@ -216,15 +215,3 @@ class ShardCheckpoint:
         # progress record that names pieces which are gone.
         self.progress_path.unlink(missing_ok=True)
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def write_tsv(path: Path, header: list[str], rows) -> int:
-    """A tab-separated file, written atomically; returns the number of rows."""
-    count = 0
-    with atomic_open(path) as handle:
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow(row)
-            count += 1
-    return count
