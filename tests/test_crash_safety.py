@@ -214,6 +214,9 @@ def run_trial(number: int, reference: Reference, inputs: Path, models: Path, roo
     if resumed.returncode != 0:
         trial.problems.append(f"the re-run failed ({resumed.returncode}): {resumed.stderr[-2000:]}")
         return trial
+    leftovers = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*.tmp"))
+    if leftovers:
+        trial.problems.append(f"temp files left after resuming: {leftovers}")
     files = artefacts(workdir)
     for name in sorted(set(files) | set(reference.files)):
         if files.get(name) != reference.files.get(name):

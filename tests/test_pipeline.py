@@ -101,7 +101,17 @@ def test_resume_after_a_crash_redoes_only_unfinished_shards(tmp_path, reference_
                 entry["status"] = "pending"
     for p in (workdir / "results").rglob("*.txt"):
         p.unlink()
+    # temp files a kill -9 leaves behind (a shard's can hold gigabytes): its next owner clears them
+    stale = [paths.embeddings("esm2", 1).parent / ".00001.h5.k2j4.tmp",
+             paths.embedding_parts("esm2", 2) / ".rows-000000000-000000004.h5.x9.tmp",
+             paths.results / "sample_a" / ".prediction_results.txt.q1.tmp",
+             paths.root / ".state.json.a8.tmp"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
     run_cli("run", example_inputs, "--workdir", workdir, "--models", demo_models, "--shards", "3")
+    assert [p for p in stale if p.exists()] == []
+    assert not list(workdir.rglob("*.tmp"))
     final = state.load()
     assert [final["dnabert"][s].attempts for s in range(3)] == [1, 1, 1]
     assert [final["esm2"][s].attempts for s in range(3)] == [1, 2, 2]

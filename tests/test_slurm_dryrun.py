@@ -180,8 +180,24 @@ def test_resubmission_plans_only_unfinished_work_and_skips_finished_dependencies
 def test_large_runs_stay_within_slurm_array_limits():
     tasks = slurm.group_shards(list(range(2500)), 1)
     assert len(tasks) <= slurm.MAX_ARRAY_TASKS and [s for t in tasks for s in t] == list(range(2500))
-    assert slurm.group_shards(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert all(len(t) % 4 == 0 for t in slurm.group_shards(list(range(8000)), 4)[:-1])
+    # as few tasks as 4 GPUs each allow, as even as possible: no task holds GPUs it has no shard for
+    assert slurm.group_shards(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert slurm.group_shards(list(range(6)), 4) == [[0, 1, 2], [3, 4, 5]]
+    assert slurm.group_shards([], 4) == []
+    for count in (1, 7, 4001, 8000, 8001):
+        tasks = slurm.group_shards(list(range(count)), 4)
+        sizes = {len(t) for t in tasks}
+        assert [s for t in tasks for s in t] == list(range(count)) and max(sizes) - min(sizes) <= 1
+        assert len(tasks) <= slurm.MAX_ARRAY_TASKS
+        assert count > 4 * slurm.MAX_ARRAY_TASKS or len(tasks) == -(-count // 4)
+
+
+def test_gpu_tasks_ask_only_for_the_gpus_their_shards_use():
+    jobs, _ = slurm.plan_jobs(config_of(1), {}, 4)
+    assert {j.stage: (j.tasks, j.gpus) for j in jobs if j.gpus} == {"dnabert": ([[0]], 1), "esm2": ([[0]], 1)}
+    jobs, _ = slurm.plan_jobs(config_of(6), {}, 4)
+    assert {j.stage: (j.tasks, j.gpus) for j in jobs if j.gpus} == {
+        "dnabert": ([[0, 1, 2], [3, 4, 5]], 3), "esm2": ([[0, 1, 2], [3, 4, 5]], 3)}
 
 
 def test_workdir_paths_slurm_cannot_express_are_refused(tmp_path):
@@ -206,6 +222,36 @@ def test_each_worker_of_a_multi_gpu_task_sees_one_gpu(monkeypatch, tmp_path):
     assert [argv[argv.index("--shards") + 1] for argv, _ in commands] == ["0,2", "1"]
 
 
+PRIVATE_HF_MODULES = """
+import os, sys
+from pathlib import Path
+from virnucpro.orchestration import task
+task.use_private_hf_modules_cache()
+first = os.environ["HF_MODULES_CACHE"]
+task.use_private_hf_modules_cache()
+assert os.environ["HF_MODULES_CACHE"] == first
+from transformers.utils import HF_MODULES_CACHE  # read once, when transformers is imported
+assert HF_MODULES_CACHE == first, HF_MODULES_CACHE
+envs = [env.get("HF_MODULES_CACHE") for _, env in task.worker_commands(Path("w"), "dnabert", [[0], [1]], "cpu", None, None)]
+print(first, envs)
+"""
+
+
+def test_each_task_process_copies_remote_model_code_into_its_own_folder(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("HF_MODULES_CACHE", None)
+    done = subprocess.run([sys.executable, "-c", PRIVATE_HF_MODULES], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    folder, workers = done.stdout.split(" ", 1)
+    assert Path(folder).parent == tmp_path and not Path(folder).exists()  # removed when the task ends
+    assert workers.strip() == "[None, None]"  # workers run side by side: each makes its own
+    env["HF_MODULES_CACHE"] = str(tmp_path / "site")  # a site's own choice is kept, for workers too
+    done = subprocess.run([sys.executable, "-c", PRIVATE_HF_MODULES], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    site = str(tmp_path / "site")
+    assert done.stdout.strip() == f"{site} [{site!r}, {site!r}]"
+
+
 def h5_arrays(path: Path) -> tuple:
     import h5py
 
@@ -213,7 +259,7 @@ def h5_arrays(path: Path) -> tuple:
         return list(h5["ids"][:]), h5["embeddings"][:]
 
 
-def test_a_task_split_over_two_workers_gives_the_one_worker_results(demo_models, example_inputs, tmp_path):
+def test_a_task_split_over_two_workers_gives_the_one_worker_results(demo_models, example_inputs, tmp_path, monkeypatch):
     from virnucpro.orchestration.plan import RunRequest, plan_run
     from virnucpro.orchestration.runner import StageContext, run_stage_shards
     from virnucpro.orchestration.task import run_array_task
@@ -225,6 +271,7 @@ def test_a_task_split_over_two_workers_gives_the_one_worker_results(demo_models,
     (tmp_path / "two" / "run.json").write_text((tmp_path / "one" / "run.json").read_text())
     assert run_stage_shards(ctx, state, "esm2", [0, 1, 2]).done == [0, 1, 2]
     started = time.time()
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf-modules"))  # as a site may: kept, nothing made
     result = run_array_task(str(tmp_path / "two"), "esm2", [0, 1, 2], workers=2)
     print(f"2 CPU workers, 3 shards: {time.time() - started:.1f} s")
     assert result == {"stage": "esm2", "shards": [0, 1, 2], "requeued": False}

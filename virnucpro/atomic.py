@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +29,23 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def remove_stale_temp_files(paths) -> int:
+    """Remove the temp files a killed writer left beside these files or anywhere inside these
+    folders; returns how many.  A temp file of a large shard can hold gigabytes, so the next owner
+    of the shard clears them.  Only for paths that no live process is writing."""
+    removed = 0
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = path.rglob(".*.tmp")
+        else:
+            found = path.parent.glob(f".{glob.escape(path.name)}.*.tmp")
+        for stale in list(found):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+                removed += 1
+    return removed
 
 
 def _current_umask() -> int:

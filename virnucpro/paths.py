@@ -94,6 +94,26 @@ class Workdir:
     def dry_run_dir(self) -> Path:
         return self.slurm_dir / "dry-run"
 
+    # ownership, for clearing what a killed writer left behind
+    @property
+    def run_files(self) -> tuple[Path, ...]:
+        """Run-level files, written only by planning or under the state lock."""
+        return (self.config, self.state, self.provenance, self.hash_cache)
+
+    def written_by(self, stage: str, shard: int) -> tuple[Path, ...]:
+        """Files, and folders written only by (stage, shard): whoever holds that shard may clear
+        temp files there, because no other live process writes them."""
+        error_log = self.stage_log(stage) / f"shard-{shard:05d}.error.log"
+        if stage == "prepare":
+            return (self.prepare_dir, self.root / "shards", error_log)
+        if stage in ("dnabert", "esm2"):
+            return (self.embeddings(stage, shard), self.embedding_parts(stage, shard), error_log)
+        if stage == "predict":
+            return (self.predictions(shard), error_log)
+        if stage == "consensus":
+            return (self.results, self.report_dir, error_log)
+        raise ValueError(f"unknown stage {stage!r}")
+
 
 PREDICTION_RESULTS = "prediction_results.txt"
 HIGHEST_SCORE = "prediction_results_highestscore.csv"

@@ -65,24 +65,15 @@ def slurm_flags(args) -> dict:
 
 def preview_run(request):
     """The run's configuration and state as `plan_run` would make them, without writing anything."""
-    from .orchestration.config import RunConfig, auto_shards, input_names
-    from .orchestration.plan import resolve_models
+    from .orchestration.config import RunConfig
+    from .orchestration.plan import new_config
     from .orchestration.state import StateFile
     from .paths import Workdir
-    from .sequences import read_inputs_list
 
     workdir = Workdir(request.workdir)
     if workdir.config.exists() and not request.restart:
         return workdir, RunConfig.load(workdir), StateFile(workdir.state, workdir.state_lock).load()
-    models, chunk_length = resolve_models(request)
-    inputs = read_inputs_list(request.inputs_list)
-    config = RunConfig(inputs_list=str(Path(request.inputs_list).resolve()), inputs=[str(p) for p in inputs],
-                       input_names=input_names(inputs), chunk_length=chunk_length,
-                       shards=request.shards or auto_shards(inputs), models=models, precision=request.precision,
-                       packing=request.packing, device=request.device, checkpoint_tokens=request.checkpoint_tokens,
-                       esm_token_budget=request.esm_token_budget, dnabert_token_budget=request.dnabert_token_budget,
-                       min_score=getattr(request, "min_score", None))
-    return workdir, config, {}
+    return workdir, new_config(request), {}
 
 
 def cmd_submit(args) -> int:

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..atomic import atomic_write_text
@@ -33,14 +33,10 @@ class ModelSpec:
     demo: bool = False
 
 
-@dataclass
-class RunConfig:
-    inputs_list: str
-    inputs: list[str]
-    input_names: list[str]
-    chunk_length: int
-    shards: int
-    models: ModelSpec
+@dataclass(kw_only=True)
+class RunOptions:
+    """How a run computes: what a request asks for and run.json keeps, field for field."""
+
     precision: str = "auto"
     packing: bool = True
     device: str = "auto"
@@ -48,6 +44,19 @@ class RunConfig:
     dnabert_token_budget: int | None = None
     checkpoint_tokens: int | None = None
     min_score: float | None = None  # per-read call threshold; consensus only, so not in the fingerprint
+
+    def run_options(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(RunOptions)}
+
+
+@dataclass(kw_only=True)
+class RunConfig(RunOptions):
+    inputs_list: str
+    inputs: list[str]
+    input_names: list[str]
+    chunk_length: int
+    shards: int
+    models: ModelSpec
     fingerprint: dict = field(default_factory=dict)
     version: int = CONFIG_VERSION
 

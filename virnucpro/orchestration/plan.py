@@ -8,20 +8,23 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import remove_stale_temp_files
 from ..errors import InputError, StateError
 from ..paths import STAGES, Workdir
 from ..sequences import read_inputs_list
-from .config import (HashCache, ModelSpec, RunConfig, auto_shards, check_writable, compute_fingerprint,
+from .config import (HashCache, ModelSpec, RunConfig, RunOptions, auto_shards, check_writable, compute_fingerprint,
                      fingerprint_differences, input_names)
-from .state import DONE, RUNNING, StateFile
+from .state import DONE, RUNNING, StateFile, exclusive_lock
 
 DEFAULT_ESM = "esm2_t36_3B_UR50D"
 DEFAULT_DNABERT = "zhihan1996/DNABERT-S"
 DEFAULT_CHUNK_LENGTH = 500
 
 
-@dataclass
-class RunRequest:
+@dataclass(kw_only=True)
+class RunRequest(RunOptions):
+    """A `run` or `submit` command line, before planning."""
+
     inputs_list: Path
     workdir: Path
     models_dir: Path | None = None
@@ -31,15 +34,8 @@ class RunRequest:
     chunk_length: int | None = None
     force_chunk_length: bool = False
     shards: int | None = None
-    precision: str = "auto"
-    packing: bool = True
-    device: str = "auto"
-    esm_token_budget: int | None = None
-    dnabert_token_budget: int | None = None
-    checkpoint_tokens: int | None = None
     restart: bool = False
     demo: bool = False
-    min_score: float | None = None
 
 
 def chunk_length_from_name(path: str) -> int | None:
@@ -110,20 +106,22 @@ def _holds_work(workdir: Workdir) -> bool:
     return any(entry.status in (DONE, RUNNING) for shards in state.values() for entry in shards.values())
 
 
+def new_config(request: RunRequest) -> RunConfig:
+    """The run a request describes (models resolved, inputs listed, shards sized); writes nothing."""
+    models, chunk_length = resolve_models(request)
+    inputs = read_inputs_list(request.inputs_list)
+    return RunConfig(inputs_list=str(Path(request.inputs_list).resolve()), inputs=[str(p) for p in inputs],
+                     input_names=input_names(inputs), chunk_length=chunk_length,
+                     shards=request.shards or auto_shards(inputs), models=models, **request.run_options())
+
+
 def plan_run(request: RunRequest) -> tuple[Workdir, RunConfig, StateFile]:
     """Create or re-open a workdir for this request; refuse a workdir of a different run."""
     workdir = Workdir(request.workdir)
-    models, chunk_length = resolve_models(request)
-    inputs = read_inputs_list(request.inputs_list)
+    config = new_config(request)
     check_writable(workdir.root)  # only now: a request refused above leaves no empty workdir behind
-    config = RunConfig(
-        inputs_list=str(Path(request.inputs_list).resolve()), inputs=[str(p) for p in inputs],
-        input_names=input_names(inputs), chunk_length=chunk_length,
-        shards=request.shards or auto_shards(inputs), models=models, precision=request.precision,
-        packing=request.packing, device=request.device, esm_token_budget=request.esm_token_budget,
-        dnabert_token_budget=request.dnabert_token_budget, checkpoint_tokens=request.checkpoint_tokens,
-        min_score=request.min_score,
-    )
+    with exclusive_lock(workdir.state_lock):  # state and provenance are only written under this lock
+        remove_stale_temp_files(workdir.run_files)
     hashes = HashCache(workdir.hash_cache)
     threshold_changed = False
     if workdir.config.exists() and not request.restart:

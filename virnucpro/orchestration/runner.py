@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, remove_stale_temp_files
 from ..errors import VirnucproError
 from ..paths import SHARDED_STAGES, STAGES, Workdir
 from .config import RunConfig
@@ -108,6 +108,9 @@ def run_stage_shards(ctx: StageContext, state: StateFile, stage: str, shards: li
             outcome.interrupted = True
             break
         state.mark_running(stage, shard, job_id=job_id, log=log_path)
+        removed = remove_stale_temp_files(ctx.workdir.written_by(stage, shard))
+        if removed:
+            log.info("%s shard %d: removed %d temp file(s) left by an interrupted run", stage, shard, removed)
         try:
             if process is None:
                 process = open_stage(stage, ctx)

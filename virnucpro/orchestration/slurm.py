@@ -76,22 +76,25 @@ DEFAULT_PROFILE: dict = {
     },
 }
 STAGE_KEYS = ("time", "mem", "cpus", "partition")
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "slurm_templates"
+# Named profiles: ./slurm_templates, then the checkout's, then the copy a wheel installs
+# (setup.cfg data_files) under <prefix>/share/virnucpro/slurm_templates.
+TEMPLATE_FOLDERS = (Path("slurm_templates"), Path(__file__).resolve().parents[2] / "slurm_templates",
+                    Path(sys.prefix) / "share" / "virnucpro" / "slurm_templates")
 _TIME = re.compile(r"^(\d+|\d+:\d{2}(:\d{2})?|\d+-\d{1,2}(:\d{2}(:\d{2})?)?)$")
 _MEM = re.compile(r"^\d+[KMGT]?$")
 _NAME = re.compile(r"^[A-Za-z0-9_.:+-]+$")
 
 
 def find_profile(spec: str) -> Path:
-    """A profile path, or the name of a file in ./slurm_templates or the project's slurm_templates."""
+    """A profile path, or the name of a profile in one of TEMPLATE_FOLDERS."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
-    for folder in (Path("slurm_templates"), TEMPLATES_DIR):
+    for folder in TEMPLATE_FOLDERS:
         for candidate in (folder / spec, folder / f"{spec}.yaml", folder / f"{spec}.yml"):
             if candidate.is_file():
                 return candidate
-    known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.y*ml")) if TEMPLATES_DIR.is_dir() else []
+    known = sorted({p.stem for folder in TEMPLATE_FOLDERS for p in folder.glob("*.y*ml")})
     raise InputError(f"{spec}: SLURM profile not found; give a YAML file path"
                      + (f" or one of: {', '.join(known)}" if known else ""))
 
@@ -213,9 +216,18 @@ def unfinished(entries: dict[int, ShardState], count: int) -> list[int]:
 
 
 def group_shards(shards: list[int], per_task: int) -> list[list[int]]:
-    """Consecutive groups of `per_task` shards, grown so that no array exceeds MAX_ARRAY_TASKS."""
+    """Consecutive groups of at most `per_task` shards (grown so that no array exceeds
+    MAX_ARRAY_TASKS), as few as that allows and as even as possible: 6 shards for 4-GPU tasks
+    become 3 + 3, not 4 + 2, so no task holds GPUs it has no shard for."""
+    if not shards:
+        return []
     per_task = max(per_task, per_task * -(-len(shards) // (per_task * MAX_ARRAY_TASKS)))
-    return [shards[i:i + per_task] for i in range(0, len(shards), per_task)]
+    base, extra = divmod(len(shards), -(-len(shards) // per_task))
+    groups, start = [], 0
+    for size in [base + 1] * extra + [base] * (-(-len(shards) // per_task) - extra):
+        groups.append(shards[start:start + size])
+        start += size
+    return groups
 
 
 def plan_jobs(config: RunConfig, state: dict[str, dict[int, ShardState]], gpus_per_task: int) -> tuple[list[StageJob], dict]:
@@ -236,8 +248,9 @@ def plan_jobs(config: RunConfig, state: dict[str, dict[int, ShardState]], gpus_p
         if not todo[stage]:
             continue
         gpu = stage in GPU_STAGES
-        jobs.append(StageJob(stage, group_shards(todo[stage], gpus_per_task if gpu else 1),
-                             after=nearest_submitted(stage, submitted), gpus=gpus_per_task if gpu else 0))
+        tasks = group_shards(todo[stage], gpus_per_task if gpu else 1)
+        gpus = min(gpus_per_task, max(map(len, tasks))) if gpu else 0  # 1 shard left: 1 GPU, not N
+        jobs.append(StageJob(stage, tasks, after=nearest_submitted(stage, submitted), gpus=gpus))
         submitted.add(stage)
     return jobs, {k: v for k, v in rerun.items() if v}
 

@@ -48,6 +48,29 @@ def split_for_workers(shards: list[int], workers: int) -> list[list[int]]:
     return [shards[i::count] for i in range(count)]
 
 
+_private_hf_modules: str | None = None  # the folder use_private_hf_modules_cache made, if any
+
+
+def use_private_hf_modules_cache() -> None:
+    """Give this process its own HF_MODULES_CACHE (under the node's TMPDIR) unless the site set one.
+
+    transformers copies trust_remote_code modules (DNABERT-S's model code) into HF_MODULES_CACHE,
+    ~/.cache/huggingface/modules by default, with a plain unlocked copy whenever the file is new or
+    differs; array tasks that share a home directory on a cluster file system can then import a
+    file another task is halfway through copying. Must run before transformers is imported.
+    """
+    global _private_hf_modules
+    if os.environ.get("HF_MODULES_CACHE") or _private_hf_modules:
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    _private_hf_modules = tempfile.mkdtemp(prefix="virnucpro-hf-modules-")
+    os.environ["HF_MODULES_CACHE"] = _private_hf_modules
+    atexit.register(shutil.rmtree, _private_hf_modules, True)
+
+
 def visible_devices() -> list[str] | None:
     value = os.environ.get("CUDA_VISIBLE_DEVICES")
     if value is None or not value.strip():
@@ -63,6 +86,7 @@ def run_array_task(workdir: str, stage: str, shards: list[int], workers: int = 1
     from .slurm import is_cancelled, task_log
 
     console.configure()
+    use_private_hf_modules_cache()
     stop = StopFlag().install()  # after submitit's handlers, so ours win
     wd, config, state = open_run(Path(workdir))
     if device:
@@ -123,6 +147,8 @@ def worker_commands(root: Path, stage: str, parts: list[list[int]], device: str,
     commands = []
     for i, part in enumerate(parts):
         env = dict(os.environ)
+        if _private_hf_modules and env.get("HF_MODULES_CACHE") == _private_hf_modules:
+            del env["HF_MODULES_CACHE"]  # each worker makes its own: they run side by side
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = devices[i % len(devices)]
         argv = [sys.executable, "-m", "virnucpro.orchestration.task", str(root), stage,
@@ -174,6 +200,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log")
     args = parser.parse_args(argv)
     console.configure()
+    use_private_hf_modules_cache()
     stop = StopFlag().install()
     wd, config, state = open_run(args.workdir)
     if args.device:
