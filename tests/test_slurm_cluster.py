@@ -141,7 +141,7 @@ def example_reference(cluster, demo_models, example_inputs, tmp_path_factory) ->
 @pytest.fixture(scope="module")
 def slurm_run(cluster, profile, demo_models, example_inputs, example_reference, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("slurm") / "it's a \"slurm\" run" / "w"
-    args = submit_args(example_inputs, demo_models, workdir, profile)
+    args = submit_args(example_inputs, demo_models, workdir, profile, "--max-parallel-gpus", 2)
     dry = cli(*args, "--dry-run")
     assert not (workdir / "state.json").exists()
     scripts = {p.stem: p.read_text() for p in (workdir / "slurm" / "dry-run").glob("*.sh")}
@@ -164,6 +164,10 @@ def test_a_submitted_run_completes_with_the_local_results(slurm_run, example_ref
         assert entry["slurm"]["states"] == {"COMPLETED": len(job["tasks"])}
         for index in range(len(job["tasks"])):  # every task logged where the scripts say
             assert (workdir / "logs" / entry["stage"] / f"{job['job_id']}_{index}.err").is_file()
+    # --max-parallel-gpus caps the run, not each array: esm2 started once the dnabert array had ended
+    assert submission["stages"]["esm2"]["after"] == ["prepare", "dnabert"]
+    state = json.loads((workdir / "state.json").read_text())["stages"]
+    assert min(e["started"] for e in state["esm2"].values()) >= max(e["finished"] for e in state["dnabert"].values())
     status = cli("status", "-w", workdir)
     assert "COMPLETED" in status.stdout and f"({rep['slurm_source']})" in status.stdout
     assert_same_results(example_reference.results(), workdir / "results")

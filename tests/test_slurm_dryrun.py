@@ -192,6 +192,23 @@ def test_large_runs_stay_within_slurm_array_limits():
         assert count > 4 * slurm.MAX_ARRAY_TASKS or len(tasks) == -(-count // 4)
 
 
+def test_a_gpu_cap_holds_for_the_run_not_for_each_array(tmp_path):
+    workdir = Workdir(tmp_path / "w")
+    placeholders = {s: slurm.placeholder(s) for s in STAGES}
+    capped = slurm.resolve_options(None, {"partition": "gpu", "gpus_per_task": 2, "max_parallel_gpus": 4})
+    jobs, _ = slurm.plan_jobs(config_of(8), {}, capped.gpus_per_task, capped.gpus_capped)
+    scripts = {j.stage: sbatch_options(slurm.render_script(workdir, j, capped, placeholders)) for j in jobs}
+    assert scripts["dnabert"]["array"] == scripts["esm2"]["array"] == "0-3%2"  # 2 tasks x 2 GPUs at once
+    assert scripts["dnabert"]["dependency"] == "afterok:PREPARE_JOB_ID"
+    # esm2 starts when dnabert has ended, however it ended, so at most 4 GPUs are held at any time
+    assert scripts["esm2"]["dependency"] == "afterok:PREPARE_JOB_ID,afterany:DNABERT_JOB_ID"
+    assert scripts["predict"]["dependency"] == "afterok:DNABERT_JOB_ID:ESM2_JOB_ID"
+    # without a cap both arrays start after prepare and may run side by side
+    free = slurm.resolve_options(None, {"partition": "gpu", "gpus_per_task": 2})
+    jobs, _ = slurm.plan_jobs(config_of(8), {}, free.gpus_per_task, free.gpus_capped)
+    assert [j.waits_for for j in jobs if j.gpus] == [["prepare"], ["prepare"]]
+
+
 def test_gpu_tasks_ask_only_for_the_gpus_their_shards_use():
     jobs, _ = slurm.plan_jobs(config_of(1), {}, 4)
     assert {j.stage: (j.tasks, j.gpus) for j in jobs if j.gpus} == {"dnabert": ([[0]], 1), "esm2": ([[0]], 1)}

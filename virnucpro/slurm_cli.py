@@ -37,7 +37,7 @@ def register(subparsers, add_common, add_run_options) -> None:
     slurm.add_argument("--gres-name", help="GPU gres as in --gres=NAME:N (default gpu; e.g. gpu:a100)")
     slurm.add_argument("--gpus-per-task", type=int, metavar="N",
                        help="GPUs per dnabert/esm2 task (one worker per GPU, N shards per task; default 1)")
-    slurm.add_argument("--max-parallel-gpus", type=int, metavar="N", help="at most N GPUs busy per GPU stage array")
+    slurm.add_argument("--max-parallel-gpus", type=int, metavar="N", help="at most N GPUs held by the run at once (the GPU arrays then run one after the other)")
     for stage in STAGES:
         slurm.add_argument(f"--time-{stage}", metavar="TIME", help=f"time limit of {stage} tasks (minutes or H:MM:SS)")
     slurm.add_argument("--dry-run", action="store_true",
@@ -86,7 +86,7 @@ def cmd_submit(args) -> int:
     slurm.check_workdir_path(Workdir(request.workdir))
     if args.dry_run:
         workdir, config, state = preview_run(request)
-        jobs, _ = slurm.plan_jobs(config, state, options.gpus_per_task)
+        jobs, _ = slurm.plan_jobs(config, state, options.gpus_per_task, options.gpus_capped)
         write_dry_run(workdir, jobs, options)
         return 0
 
@@ -101,7 +101,7 @@ def cmd_submit(args) -> int:
         raise VirnucproError(f"{workdir.root}: jobs {', '.join(active)} of this run are still queued or running; "
                              f"wait for them, or 'virnucpro-slurm cancel --workdir {workdir.root}' first")
     workdir, config, state = plan_run(request)
-    jobs, rerun = slurm.plan_jobs(config, state.load(), options.gpus_per_task)
+    jobs, rerun = slurm.plan_jobs(config, state.load(), options.gpus_per_task, options.gpus_capped)
     if not jobs:
         console.info(f"[green]nothing to submit[/green]: every stage of {workdir.root} is done")
         return 0
@@ -116,7 +116,7 @@ def cmd_submit(args) -> int:
 def describe(job) -> str:
     shards = job.shards
     span = f"shard {shards[0]}" if len(shards) == 1 else f"{len(shards)} shards"
-    after = f", after {' and '.join(job.after)}" if job.after else ""
+    after = f", after {' and '.join(job.waits_for)}" if job.waits_for else ""
     gpus = f", {job.gpus} GPU(s) per task" if job.gpus else ""
     return f"{job.stage}: {len(job.tasks)} task(s), {span}{gpus}{after}"
 
@@ -148,7 +148,7 @@ def write_dry_run(workdir, jobs, options) -> None:
         else:
             print(header)
             print(script)
-    waited_for = [placeholders[s] for s in placeholders if any(s in job.after for job in jobs)]
+    waited_for = [placeholders[s] for s in placeholders if any(s in job.waits_for for job in jobs)]
     console.info(f"dry run ({options.origin}): {len(jobs)} script(s) in {folder}; nothing submitted"
                  + (f"; {', '.join(waited_for)} stand for the job ids sbatch will assign" if waited_for else ""))
 
@@ -165,7 +165,7 @@ def print_submission(workdir, jobs, record) -> None:
         shards = job.shards
         table.add_row(job.stage, entry["job_id"], str(len(job.tasks)),
                       str(shards[0]) if len(shards) == 1 else f"{len(shards)} ({shards[0]}-{shards[-1]})",
-                      ", ".join(record["stages"][s]["job_id"] for s in job.after) or "-")
+                      ", ".join(record["stages"][s]["job_id"] for s in job.waits_for) or "-")
     out = Console(highlight=False)
     out.print(table)
     out.print(f"logs: {workdir.logs}/<stage>/<job>_<task>.err   follow: virnucpro-slurm status -w {workdir.root} --watch")

@@ -174,6 +174,10 @@ class SlurmOptions:
     def gpus_per_task(self) -> int:
         return self.profile["gpus_per_task"]
 
+    @property
+    def gpus_capped(self) -> bool:
+        return bool(self.profile["max_parallel_gpus"])
+
     def partition_of(self, stage: str) -> str:
         p = self.profile
         explicit = p["stages"][stage].get("partition")
@@ -205,6 +209,11 @@ class StageJob:
     tasks: list[list[int]]
     after: list[str] = field(default_factory=list)  # stages of this submission it waits for
     gpus: int = 0
+    after_any: list[str] = field(default_factory=list)  # waits for these to end, however they end
+
+    @property
+    def waits_for(self) -> list[str]:
+        return self.after + [s for s in self.after_any if s not in self.after]
 
     @property
     def shards(self) -> list[int]:
@@ -230,9 +239,14 @@ def group_shards(shards: list[int], per_task: int) -> list[list[int]]:
     return groups
 
 
-def plan_jobs(config: RunConfig, state: dict[str, dict[int, ShardState]], gpus_per_task: int) -> tuple[list[StageJob], dict]:
+def plan_jobs(config: RunConfig, state: dict[str, dict[int, ShardState]], gpus_per_task: int,
+              one_gpu_array_at_a_time: bool = False) -> tuple[list[StageJob], dict]:
     """The array jobs that finish this run, and the done shards that must be recomputed because
-    something they are made from is recomputed ({stage: [shards]})."""
+    something they are made from is recomputed ({stage: [shards]}).
+
+    `one_gpu_array_at_a_time` (set when --max-parallel-gpus caps the run) starts esm2 only once
+    the dnabert array has ended, however it ended, so the two arrays never hold GPUs together
+    and the cap holds for the run, not for each array."""
     todo: dict[str, list[int]] = {}
     for stage in STAGES:
         count = config.shards if stage in SHARDED_STAGES else 1
@@ -251,6 +265,8 @@ def plan_jobs(config: RunConfig, state: dict[str, dict[int, ShardState]], gpus_p
         tasks = group_shards(todo[stage], gpus_per_task if gpu else 1)
         gpus = min(gpus_per_task, max(map(len, tasks))) if gpu else 0  # 1 shard left: 1 GPU, not N
         jobs.append(StageJob(stage, tasks, after=nearest_submitted(stage, submitted), gpus=gpus))
+        if gpu and one_gpu_array_at_a_time:
+            jobs[-1].after_any = [s for s in GPU_STAGES if s in submitted]
         submitted.add(stage)
     return jobs, {k: v for k, v in rerun.items() if v}
 
@@ -341,7 +357,10 @@ def render_script(workdir: Workdir, job: StageJob, options: SlurmOptions, job_id
     """The sbatch script of a stage; `job_ids` gives the ids (or placeholders) of its dependencies."""
     from submitit.slurm.slurm import _make_sbatch_string  # the writer SlurmExecutor itself uses
 
-    dependency = "afterok:" + ":".join(job_ids[s] for s in job.after) if job.after else None
+    # comma: every condition must hold; afterany is met however the job ends (not cancelled by a failure)
+    conditions = [f"{kind}:" + ":".join(job_ids[s] for s in stages)
+                  for kind, stages in (("afterok", job.after), ("afterany", job.after_any)) if stages]
+    dependency = ",".join(conditions) or None
     return _make_sbatch_string(command=task_command(workdir, job.stage), folder=stage_folder(workdir, job.stage),
                                **sbatch_parameters(workdir, job, options, dependency))
 
@@ -422,7 +441,7 @@ def submit_graph(workdir: Workdir, jobs: list[StageJob], options: SlurmOptions) 
                                  + (f"; cancelled the jobs already submitted ({', '.join(cancelled)})" if cancelled else "")
                                  + "; fix the SLURM settings (partition, account, limits) and submit again") from None
         ids[job.stage] = job_id
-        record["stages"][job.stage] = {"job_id": job_id, "tasks": job.tasks, "after": job.after,
+        record["stages"][job.stage] = {"job_id": job_id, "tasks": job.tasks, "after": job.waits_for,
                                        "gpus": job.gpus, "script": str(script_path)}
         update_submission(workdir, index, record)
     return record
