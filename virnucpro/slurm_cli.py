@@ -36,8 +36,9 @@ def register(subparsers, add_common, add_run_options) -> None:
     slurm.add_argument("--qos")
     slurm.add_argument("--gres-name", help="GPU gres as in --gres=NAME:N (default gpu; e.g. gpu:a100)")
     slurm.add_argument("--gpus-per-task", type=int, metavar="N",
-                       help="GPUs per dnabert/esm2 task (one worker per GPU, N shards per task; default 1)")
-    slurm.add_argument("--max-parallel-gpus", type=int, metavar="N", help="at most N GPUs held by the run at once (the GPU arrays then run one after the other)")
+                       help="GPUs per dnabert/esm2 task (one worker per GPU, up to N shards per task; default 1)")
+    slurm.add_argument("--max-parallel-gpus", type=int, metavar="N",
+                       help="at most N GPUs held by the run at once (the two GPU arrays then run one after the other)")
     for stage in STAGES:
         slurm.add_argument(f"--time-{stage}", metavar="TIME", help=f"time limit of {stage} tasks (minutes or H:MM:SS)")
     slurm.add_argument("--dry-run", action="store_true",

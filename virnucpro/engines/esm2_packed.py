@@ -535,22 +535,22 @@ class PackedESM2Engine:
                 err = self._probe(requested)
                 if err:
                     raise RuntimeError(f"backend {requested} is not usable here: {err}")
-            log.info("ESM-2 attention backend: %s (requested)", requested)
+            log.debug("ESM-2 attention backend: %s (requested)", requested)
             return requested
         if cuda and not half:
-            log.info("ESM-2 attention backend: sdpa (fp32 on CUDA: varlen kernels need fp16/bf16)")
+            log.debug("ESM-2 attention backend: sdpa (fp32 on CUDA: varlen kernels need fp16/bf16)")
             return "sdpa"
         if cuda and half:
             for candidate in ("flash_attn", "varlen"):
                 err = self._probe(candidate)
                 if err is None:
-                    log.info("ESM-2 attention backend: %s", candidate)
+                    log.debug("ESM-2 attention backend: %s", candidate)
                     return candidate
                 log.info("ESM-2 attention backend %s unavailable: %s", candidate, err)
             log.warning("ESM-2: no variable-length attention kernel on %s (flash_attn / torch varlen_attn); "
                         "using the slower per-pack padded SDPA", self.device)
         else:
-            log.info("ESM-2 attention backend: sdpa (per-pack padded SDPA, block-diagonal)")
+            log.debug("ESM-2 attention backend: sdpa (per-pack padded SDPA, block-diagonal)")
         return "sdpa"
 
     def _probe(self, name: str) -> Optional[str]:

@@ -31,8 +31,7 @@ def load_engine(spec: str, device: str, precision: str, packing: bool, token_bud
     if packing:
         from ..engines.esm2_packed import PackedESM2Engine
         engine = PackedESM2Engine(loaded.model, loaded.alphabet, device=device, precision=precision, token_budget=token_budget)
-        del loaded
-        log.info("ESM-2: packed engine, backend %s, precision %s, %d tokens per pack", engine.backend, engine.precision, engine.token_budget)
+        del loaded  # the engine logs its backend, precision and token budget
     else:
         engine = ESM2Reference(loaded, device=device, precision=precision or "fp32")
         log.info("ESM-2 %s: fair-esm padded forward (packing disabled)", loaded.name)
