@@ -110,8 +110,8 @@ class Workdir:
             return (self.embeddings(stage, shard), self.embedding_parts(stage, shard), error_log)
         if stage == "predict":
             return (self.predictions(shard), error_log)
-        if stage == "consensus":
-            return (self.results, self.report_dir, error_log)
+        if stage == "consensus":  # not report/: `virnucpro-slurm report` may be writing it at any time
+            return (self.results, error_log)
         raise ValueError(f"unknown stage {stage!r}")
 
 
