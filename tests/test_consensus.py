@@ -64,7 +64,7 @@ def _run(tmp_path, shards, scores=SCORES):
 
 
 def test_outputs_byte_for_byte(tmp_path):
-    for shards in (1, 4):
+    for shards in (1, 4, 9):  # 9 shards: one frame each, r3's chunk cut five times
         workdir = _run(tmp_path / f"s{shards}", shards)
         a = workdir.result_dir("a")
         assert (a / "prediction_results.txt").read_bytes() == EXPECTED_PREDICTIONS.encode()
@@ -90,3 +90,11 @@ def test_shards_are_token_balanced_and_contiguous(tmp_path):
     workdir = _run(tmp_path, 3)
     ids = [i for s in range(3) for i in read_shard_frames(workdir.shard_frames(s)).frame_ids]
     assert ids == list(SCORES)  # input order preserved across shard boundaries
+
+
+def test_float32_scores_print_as_the_original_prints_them():
+    """The stage formats whole columns with astype(str); the original printed str(np.float32)."""
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.random(20000, dtype=np.float32), np.exp(-40 * rng.random(5000)).astype(np.float32),
+                             np.array([0, 1, 0.5, 1e-5, 1e-45, 3.4e-38, 0.99999994, 0.87899387, 0.12100612], np.float32)])
+    assert values.astype(str).tolist() == [str(v) for v in values]

@@ -32,19 +32,6 @@ def frame_line(frame: FrameRecord) -> str:
             f"{frame.nucleotide}\t{frame.protein}\n")
 
 
-def iter_frame_lines(path: Path) -> Iterator[FrameRecord]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        header = handle.readline().rstrip("\n").split("\t")
-        if tuple(header) != FRAME_COLUMNS:
-            raise ShardError(f"{path}: not a frame table (bad header); re-run with --restart")
-        for number, line in enumerate(handle, start=2):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != len(FRAME_COLUMNS) or not line.endswith("\n") or not fields[0].isdigit():
-                raise ShardError(f"{path}: line {number} is truncated or malformed, so the file is incomplete; "
-                                 "re-run the same command (or add --restart)")
-            yield FrameRecord(int(fields[0]), fields[1], fields[2], fields[3], fields[4], fields[5])
-
-
 @dataclass
 class ShardFrames:
     """The frames of one shard as columns (what the embedding stages need)."""
@@ -60,15 +47,42 @@ class ShardFrames:
         return len(self.frame_ids)
 
 
+def first_malformed_line(path: Path) -> int:
+    with open(path, encoding="utf-8", newline="") as handle:
+        for number, line in enumerate(handle, start=1):
+            if number > 1 and (not line.endswith("\n") or line.count("\t") != len(FRAME_COLUMNS) - 1
+                               or not line.split("\t", 1)[0].isdigit()):
+                return number
+    return number
+
+
 def read_shard_frames(path: Path) -> ShardFrames:
+    """A shard's frame table as columns; a truncated or malformed table is refused.
+
+    Read whole and split once (every stage reads its shards' tables, consensus all of them):
+    a complete table ends with a newline and has exactly five tabs per line.
+    """
     if not path.exists():
         raise ShardError(f"{path}: shard frame table missing; the prepare stage must run first")
-    columns: list[list] = [[] for _ in FRAME_COLUMNS]
-    for frame in iter_frame_lines(path):
-        for column, value in zip(columns, (frame.input_index, frame.read_id, frame.chunk_id,
-                                           frame.frame_id, frame.nucleotide, frame.protein)):
-            column.append(value)
-    return ShardFrames(np.asarray(columns[0], dtype=np.int32), *columns[1:])
+    with open(path, encoding="utf-8", newline="") as handle:
+        if handle.readline().rstrip("\n").split("\t") != list(FRAME_COLUMNS):
+            raise ShardError(f"{path}: not a frame table (bad header); re-run with --restart")
+        text = handle.read()
+    rows, complete = text.count("\n"), not text or text.endswith("\n")
+    text = text.replace("\n", "\t")  # rebinding frees the original: a shard's table can be ~1 GB
+    fields = text.split("\t")
+    del text
+    width = len(FRAME_COLUMNS)
+    try:
+        if not complete or len(fields) != width * rows + 1:
+            raise ValueError
+        input_index = np.array(fields[0:-1:width]).astype(np.int32) if rows else np.zeros(0, np.int32)
+        if (input_index < 0).any():
+            raise ValueError
+    except ValueError:
+        raise ShardError(f"{path}: line {first_malformed_line(path)} is truncated or malformed, so the file is "
+                         "incomplete; re-run the same command (or add --restart)") from None
+    return ShardFrames(input_index, *(fields[column::width] for column in range(1, width)))
 
 
 # ---------------------------------------------------------------- HDF5 matrices

@@ -28,32 +28,68 @@ HIGHEST_HEADER = "Modified_ID\tIs_Virus\n"
 READS_HEADER = ("read_id", "length", "chunks", "frames", "viral_chunks", "max_virus_score", "call")
 
 
-def label(score_others: np.float32, score_virus: np.float32) -> str:
+def labels(score_others: np.ndarray, score_virus: np.ndarray) -> np.ndarray:
     # torch.max picks the first index on an exact tie, so a tie is 'others' (class 0).
-    return "virus" if score_virus > score_others else "others"
+    return np.where(score_virus > score_others, "virus", "others")
+
+
+def group_starts(keys: list[str]) -> np.ndarray:
+    """Start of every run of equal consecutive keys (keys non-empty)."""
+    keys = np.asarray(keys, dtype=object)
+    return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+
+
+def blocks(values: np.ndarray, size: int = 1 << 16):
+    """`values` in slices of `size`: as text or Python ints a whole input at once would cost
+    more memory than everything else consensus holds."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def read_of_chunk(chunk_id: str) -> str:
+    return chunk_id[:chunk_id.rindex("_chunk_")]  # chunk ids are f"{read_id}_chunk_{k}"
 
 
 @dataclass
 class InputTally:
-    """Per-chunk and per-read maxima of one input, gathered while its frames stream past."""
+    """Per-chunk score maxima of one input, as compact arrays, built while its frames stream past.
 
-    chunk_max: dict[str, list] = field(default_factory=dict)  # chunk id -> [max score1, max score2]
-    read_chunks: dict[str, list[str]] = field(default_factory=dict)
+    A chunk's frames are consecutive in the frame tables (prepare writes them chunk by chunk and
+    shards are contiguous), and so are a read's chunks, so maxima are reduced run by run and a
+    chunk cut by a shard boundary is merged with its other part. Per chunk it keeps the id, two
+    float32 maxima and whether a new read starts there (~100 bytes); only one input is held at a
+    time, written out as soon as the next input's frames begin.
+    """
+
+    chunk_ids: list[str] = field(default_factory=list)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # max s1, max s2, new read
+    last_read: str | None = None
     rows: int = 0
 
-    def add(self, read_id: str, chunk_id: str, s1: np.float32, s2: np.float32) -> None:
-        entry = self.chunk_max.get(chunk_id)
-        if entry is None:
-            self.chunk_max[chunk_id] = [s1, s2]
-            self.read_chunks.setdefault(read_id, []).append(chunk_id)
-        else:
-            entry[0] = max(entry[0], s1)
-            entry[1] = max(entry[1], s2)
-        self.rows += 1
+    def add(self, read_ids: list[str], chunk_ids: list[str], s1: np.ndarray, s2: np.ndarray) -> None:
+        self.rows += len(chunk_ids)
+        if not chunk_ids:
+            return
+        starts = group_starts(chunk_ids)
+        m1, m2 = np.maximum.reduceat(s1, starts), np.maximum.reduceat(s2, starts)
+        ids = [chunk_ids[i] for i in starts]
+        if self.chunk_ids and ids[0] == self.chunk_ids[-1]:  # a chunk cut by a shard boundary
+            last1, last2, _ = self.parts[-1]
+            last1[-1], last2[-1] = max(last1[-1], m1[0]), max(last2[-1], m2[0])
+            ids, starts, m1, m2 = ids[1:], starts[1:], m1[1:], m2[1:]
+        if not ids:  # every frame belonged to that cut chunk
+            return
+        reads = np.asarray([read_ids[i] for i in starts], dtype=object)
+        new_read = np.r_[reads[0] != self.last_read, reads[1:] != reads[:-1]]
+        self.last_read = reads[-1]
+        self.chunk_ids += ids
+        self.parts.append((m1, m2, new_read))
 
-    def chunk_is_virus(self, chunk_id: str) -> bool:
-        s1, s2 = self.chunk_max[chunk_id]
-        return bool(s2 >= s1)
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per chunk, in input order: max score1, max score2, new read starts here."""
+        if not self.parts:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, bool)
+        return tuple(np.concatenate(column) for column in zip(*self.parts))
 
 
 def open_stage(ctx: StageContext):
@@ -79,36 +115,59 @@ def consensus(ctx: StageContext, min_score: float | None = None) -> dict:
     workdir, config = ctx.workdir, ctx.config
     summary = json.loads(workdir.prepare_summary.read_text())
     expected = [s["frames"] for s in summary["shards"]]
-    tallies = [InputTally() for _ in config.inputs]
+    totals = {"frames": 0, "chunks": 0, "reads": 0, "viral_reads": 0}
+    tally, current = InputTally(), 0
+
+    def finish_inputs_before(index: int) -> None:
+        """Write the per-chunk and per-read files of every input before `index` (all its frames seen)."""
+        nonlocal tally, current
+        while current < index:
+            write_input_results(ctx, current, tally, min_score, summary, totals)
+            tally, current = InputTally(), current + 1
+
     with PerInputWriter(workdir, config.input_names) as writer:
         for shard in range(config.shards):
             frames = read_shard_frames(workdir.shard_frames(shard))
             if len(frames) != expected[shard]:
                 raise ShardError(f"{workdir.shard_frames(shard)}: {len(frames)} frames, prepare wrote {expected[shard]}")
             _, scores = read_matrix(workdir.predictions(shard), frames.frame_ids, name="scores", dim=2)
-            for i, frame_id in enumerate(frames.frame_ids):
-                index = int(frames.input_index[i])
-                s1, s2 = scores[i, 0], scores[i, 1]
-                # str() of numpy float32, as the original prints it (an f-string would widen to float64)
-                writer.handle(index).write(f"{frame_id}\t{label(s1, s2)}\t{str(s1)}\t{str(s2)}\n")
-                tallies[index].add(frames.read_ids[i], frames.chunk_ids[i], s1, s2)
-
-    totals = {"frames": 0, "chunks": 0, "reads": 0, "viral_reads": 0}
-    for index, name in enumerate(config.input_names):
-        tally = tallies[index]
-        out = workdir.result_dir(name)
-        with atomic_open(out / HIGHEST_SCORE) as handle:
-            handle.write(HIGHEST_HEADER)
-            for chunk_id in sorted(tally.chunk_max):
-                handle.write(f"{chunk_id}\t{tally.chunk_is_virus(chunk_id)}\n")
-        viral = write_reads_table(workdir.reads_table(index), out / READS_TABLE, tally, min_score)
-        if tally.rows == 0:
-            console.warn(f"{config.inputs[index]}: no stop-free frame; wrote header-only results in {out}")
-        totals["frames"] += tally.rows
-        totals["chunks"] += len(tally.chunk_max)
-        totals["viral_reads"] += viral
-        totals["reads"] += summary["inputs"][index]["reads"]
+            s1, s2 = scores[:, 0], scores[:, 1]
+            # frames come in input order: one run of rows per input
+            cuts = np.flatnonzero(np.diff(frames.input_index)) + 1
+            for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(frames)].tolist()):
+                if a == b:
+                    continue
+                index = int(frames.input_index[a])
+                finish_inputs_before(index)
+                # str() of numpy float32 (astype(str) prints the same), as the original prints scores
+                writer.handle(index).write("".join(map("{}\t{}\t{}\t{}\n".format, frames.frame_ids[a:b],
+                                                       labels(s1[a:b], s2[a:b]), s1[a:b].astype(str), s2[a:b].astype(str))))
+                tally.add(frames.read_ids[a:b], frames.chunk_ids[a:b], s1[a:b], s2[a:b])
+        finish_inputs_before(len(config.inputs))
     return totals
+
+
+def write_input_results(ctx: StageContext, index: int, tally: InputTally, min_score: float | None, summary: dict,
+                        totals: dict) -> None:
+    workdir, config = ctx.workdir, ctx.config
+    out = workdir.result_dir(config.input_names[index])
+    max_others, max_virus, new_read = tally.columns()
+    chunk_is_virus = max_virus >= max_others  # the original's per-chunk rule: a tie is viral
+    with atomic_open(out / HIGHEST_SCORE) as handle:
+        handle.write(HIGHEST_HEADER)
+        virus = chunk_is_virus.tolist()  # Python bools print True / False, as the original's
+        # str order, as sorted() gives; an object array keeps the sort at 16 bytes a chunk
+        order = np.argsort(np.asarray(tally.chunk_ids, dtype=object), kind="stable")
+        for block in blocks(order):
+            handle.writelines(f"{tally.chunk_ids[i]}\t{virus[i]}\n" for i in block.tolist())
+    viral = write_reads_table(workdir.reads_table(index), out / READS_TABLE, tally.chunk_ids, new_read, max_virus,
+                              chunk_is_virus, min_score)
+    if tally.rows == 0:
+        console.warn(f"{config.inputs[index]}: no stop-free frame; wrote header-only results in {out}")
+    totals["frames"] += tally.rows
+    totals["chunks"] += len(tally.chunk_ids)
+    totals["viral_reads"] += viral
+    totals["reads"] += summary["inputs"][index]["reads"]
 
 
 class PerInputWriter(contextlib.ExitStack):
@@ -142,27 +201,36 @@ class PerInputWriter(contextlib.ExitStack):
         return super().__exit__(exc_type, exc, tb)
 
 
-def write_reads_table(reads_in: Path, reads_out: Path, tally: InputTally, min_score: float | None) -> int:
+def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new_read: np.ndarray,
+                      chunk_max_virus: np.ndarray, chunk_is_virus: np.ndarray, min_score: float | None) -> int:
     """reads.tsv: per read, the best virus score of any of its frames and the call.
 
     Default call (the original's rule lifted to reads): 'virus' when at least one chunk of the
     read is viral by the per-chunk rule. With `min_score`: 'virus' when max_virus_score >= it.
+    Reads with frames come in the order of prepare's read table, which also lists the others.
     """
-    viral_reads = 0
+    starts = np.flatnonzero(new_read)
+    if len(starts):
+        best = np.maximum.reduceat(chunk_max_virus, starts)
+        viral_chunks = np.add.reduceat(chunk_is_virus.astype(np.int64), starts).tolist()
+        # in float32 (the precision max_virus_score is printed in), so a threshold copied from
+        # reads.tsv includes that read
+        is_virus = (best >= np.float32(min_score) if min_score is not None else np.asarray(viral_chunks) > 0).tolist()
+        best_text = (text for block in blocks(best) for text in block.astype(str).tolist())
+    found, expected = 0, read_of_chunk(chunk_ids[starts[0]]) if len(starts) else None
     with open(reads_in, encoding="utf-8") as source, atomic_open(reads_out) as out:
         source.readline()
         out.write("\t".join(READS_HEADER) + "\n")
         for line in source:
             read_id, length, chunks, frames = line.rstrip("\n").split("\t")
-            chunk_ids = tally.read_chunks.get(read_id, [])
-            if not chunk_ids:
+            if read_id != expected:
                 out.write(f"{read_id}\t{length}\t{chunks}\t0\t0\tNA\tno_frames\n")
                 continue
-            best = max(tally.chunk_max[c][1] for c in chunk_ids)
-            viral_chunks = sum(tally.chunk_is_virus(c) for c in chunk_ids)
-            # in float32 (the precision max_virus_score is printed in; numpy < 2 would widen to float64),
-            # so a threshold copied from reads.tsv includes that read; bool(): numpy bools break json
-            is_virus = bool(best >= np.float32(min_score)) if min_score is not None else viral_chunks > 0
-            viral_reads += is_virus
-            out.write(f"{read_id}\t{length}\t{chunks}\t{frames}\t{viral_chunks}\t{str(best)}\t{'virus' if is_virus else 'others'}\n")
-    return viral_reads
+            call = "virus" if is_virus[found] else "others"
+            out.write(f"{read_id}\t{length}\t{chunks}\t{frames}\t{viral_chunks[found]}\t{next(best_text)}\t{call}\n")
+            found += 1
+            expected = read_of_chunk(chunk_ids[starts[found]]) if found < len(starts) else None
+    if found != len(starts):
+        raise ShardError(f"{reads_in}: read {expected!r} has frames but is not in prepare's read table (in order); "
+                         "re-run with --restart")
+    return sum(is_virus) if len(starts) else 0
