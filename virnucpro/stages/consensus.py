@@ -21,7 +21,7 @@ from ..atomic import atomic_open
 from ..errors import ShardError
 from ..orchestration.runner import StageContext
 from ..paths import HIGHEST_SCORE, PREDICTION_RESULTS, READS_TABLE
-from ..storage import read_matrix, read_shard_frames
+from ..storage import read_matrix
 
 PREDICTION_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
 HIGHEST_HEADER = "Modified_ID\tIs_Virus\n"
@@ -54,8 +54,8 @@ def read_of_chunk(chunk_id: str) -> str:
 class InputTally:
     """Per-chunk score maxima of one input, as compact arrays, built while its frames stream past.
 
-    A chunk's frames are consecutive in the frame tables (prepare writes them chunk by chunk and
-    shards are contiguous), and so are a read's chunks, so maxima are reduced run by run and a
+    A chunk's frames are consecutive (prepare writes them chunk by chunk and shards are
+    contiguous), and so are a read's chunks, so maxima are reduced run by run and a
     chunk cut by a shard boundary is merged with its other part. Per chunk it keeps the id, two
     float32 maxima and whether a new read starts there (~100 bytes); only one input is held at a
     time, written out as soon as the next input's frames begin.
@@ -66,10 +66,11 @@ class InputTally:
     last_read: str | None = None
     rows: int = 0
 
-    def add(self, read_ids: list[str], chunk_ids: list[str], s1: np.ndarray, s2: np.ndarray) -> None:
-        self.rows += len(chunk_ids)
-        if not chunk_ids:
+    def add(self, frame_ids: list[str], s1: np.ndarray, s2: np.ndarray) -> None:
+        self.rows += len(frame_ids)
+        if not frame_ids:
             return
+        chunk_ids = [frame_id[:-2] for frame_id in frame_ids]  # frame ids are chunk id + F1..R3
         starts = group_starts(chunk_ids)
         m1, m2 = np.maximum.reduceat(s1, starts), np.maximum.reduceat(s2, starts)
         ids = [chunk_ids[i] for i in starts]
@@ -79,7 +80,7 @@ class InputTally:
             ids, starts, m1, m2 = ids[1:], starts[1:], m1[1:], m2[1:]
         if not ids:  # every frame belonged to that cut chunk
             return
-        reads = np.asarray([read_ids[i] for i in starts], dtype=object)
+        reads = np.asarray([read_of_chunk(chunk_id) for chunk_id in ids], dtype=object)
         new_read = np.r_[reads[0] != self.last_read, reads[1:] != reads[:-1]]
         self.last_read = reads[-1]
         self.chunk_ids += ids
@@ -125,24 +126,31 @@ def consensus(ctx: StageContext, min_score: float | None = None) -> dict:
             write_input_results(ctx, current, tally, min_score, summary, totals)
             tally, current = InputTally(), current + 1
 
+    # Frames are in input order across the shards, so a frame's input follows from its position;
+    # the predictions hold the frame ids, and chunk and read ids are made from them: the frame
+    # tables (mostly nucleotides and proteins) are not read again.
+    input_ends = np.cumsum([entry["frames"] for entry in summary["inputs"]])
+    if input_ends[-1] != sum(expected):
+        raise ShardError(f"{workdir.prepare_summary}: inputs hold {input_ends[-1]} frames, shards {sum(expected)}; "
+                         "re-run with --restart")
+    first = 0  # position of the shard's first frame in the run
     with PerInputWriter(workdir, config.input_names) as writer:
         for shard in range(config.shards):
-            frames = read_shard_frames(workdir.shard_frames(shard))
-            if len(frames) != expected[shard]:
-                raise ShardError(f"{workdir.shard_frames(shard)}: {len(frames)} frames, prepare wrote {expected[shard]}")
-            _, scores = read_matrix(workdir.predictions(shard), frames.frame_ids, name="scores", dim=2)
+            frame_ids, scores = read_matrix(workdir.predictions(shard), name="scores", dim=2)
+            if len(frame_ids) != expected[shard]:
+                raise ShardError(f"{workdir.predictions(shard)}: {len(frame_ids)} frames, prepare wrote {expected[shard]}; "
+                                 "the predict stage must run again for this shard")
             s1, s2 = scores[:, 0], scores[:, 1]
-            # frames come in input order: one run of rows per input
-            cuts = np.flatnonzero(np.diff(frames.input_index)) + 1
-            for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(frames)].tolist()):
+            bounds = np.clip(input_ends - first, 0, len(frame_ids))
+            for index, (a, b) in enumerate(zip(np.r_[0, bounds[:-1]].tolist(), bounds.tolist())):
                 if a == b:
                     continue
-                index = int(frames.input_index[a])
                 finish_inputs_before(index)
                 # str() of numpy float32 (astype(str) prints the same), as the original prints scores
-                writer.handle(index).write("".join(map("{}\t{}\t{}\t{}\n".format, frames.frame_ids[a:b],
+                writer.handle(index).write("".join(map("{}\t{}\t{}\t{}\n".format, frame_ids[a:b],
                                                        labels(s1[a:b], s2[a:b]), s1[a:b].astype(str), s2[a:b].astype(str))))
-                tally.add(frames.read_ids[a:b], frames.chunk_ids[a:b], s1[a:b], s2[a:b])
+                tally.add(frame_ids[a:b], s1[a:b], s2[a:b])
+            first += len(frame_ids)
         finish_inputs_before(len(config.inputs))
     return totals
 
