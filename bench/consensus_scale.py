@@ -9,7 +9,8 @@ prepare stage (default shard size: 50 Mbp); random classifier scores
 stand in for the predict stage. Then, each in a fresh process (peak RSS is per process):
   baseline  the first implementation: one dict entry per chunk and per read for every input,
             all kept until the end, a Python loop per frame;
-  stage     virnucpro's consensus stage: compact per-chunk arrays, one input held at a time.
+  stage     virnucpro's consensus stage: reads the predictions only (not the frame tables),
+            compact per-chunk arrays, one input held at a time.
 Both must write byte-identical result files.
 """
 
@@ -39,7 +40,8 @@ READS_PER_SHARD = 333_333  # the default shard size (50 Mbp) in 150-bp reads
 
 
 def baseline_consensus(workdir: Workdir, config: RunConfig) -> None:
-    """The dict-based consensus virnucpro shipped first (same outputs, kept here as the baseline)."""
+    """The dict-based consensus virnucpro shipped first (same outputs, kept here as the baseline);
+    it re-read every shard's frame table (with the faster reader the stages now share)."""
     chunk_max = [dict() for _ in config.inputs]
     read_chunks = [dict() for _ in config.inputs]
     handles = [open(workdir.result_dir(n) / PREDICTION_RESULTS, "w") for n in config.input_names]
