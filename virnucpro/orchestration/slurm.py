@@ -231,9 +231,10 @@ def group_shards(shards: list[int], per_task: int) -> list[list[int]]:
     if not shards:
         return []
     per_task = max(per_task, per_task * -(-len(shards) // (per_task * MAX_ARRAY_TASKS)))
-    base, extra = divmod(len(shards), -(-len(shards) // per_task))
+    tasks = -(-len(shards) // per_task)
+    base, extra = divmod(len(shards), tasks)
     groups, start = [], 0
-    for size in [base + 1] * extra + [base] * (-(-len(shards) // per_task) - extra):
+    for size in [base + 1] * extra + [base] * (tasks - extra):
         groups.append(shards[start:start + size])
         start += size
     return groups

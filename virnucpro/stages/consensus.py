@@ -218,14 +218,18 @@ def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new
     Reads with frames come in the order of prepare's read table, which also lists the others.
     """
     starts = np.flatnonzero(new_read)
-    if len(starts):
-        best = np.maximum.reduceat(chunk_max_virus, starts)
-        viral_chunks = np.add.reduceat(chunk_is_virus.astype(np.int64), starts).tolist()
-        # in float32 (the precision max_virus_score is printed in), so a threshold copied from
-        # reads.tsv includes that read
-        is_virus = (best >= np.float32(min_score) if min_score is not None else np.asarray(viral_chunks) > 0).tolist()
-        best_text = (text for block in blocks(best) for text in block.astype(str).tolist())
-    found, expected = 0, read_of_chunk(chunk_ids[starts[0]]) if len(starts) else None
+    best = np.maximum.reduceat(chunk_max_virus, starts)
+    viral_chunks = np.add.reduceat(chunk_is_virus.astype(np.int64), starts)
+    # in float32 (the precision max_virus_score is printed in), so a threshold copied from
+    # reads.tsv includes that read
+    is_virus = (best >= np.float32(min_score) if min_score is not None else viral_chunks > 0).tolist()
+    viral_chunks = viral_chunks.tolist()
+    best_text = (text for block in blocks(best) for text in block.astype(str).tolist())
+
+    def read_with_frames(j: int) -> str | None:
+        return read_of_chunk(chunk_ids[starts[j]]) if j < len(starts) else None
+
+    found, expected = 0, read_with_frames(0)
     with open(reads_in, encoding="utf-8") as source, atomic_open(reads_out) as out:
         source.readline()
         out.write("\t".join(READS_HEADER) + "\n")
@@ -237,8 +241,8 @@ def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new
             call = "virus" if is_virus[found] else "others"
             out.write(f"{read_id}\t{length}\t{chunks}\t{frames}\t{viral_chunks[found]}\t{next(best_text)}\t{call}\n")
             found += 1
-            expected = read_of_chunk(chunk_ids[starts[found]]) if found < len(starts) else None
+            expected = read_with_frames(found)
     if found != len(starts):
         raise ShardError(f"{reads_in}: read {expected!r} has frames but is not in prepare's read table (in order); "
                          "re-run with --restart")
-    return sum(is_virus) if len(starts) else 0
+    return sum(is_virus)
