@@ -54,6 +54,16 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument("--esm-token-budget", type=int, help="tokens per packed ESM-2 batch (default: from free GPU memory)")
     tuning.add_argument("--dnabert-token-budget", type=int, help="padded tokens per DNABERT-S batch")
     tuning.add_argument("--checkpoint-tokens", type=int, help="tokens between checkpoints of the embedding stages")
+    tuning.add_argument("--dnabert-precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                        help="DNABERT-S precision (default fp32, the original's numbers; fp16/bf16 need CUDA)")
+    tuning.add_argument("--dnabert-remote-code", action="store_true",
+                        help="run the DNABERT model folder's own Python code (trust_remote_code) instead of the native engine")
+    tuning.add_argument("--embedding-dtype", default="float32", choices=("float32", "float16"),
+                        help="dtype of stored embeddings (default float32, byte-compatible; float16 halves their size)")
+    tuning.add_argument("--trust-model-pickles", action="store_true",
+                        help="unpickle model files without restrictions: RUNS CODE FROM THE FILES; only for files you trust")
+    tuning.add_argument("--allow-download", action="store_true",
+                        help="let tasks download hub models themselves (only where compute nodes have internet)")
     tuning.add_argument("--restart", action="store_true", help="discard this workdir's results and start again")
     calls = parser.add_argument_group("read calls")
     calls.add_argument("--min-score", type=_score, metavar="T",
@@ -93,6 +103,9 @@ def run_request(args: argparse.Namespace):
         packing=args.packing, device=args.device, esm_token_budget=args.esm_token_budget,
         dnabert_token_budget=args.dnabert_token_budget, checkpoint_tokens=args.checkpoint_tokens,
         restart=args.restart, demo=args.demo, min_score=args.min_score,
+        dnabert_precision=args.dnabert_precision, dnabert_remote_code=args.dnabert_remote_code,
+        embedding_dtype=args.embedding_dtype, trust_model_pickles=args.trust_model_pickles,
+        allow_download=args.allow_download,
     )
 
 

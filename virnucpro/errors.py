@@ -19,6 +19,16 @@ class ShardError(VirnucproError):
     """A (stage, shard) failed its integrity checks; the shard is marked failed."""
 
 
+class StaleInputError(ShardError):
+    """A file written by an earlier (stage, shard) is missing or damaged. That pair is marked pending
+    and recomputed (with what depends on it) instead of failing the reader for good."""
+
+    def __init__(self, message: str, stage: str, shard: int):
+        super().__init__(message)
+        self.stage = stage
+        self.shard = shard
+
+
 class OutputError(VirnucproError, OSError):
     """Writing a file failed (disk full, quota, file-size limit, unwritable folder); the message
     names the file, and the previous complete version of it is untouched."""

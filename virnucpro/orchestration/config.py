@@ -44,6 +44,11 @@ class RunOptions:
     dnabert_token_budget: int | None = None
     checkpoint_tokens: int | None = None
     min_score: float | None = None  # per-read call threshold; consensus only, so not in the fingerprint
+    dnabert_precision: str = "fp32"  # fp32 (the original's numbers), fp16 or bf16 on CUDA
+    dnabert_remote_code: bool = False  # run the model folder's own code (trust_remote_code) instead of the native engine
+    embedding_dtype: str = "float32"  # dtype of the stored embedding matrices; float16 halves their size
+    trust_model_pickles: bool = False  # unpickle model files with weights_only=False (runs code from the file)
+    allow_download: bool = False  # let tasks fetch hub models themselves (compute nodes with internet)
 
     def run_options(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(RunOptions)}
@@ -156,6 +161,9 @@ def compute_fingerprint(config: RunConfig, hashes: HashCache) -> dict:
             "shards": config.shards,
             "precision": config.precision,
             "packing": config.packing,
+            "dnabert_precision": config.dnabert_precision,
+            "dnabert_remote_code": config.dnabert_remote_code,
+            "embedding_dtype": config.embedding_dtype,
         },
         "models": {
             "esm": model_identity(config.models.esm, hashes),
