@@ -41,8 +41,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from virnucpro.engines.esm2_packed import PackedESM2Engine, random_esm2  # noqa: E402
+from esm2_random import random_esm2  # noqa: E402  (tests/esm2_random.py)
+from virnucpro.engines.esm2_packed import PackedESM2Engine  # noqa: E402
 
 AA20 = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 ARCH = {"3B": (36, 2560, 40), "tiny": (6, 320, 20)}  # tiny = the esm2_t6_8M architecture

@@ -24,7 +24,8 @@ from typing import Callable
 
 import pytest
 
-from virnucpro.sequences import frames_of_read, read_fasta
+from virnucpro.fasta import read_fasta
+from virnucpro.sequences import frames_of_read
 
 CLI = [shutil.which("virnucpro-slurm")] if shutil.which("virnucpro-slurm") else [sys.executable, "-m", "virnucpro.cli"]
 CODING = "ATG" + "GCTGAAAAACTG" * 12  # F1 has no stop: every read built on it yields at least one frame

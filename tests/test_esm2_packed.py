@@ -13,13 +13,9 @@ import torch
 
 esm = pytest.importorskip("esm")
 
-from virnucpro.engines.esm2_packed import (  # noqa: E402
-    PackedESM2Engine,
-    default_token_budget,
-    ffd_pack,
-    random_esm2,
-    resolve_precision,
-)
+from esm2_random import random_esm2  # noqa: E402
+from virnucpro.engines.esm2_packed import PackedESM2Engine, default_token_budget, resolve_precision  # noqa: E402
+from virnucpro.engines.esm2_packing import ffd_pack  # noqa: E402
 
 LETTERS = np.array(list("ACDEFGHIKLMNPQRSTVWYXBZU"))
 SHAPES = [(2, 64, 4), (3, 48, 3), (1, 40, 2), (2, 96, 8)]  # head dims 16, 16, 20, 12

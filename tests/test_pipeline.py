@@ -40,7 +40,8 @@ def original_method(inputs: list[Path], models: Path, chunk_length: int = 500) -
     from virnucpro.engines.classifier import load_classifier
     from virnucpro.engines.dnabert import DnabertEmbedder
     from virnucpro.engines.esm2 import ESM2Reference
-    from virnucpro.sequences import frames_of_read, read_fasta
+    from virnucpro.fasta import read_fasta
+    from virnucpro.sequences import frames_of_read
 
     rows = []
     dnabert = DnabertEmbedder(str(models / "dnabert-s-demo"))
@@ -60,7 +61,7 @@ def original_method(inputs: list[Path], models: Path, chunk_length: int = 500) -
 
 
 def test_demo_run_matches_the_original_method(reference_run, demo_models, example_inputs):
-    from virnucpro.sequences import read_inputs_list
+    from virnucpro.fasta import read_inputs_list
 
     inputs = read_inputs_list(example_inputs)
     expected = original_method(inputs, demo_models)

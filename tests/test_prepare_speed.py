@@ -14,8 +14,8 @@ import pytest
 from virnucpro.orchestration.config import ModelSpec, RunConfig
 from virnucpro.orchestration.runner import StageContext
 from virnucpro.paths import Workdir
-from virnucpro.sequences import (FrameRecord, Read, chunk_starts, frames_fast, frames_of_read, read_fasta,
-                                 translate_stream)
+from virnucpro.fasta import read_fasta
+from virnucpro.sequences import FrameRecord, Read, chunk_starts, frames_fast, frames_of_read, translate_stream
 from virnucpro.stages import prepare
 from virnucpro.storage import FRAME_COLUMNS, frame_line
 

@@ -5,8 +5,8 @@ import gzip
 import pytest
 
 from virnucpro.errors import InputError
-from virnucpro.sequences import (Read, chunk_read, chunk_starts, frames_of_read, read_fasta, read_inputs_list,
-                                 reverse_complement, six_frames, translate_frame)
+from virnucpro.fasta import read_fasta, read_inputs_list
+from virnucpro.sequences import Read, chunk_read, chunk_starts, frames_of_read, reverse_complement, six_frames, translate_frame
 
 
 @pytest.mark.parametrize("length, expected", [
@@ -137,3 +137,21 @@ def test_inputs_list(tmp_path):
     missing.write_text("nope.fa\n")
     with pytest.raises(InputError, match="nope.fa"):
         read_inputs_list(missing)
+
+
+def test_protein_fasta_goes_through_the_same_reader(tmp_path):
+    """`embed esm2` reads proteins with the nucleotide reader's rules: Latin-1 headers, unique ids,
+    one-line errors naming the file and record."""
+    from virnucpro.fasta import PROTEIN, read_records
+
+    path = tmp_path / "p.faa"
+    path.write_bytes(b">caf\xe9 x\nMKV\nLW\n>b\nmkq*\n")
+    assert list(read_records(path, PROTEIN)) == [("caf\u00e9", "MKVLW"), ("b", "mkq*")]
+    path.write_bytes(b">a\nMKV\n>a\nMK\n")
+    with pytest.raises(InputError, match="duplicate read id 'a'"):
+        list(read_records(path, PROTEIN))
+    path.write_bytes(b">a\nMK1V\n")
+    with pytest.raises(InputError, match=r"p.faa: record 'a' has characters that are not protein letters \('1'\)"):
+        list(read_records(path, PROTEIN))
+    with pytest.raises(InputError, match="not IUPAC nucleotide codes"):
+        list(read_records(path))

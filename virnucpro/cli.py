@@ -151,7 +151,7 @@ def cmd_status(args) -> int:
 
 def cmd_translate(args) -> int:
     from .atomic import atomic_open
-    from .sequences import write_translation
+    from .fasta import write_translation
 
     with atomic_open(args.nucleotide_out) as dna, atomic_open(args.protein_out) as protein:
         write_translation(args.fasta, args.chunk_length, dna, protein)
@@ -159,10 +159,15 @@ def cmd_translate(args) -> int:
 
 
 def cmd_embed(args) -> int:
+    from .errors import InputError
+    from .fasta import NUCLEOTIDE, PROTEIN, read_records
     from .stages.embedding import resolve_device
     from .storage import write_matrix
 
-    records = _read_plain_fasta(args.fasta)
+    if not Path(args.fasta).is_file():
+        raise InputError(f"{args.fasta}: FASTA file not found; check the path")
+    # proteins for ESM-2, nucleotides for DNABERT-S: the one FASTA reader, validating either
+    records = list(read_records(args.fasta, PROTEIN if args.kind == "esm2" else NUCLEOTIDE))
     ids = [r[0] for r in records]
     seqs = [r[1] for r in records]
     device = resolve_device(args.device)
@@ -179,32 +184,6 @@ def cmd_embed(args) -> int:
     write_matrix(args.out, ids, matrix, attrs={"model": args.model, "kind": args.kind})
     console.info(f"wrote {len(ids)} embeddings of dimension {matrix.shape[1]} to {args.out}")
     return 0
-
-
-def _read_plain_fasta(path: Path) -> list[tuple[str, str]]:
-    """Protein or nucleotide FASTA for `embed` (no nucleotide validation)."""
-    from .errors import InputError
-
-    if not Path(path).is_file():
-        raise InputError(f"{path}: FASTA file not found")
-    records, name, parts, seen = [], None, [], set()
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            line = line.rstrip("\r\n")
-            if line.startswith(">"):
-                if name is not None:
-                    records.append((name, "".join(parts)))
-                name, parts = (line[1:].split() or [""])[0], []
-                if not name or name in seen:
-                    raise InputError(f"{path}: empty or duplicate record id '{name}'; ids must be unique")
-                seen.add(name)
-            elif line.strip():
-                if name is None:
-                    raise InputError(f"{path}: not a FASTA file (no '>' header before sequence)")
-                parts.append(line.strip())
-    if name is not None:
-        records.append((name, "".join(parts)))
-    return records
 
 
 def cmd_demo_models(args) -> int:

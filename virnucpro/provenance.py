@@ -33,7 +33,7 @@ from .orchestration.state import DONE, FAILED, PENDING, RUNNING, ShardState, exc
 from .paths import STAGES, Workdir
 
 PROVENANCE_VERSION = 1
-PACKAGES = ("torch", "fair-esm", "transformers", "h5py", "numpy", "submitit", "rich", "matplotlib", "biopython")
+PACKAGES = ("torch", "fair-esm", "transformers", "h5py", "numpy", "submitit", "rich", "matplotlib")
 MAX_EVENTS = 200  # a requeue-heavy run must not grow the file without bound
 
 

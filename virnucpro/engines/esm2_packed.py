@@ -9,14 +9,13 @@ pipeline.
 
 How it works
 ------------
-* Tokens are BOS + residues + EOS per protein (the alphabet's ``cls_idx`` / ``eos_idx`` and its
-  ``prepend_bos`` / ``append_eos`` flags, fair-esm ``Alphabet.encode`` semantics), concatenated
-  with no padding.  A protein is described by ``cu_seqlens`` (int32) and positions that restart
-  at 0 for each protein.
-* Proteins are grouped into packs of at most ``token_budget`` tokens by first-fit-decreasing
-  (exact FFD, computed run-by-run over equal lengths with numpy); a protein longer than the
-  budget gets a pack of its own.  Packing happens in this process, before any work starts, and
-  ``embed`` checks that every input row is produced exactly once.
+The engine is three files, each readable alone: ``esm2_tokens`` (proteins to token ids, fair-esm
+``Alphabet.encode`` semantics), ``esm2_packing`` (first-fit-decreasing packs of at most
+``token_budget`` tokens, BOS + residues + EOS end to end with ``cu_seqlens`` and positions that
+restart at 0 per protein), and this one: the weights, the attention back-ends and the forward.
+Packing happens in this process, before any work starts, and ``embed`` checks that every input
+row is produced exactly once.
+
 * Numerics follow fair-esm's ``ESM2.forward`` / ``TransformerLayer`` / ``MultiheadAttention``:
   embeddings x (1 - 0.15*0.8) / (1 - observed mask ratio) when ``token_dropout`` (0.88 when no
   ``<mask>`` is present, mask rows zeroed), pre-LN layers (self_attn_layer_norm, attention,
@@ -75,9 +74,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .esm2_packing import DevicePack, HostPack, PackLayout, build_host_pack, ffd_pack, to_device
+from .esm2_tokens import Tokenized, Tokenizer
+
 log = logging.getLogger("virnucpro.esm2")
 
-POOL_CAP = 1024  # residues averaged: positions 1..min(L, 1024)
 MASK_RATIO_TRAIN = 0.15 * 0.8
 CPU_TOKEN_BUDGET = 4096
 GPU_TOKEN_BUDGET_MIN = 4096
@@ -117,186 +118,6 @@ def default_token_budget(device: torch.device, embed_dim: int, precision: str) -
     return budget // 1024 * 1024
 
 
-def ffd_pack(token_lengths: np.ndarray, budget: int) -> list[np.ndarray]:
-    """First-fit-decreasing bin packing of items (token counts) into bins of ``budget``.
-
-    Items are taken longest first (ties in input order); each goes into the first (lowest
-    numbered) bin with room, or a new bin.  An item longer than ``budget`` gets a bin of its own.
-    Equal-length runs are placed together with numpy, which is exactly what item-by-item first fit
-    does (they fill the eligible bins left to right, floor(room / size) each, then open new bins),
-    so the cost is O(distinct lengths x bins) in vectorised numpy.  Returns, per bin, the item
-    indices in placement order.
-    """
-    n = np.asarray(token_lengths, dtype=np.int64)
-    if n.ndim != 1:
-        raise ValueError("token_lengths must be 1-D")
-    if budget < 1:
-        raise ValueError("budget must be positive")
-    count = len(n)
-    if count == 0:
-        return []
-    if (n < 1).any():
-        raise ValueError("every item needs at least one token")
-    order = np.argsort(-n, kind="stable")
-    sizes = n[order]
-    run_starts = np.flatnonzero(np.r_[True, sizes[1:] != sizes[:-1]])
-    run_ends = np.r_[run_starts[1:], count]
-    room = np.zeros(0, dtype=np.int64)  # remaining capacity per bin
-    bin_of = np.empty(count, dtype=np.int64)  # bin of order[j]
-    for a, b in zip(run_starts.tolist(), run_ends.tolist()):
-        s = int(sizes[a])
-        k = b - a
-        if s > budget:  # oversize: one bin each, closed
-            new = np.arange(len(room), len(room) + k)
-            bin_of[a:b] = new
-            room = np.concatenate([room, np.zeros(k, dtype=np.int64)])
-            continue
-        placed = 0
-        eligible = np.flatnonzero(room >= s)
-        if len(eligible):
-            fits = room[eligible] // s
-            cum = np.cumsum(fits)
-            placed = int(min(k, cum[-1]))
-            if placed:
-                target = eligible[np.searchsorted(cum, np.arange(placed), side="right")]
-                bin_of[a:a + placed] = target
-                room -= s * np.bincount(target, minlength=len(room))
-        rest = k - placed
-        if rest:
-            per_bin = budget // s
-            local = np.arange(rest) // per_bin
-            n_new = int(local[-1]) + 1
-            bin_of[a + placed:b] = len(room) + local
-            filled = np.bincount(local, minlength=n_new) * s
-            room = np.concatenate([room, budget - filled])
-    # group item indices per bin, keeping placement order (stable sort on bin id)
-    by_bin = np.argsort(bin_of, kind="stable")
-    bins_sorted = bin_of[by_bin]
-    cuts = np.flatnonzero(np.r_[True, bins_sorted[1:] != bins_sorted[:-1]])
-    packs = np.split(order[by_bin], cuts[1:])
-    assert sum(len(p) for p in packs) == count
-    return packs
-
-
-# --------------------------------------------------------------------------------------------
-# tokenisation
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class _Tokenized:
-    ids: np.ndarray  # uint8/int16: every protein's residue token ids, concatenated
-    offsets: np.ndarray  # int64 [N]: start of protein i in ids
-    lengths: np.ndarray  # int64 [N]: residue tokens of protein i
-    mask_counts: dict  # protein index -> number of <mask> tokens (only when > 0)
-
-
-class _Tokenizer:
-    """fair-esm ``Alphabet.encode`` semantics, vectorised for plain residue strings.
-
-    A string made only of one-character alphabet tokens (the 20 amino acids, X, B, U, Z, O, '.',
-    '-') maps character by character, which is what ``Alphabet.encode`` returns for it; anything
-    else (special tokens such as ``<mask>``, whitespace, unknown letters) goes through
-    ``alphabet.encode`` itself, and characters the alphabet cannot encode raise ValueError.
-    """
-
-    def __init__(self, alphabet):
-        self.alphabet = alphabet
-        self.dtype = np.uint8 if len(alphabet) <= 255 else np.int16
-        lut = np.full(256, -1, dtype=np.int16)
-        for tok, idx in alphabet.tok_to_idx.items():
-            if len(tok) == 1 and ord(tok) < 256:
-                lut[ord(tok)] = idx
-        self.lut = lut
-        self.pad_idx = alphabet.padding_idx
-        self.mask_idx = alphabet.mask_idx
-
-    def _slow(self, i: int, s: str) -> np.ndarray:
-        try:
-            enc = self.alphabet.encode(s)
-        except KeyError as e:
-            raise ValueError(
-                f"protein #{i} contains {e.args[0]!r}, which the ESM alphabet cannot encode") from None
-        enc = np.asarray(enc, dtype=np.int64)
-        if (enc == self.pad_idx).any():
-            raise ValueError(f"protein #{i} contains the padding token")
-        return enc
-
-    def __call__(self, proteins: Sequence[str]) -> _Tokenized:
-        n_seq = len(proteins)
-        for i, s in enumerate(proteins):
-            if not isinstance(s, str):
-                raise TypeError(f"protein #{i} is {type(s).__name__}, expected str")
-        lengths = np.fromiter((len(s) for s in proteins), dtype=np.int64, count=n_seq)
-        joined = "".join(proteins)
-        special: set[int] = set()
-        if not joined.isascii():
-            special = {i for i, s in enumerate(proteins) if not s.isascii()}
-            joined = "".join("" if i in special else s for i, s in enumerate(proteins))
-            for i in special:
-                lengths[i] = 0
-        raw = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
-        mapped = self.lut[raw]
-        ends = np.cumsum(lengths)
-        offsets = ends - lengths
-        bad = np.flatnonzero(mapped < 0)
-        if len(bad):
-            special.update(np.unique(np.searchsorted(ends, bad, side="right")).tolist())
-        ids = mapped.astype(self.dtype)
-        mask_counts: dict = {}
-        if special:
-            extra = []
-            pos = len(ids)
-            for i in sorted(special):
-                enc = self._slow(i, proteins[i])
-                offsets[i] = pos
-                lengths[i] = len(enc)
-                pos += len(enc)
-                extra.append(enc.astype(self.dtype))
-                m = int((enc == self.mask_idx).sum())
-                if m:
-                    mask_counts[i] = m
-            ids = np.concatenate([ids] + extra)
-        return _Tokenized(ids, offsets, lengths, mask_counts)
-
-
-# --------------------------------------------------------------------------------------------
-# packs
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class _HostPack:
-    index: np.ndarray  # input rows of the proteins in this pack
-    B: int
-    T: int
-    max_len: int
-    uniform: bool  # all proteins have the same token count
-    cu_host: list  # python ints, for the per-protein loop
-    ints: torch.Tensor  # int64: tokens | positions | keep | seg | (flat)
-    cu: torch.Tensor  # int32 [B+1]
-    counts: torch.Tensor  # float32 [B]: residues pooled per protein
-    scale: Optional[torch.Tensor]  # float32 [T] token-dropout divisor (only if <mask> present)
-    key_mask: Optional[torch.Tensor]  # bool [B, 1, 1, max_len] for the padded SDPA view
-    n_keep: int
-    has_flat: bool
-
-
-@dataclass
-class _DevicePack:
-    B: int
-    T: int
-    max_len: int
-    uniform: bool
-    cu_host: list
-    tokens: torch.Tensor
-    pos: torch.Tensor
-    keep: torch.Tensor
-    seg: torch.Tensor
-    flat: Optional[torch.Tensor]
-    cu: torch.Tensor
-    counts: torch.Tensor
-    scale: Optional[torch.Tensor]
-    key_mask: Optional[torch.Tensor]
-
 
 # --------------------------------------------------------------------------------------------
 # dense parts of a layer (pure functions so that torch.compile can take them)
@@ -318,31 +139,15 @@ def _qk_halves(x, ln_w, ln_b, eps: float, wqkv, bqkv, heads: int, cdtype: torch.
 def _attn_in(x, ln_w, ln_b, eps: float, wqkv, bqkv, cos, sin, heads: int, cdtype: torch.dtype):
     """LayerNorm -> fused q/k/v projection -> rotary on q and k (fp32 arithmetic).
 
-    Functional form (what torch.compile fuses into one kernel).  Returns q, k [T, H, dh] and v.
+    Functional form (what torch.compile fuses into one kernel; eager, it is five).  Returns q, k
+    [T, H, dh] and v.
     """
     x1, x2, qkv = _qk_halves(x, ln_w, ln_b, eps, wqkv, bqkv, heads, cdtype)
     c = cos[None, :, None, :]
     s = sin[None, :, None, :]
     # fair-esm: x*cos + rotate_half(x)*sin with rotate_half(x) = (-x2, x1) and cos/sin duplicated
-    rot = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+    rot = torch.cat((torch.addcmul(x1 * c, x2, s, value=-1.0), torch.addcmul(x2 * c, x1, s)), dim=-1)
     if rot.dtype != cdtype:
-        rot = rot.to(cdtype)
-    return rot[0], rot[1], qkv[:, 2]
-
-
-def _attn_in_eager(x, ln_w, ln_b, eps: float, wqkv, bqkv, cos, sin, heads: int, cdtype: torch.dtype):
-    """Same as _attn_in with fewer kernels in eager mode (rotary written into one buffer)."""
-    x1, x2, qkv = _qk_halves(x, ln_w, ln_b, eps, wqkv, bqkv, heads, cdtype)
-    half = x1.shape[-1]
-    c = cos[None, :, None, :]
-    s = sin[None, :, None, :]
-    rot = torch.empty((2, x.shape[0], heads, 2 * half), dtype=torch.float32, device=x.device)
-    r1, r2 = rot[..., :half], rot[..., half:]
-    torch.mul(x1, c, out=r1)
-    r1.addcmul_(x2, s, value=-1.0)  # x1*c - x2*s
-    torch.mul(x2, c, out=r2)
-    r2.addcmul_(x1, s)  # x2*c + x1*s
-    if cdtype != torch.float32:
         rot = rot.to(cdtype)
     return rot[0], rot[1], qkv[:, 2]
 
@@ -435,7 +240,7 @@ class PackedESM2Engine:
         self.append_eos = bool(alphabet.append_eos)
         self.cls_idx = int(alphabet.cls_idx)
         self.eos_idx = int(alphabet.eos_idx)
-        self._tokenizer = _Tokenizer(alphabet)
+        self._tokenizer = Tokenizer(alphabet)
         self.compile = bool(compile)
         self.prefetch = (self.device.type == "cuda") if prefetch is None else bool(prefetch)
 
@@ -460,7 +265,10 @@ class PackedESM2Engine:
             "sdpa_loop": self._attn_sdpa_loop,
         }[self.backend]
 
-        self._f_in, self._f_out = _attn_in_eager, _attn_out_ffn
+        self._layout = PackLayout(self.prepend_bos, self.append_eos, self.cls_idx, self.eos_idx,
+                                  self._tokenizer.mask_idx, self.token_dropout,
+                                  padded_view=self.backend == "sdpa", pin=self.device.type == "cuda")
+        self._f_in, self._f_out = _attn_in, _attn_out_ffn
         if self.compile:
             self._f_in = torch.compile(_attn_in, dynamic=True)
             self._f_out = torch.compile(_attn_out_ffn, dynamic=True)
@@ -577,7 +385,7 @@ class PackedESM2Engine:
         qkv = torch.randn(T, 3, H, dh, generator=g).to(self.device, self.dtype)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # strided like the real call
         cu = torch.tensor([0, 5, 14, 17], dtype=torch.int32, device=self.device)
-        pk = _DevicePack(B=3, T=T, max_len=9, uniform=False, cu_host=[0, 5, 14, 17], tokens=None,
+        pk = DevicePack(B=3, T=T, max_len=9, uniform=False, cu_host=[0, 5, 14, 17], tokens=None,
                          pos=None, keep=None, seg=None, flat=None, cu=cu, counts=None, scale=None,
                          key_mask=None)
         fn = self._attn_flash if name == "flash_attn" else self._attn_varlen
@@ -599,18 +407,18 @@ class PackedESM2Engine:
         self._contiguous_qkv = False
         return failure
 
-    def _attn_flash(self, q, k, v, pk: _DevicePack):
+    def _attn_flash(self, q, k, v, pk: DevicePack):
         if self._contiguous_qkv:
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return self._flash_fn(q, k, v, pk.cu, pk.cu, pk.max_len, pk.max_len, dropout_p=0.0,
                               softmax_scale=self.scale, causal=False)
 
-    def _attn_varlen(self, q, k, v, pk: _DevicePack):
+    def _attn_varlen(self, q, k, v, pk: DevicePack):
         if self._contiguous_qkv:
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return self._varlen_fn(q, k, v, pk.cu, pk.cu, pk.max_len, pk.max_len, **self._varlen_kw)
 
-    def _attn_sdpa_loop(self, q, k, v, pk: _DevicePack):
+    def _attn_sdpa_loop(self, q, k, v, pk: DevicePack):
         outs = []
         cu = pk.cu_host
         for b in range(len(cu) - 1):
@@ -620,7 +428,7 @@ class PackedESM2Engine:
             outs.append(o.transpose(0, 1))
         return torch.cat(outs, 0) if len(outs) > 1 else outs[0]
 
-    def _attn_sdpa(self, q, k, v, pk: _DevicePack):
+    def _attn_sdpa(self, q, k, v, pk: DevicePack):
         T, H, dh = q.shape
         B, L = pk.B, pk.max_len
         if pk.uniform:  # no padding needed: [B*L, H, dh] -> [B, H, L, dh]
@@ -637,84 +445,11 @@ class PackedESM2Engine:
         return o.transpose(1, 2).reshape(B * L, H, dh).index_select(0, pk.flat)
 
     # ---------------------------------------------------------------- host side
-    def _build_host_pack(self, tok: _Tokenized, index: np.ndarray) -> _HostPack:
-        npre, npost = int(self.prepend_bos), int(self.append_eos)
-        L = tok.lengths[index]
-        n = L + npre + npost
-        B = len(index)
-        T = int(n.sum())
-        cu = np.zeros(B + 1, dtype=np.int64)
-        np.cumsum(n, out=cu[1:])
-        starts = cu[:-1]
-        max_len = int(n.max())
-        uniform = bool((n == n[0]).all())
-        tokens = np.empty(T, dtype=np.int64)
-        if npre:
-            tokens[starts] = self.cls_idx
-        if npost:
-            tokens[cu[1:] - 1] = self.eos_idx
-        total = int(L.sum())
-        if total:
-            r = np.arange(total, dtype=np.int64)
-            before = np.cumsum(L) - L
-            src = np.repeat(tok.offsets[index] - before, L) + r
-            dst = np.repeat(starts + npre - before, L) + r
-            tokens[dst] = tok.ids[src]
-        pos = np.arange(T, dtype=np.int64) - np.repeat(starts, n)
-        m = np.minimum(L, POOL_CAP)
-        n_keep = int(m.sum())
-        rk = np.arange(n_keep, dtype=np.int64)
-        before_m = np.cumsum(m) - m
-        keep = np.repeat(starts + npre - before_m, m) + rk
-        seg = np.repeat(np.arange(B, dtype=np.int64), m)
-        parts = [tokens, pos, keep, seg]
-        key_mask = None
-        has_flat = False
-        if self.backend == "sdpa" and not uniform:
-            parts.append(np.repeat(np.arange(B, dtype=np.int64) * max_len, n) + pos)
-            key_mask = torch.from_numpy(np.arange(max_len)[None, :] < n[:, None]).view(B, 1, 1, max_len)
-            has_flat = True
-        scale = None
-        if tok.mask_counts and self.token_dropout:
-            hits = [(j, tok.mask_counts[int(i)]) for j, i in enumerate(index.tolist()) if int(i) in tok.mask_counts]
-            if hits:
-                # fair-esm: x * (1 - 0.12) / (1 - n_mask / n_tokens); <mask> rows zeroed (divisor inf)
-                div = np.ones(T, dtype=np.float32)
-                for j, nm in hits:
-                    ratio = np.float32(nm) / np.float32(n[j])
-                    div[cu[j]:cu[j + 1]] = np.float32(1) - ratio
-                div[tokens == self._tokenizer.mask_idx] = np.inf
-                scale = torch.from_numpy(div)
-        ints = torch.from_numpy(np.concatenate(parts))
-        cu_t = torch.from_numpy(cu.astype(np.int32))
-        counts = torch.from_numpy(m.astype(np.float32))
-        if self.device.type == "cuda":
-            ints, cu_t, counts = ints.pin_memory(), cu_t.pin_memory(), counts.pin_memory()
-            if key_mask is not None:
-                key_mask = key_mask.pin_memory()
-            if scale is not None:
-                scale = scale.pin_memory()
-        return _HostPack(index=index, B=B, T=T, max_len=max_len, uniform=uniform,
-                         cu_host=cu.tolist(), ints=ints, cu=cu_t, counts=counts, scale=scale,
-                         key_mask=key_mask, n_keep=n_keep, has_flat=has_flat)
-
-    def _to_device(self, hp: _HostPack) -> _DevicePack:
-        dev = self.device
-        nb = dev.type == "cuda"
-        ints = hp.ints.to(dev, non_blocking=nb)
-        T, K = hp.T, hp.n_keep
-        tokens, pos = ints[:T], ints[T:2 * T]
-        keep, seg = ints[2 * T:2 * T + K], ints[2 * T + K:2 * T + 2 * K]
-        flat = ints[2 * T + 2 * K:] if hp.has_flat else None
-        return _DevicePack(
-            B=hp.B, T=T, max_len=hp.max_len, uniform=hp.uniform, cu_host=hp.cu_host,
-            tokens=tokens, pos=pos, keep=keep, seg=seg, flat=flat,
-            cu=hp.cu.to(dev, non_blocking=nb), counts=hp.counts.to(dev, non_blocking=nb),
-            scale=None if hp.scale is None else hp.scale.to(dev, non_blocking=nb),
-            key_mask=None if hp.key_mask is None else hp.key_mask.to(dev, non_blocking=nb))
+    def _build_host_pack(self, tok: Tokenized, index: np.ndarray) -> HostPack:
+        return build_host_pack(self._layout, tok, index)
 
     # ---------------------------------------------------------------- forward
-    def _forward_pack(self, pk: _DevicePack) -> torch.Tensor:
+    def _forward_pack(self, pk: DevicePack) -> torch.Tensor:
         """Pooled float32 [B, dim] for one pack (stays on the device)."""
         x = F.embedding(pk.tokens, self._emb)  # fp32 [T, D]
         if self.token_dropout:
@@ -737,7 +472,7 @@ class PackedESM2Engine:
         sums.index_add_(0, pk.seg, rows)
         return sums / pk.counts[:, None]
 
-    def _host_packs(self, tok: _Tokenized, packs: list[np.ndarray]):
+    def _host_packs(self, tok: Tokenized, packs: list[np.ndarray]):
         """Host packs in order; built in a background thread when prefetching."""
         if not self.prefetch:
             for p in packs:
@@ -813,7 +548,7 @@ class PackedESM2Engine:
 
         with torch.inference_mode():
             for hp in self._host_packs(tok, packs):
-                pk = self._to_device(hp)
+                pk = to_device(hp, self.device)
                 pooled = self._forward_pack(pk)
                 if cuda:
                     buf = torch.empty(pooled.shape, dtype=torch.float32, pin_memory=True)
@@ -832,40 +567,3 @@ class PackedESM2Engine:
         return out
 
     __call__ = embed
-
-
-# --------------------------------------------------------------------------------------------
-# random-weight models for tests and benchmarks
-# --------------------------------------------------------------------------------------------
-
-def random_esm2(num_layers: int, embed_dim: int, attention_heads: int, device="cpu", seed: int = 0,
-                linear_std: float = 0.02, token_dropout: bool = True):
-    """An ``esm.model.esm2.ESM2`` with random weights scaled to give realistic activations.
-
-    PyTorch's default init (and fair-esm's xavier q/k/v) makes a deep random ESM-2 degenerate:
-    activations either shrink to nothing or attention saturates.  Here every Linear weight and
-    bias is N(0, linear_std) (0.02, BERT/ESM style: with unit-variance LayerNorm outputs, q/k
-    entries have std ~0.02*sqrt(dim) ~= 1 for the 3B model, so attention logits have std ~1), the
-    token embeddings N(0, 1), LayerNorm weights 1 + N(0, 0.1) and biases N(0, 0.1).  Built
-    directly on ``device`` (a 3B model in fp32 is 12 GB).  Returns (model, alphabet), eval mode.
-    """
-    import esm
-    import esm.modules
-
-    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
-    device = torch.device(device)
-    with device:
-        model = esm.model.esm2.ESM2(num_layers, embed_dim, attention_heads, alphabet=alphabet,
-                                    token_dropout=token_dropout)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.Linear):
-                mod.weight.normal_(0.0, linear_std, generator=gen)
-                if mod.bias is not None:
-                    mod.bias.normal_(0.0, linear_std, generator=gen)
-            elif isinstance(mod, (torch.nn.LayerNorm, esm.modules.ESM1bLayerNorm)):
-                mod.weight.normal_(1.0, 0.1, generator=gen)
-                mod.bias.normal_(0.0, 0.1, generator=gen)
-        model.embed_tokens.weight.normal_(0.0, 1.0, generator=gen)
-    return model.eval(), alphabet

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..atomic import remove_stale_temp_files
 from ..errors import InputError, StateError
 from ..paths import STAGES, Workdir
-from ..sequences import read_inputs_list
+from ..fasta import read_inputs_list
 from .config import (HashCache, ModelSpec, RunConfig, RunOptions, auto_shards, check_writable, compute_fingerprint,
                      fingerprint_differences, input_names)
 from .state import DONE, RUNNING, StateFile, exclusive_lock

@@ -35,8 +35,8 @@ from .. import console
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import InputError
 from ..orchestration.runner import StageContext
-from ..sequences import (BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block,
-                         translate_stream)
+from ..fasta import BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block
+from ..sequences import translate_stream
 from ..storage import FRAME_COLUMNS
 
 log = logging.getLogger("virnucpro.prepare")

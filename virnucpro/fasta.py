@@ -1,0 +1,386 @@
+"""Reading FASTA input: plain or gzipped files, validated, in blocks of whole records.
+
+Input rules (README, "Input"): sequence letters are the IUPAC nucleotide codes in any case (a codon
+holding an ambiguity code is dropped by the codon rule); '-', '*', digits and spaces inside a
+sequence are an error naming the record; records without sequence or shorter than one codon
+yield no frame and are counted; headers that are not UTF-8 are read as Latin-1 (every byte kept);
+read ids must be unique within a file (the same id in two files is fine: results are per input).
+The same reader, with the protein alphabet, reads the proteins `embed esm2` is given.
+
+Every FASTA the package reads goes through here: `fasta_blocks` + `parse_block` (what prepare's
+workers run), `read_records` / `read_fasta` (streams with the duplicate-id check), and the inputs
+list (`read_inputs_list`). Biopython's parser is not used: it does not validate, and the block
+reader is what lets prepare parse in parallel worker processes.
+"""
+
+from __future__ import annotations
+
+import array
+import gzip
+import io
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .errors import InputError
+from .sequences import Read, translate_stream
+
+# IUPAC nucleotide codes: kept in sequences, and any codon holding one is dropped by the codon rule.
+IUPAC_LETTERS = frozenset("ACGTUNRYSWKMBDHV")
+
+
+def _both_cases(letters: str) -> bytes:
+    letters = "".join(sorted(letters))
+    return letters.upper().encode() + letters.lower().encode()
+
+
+@dataclass(frozen=True)
+class Alphabet:
+    """The letters a sequence may hold, and what the error says when it holds others."""
+
+    letters: bytes
+    described: str
+    advice: str
+
+
+NUCLEOTIDE = Alphabet(_both_cases("".join(IUPAC_LETTERS)), "IUPAC nucleotide codes",
+                      "remove gaps, stops, digits and spaces from the sequence")
+# Protein letters for `embed esm2`: the ESM alphabet's one-letter residues (its tokenizer decides
+# what it can encode), plus '*' and '-' which it rejects with its own message.
+PROTEIN = Alphabet(_both_cases("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + b"*-.", "protein letters",
+                   "remove digits and spaces from the sequence")
+
+
+BLOCK_BYTES = 4 << 20  # FASTA is read in blocks of whole records of about this size
+
+
+def _open_bytes(path: Path) -> io.BufferedIOBase:
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _read_error(path: Path, exc: BaseException) -> InputError:
+    if isinstance(exc, (EOFError, gzip.BadGzipFile, zlib.error)):
+        return InputError(f"{path}: the compressed file is truncated or corrupt ({exc}); re-copy or re-compress it")
+    if isinstance(exc, PermissionError):
+        return InputError(f"{path}: cannot read the file (permission denied); fix its permissions")
+    if isinstance(exc, IsADirectoryError):
+        return InputError(f"{path}: is a directory, not a FASTA file; list the FASTA files inside it")
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return InputError(f"{path}: cannot read the file ({reason}); check the file and the disk it is on")
+
+
+@dataclass
+class Block:
+    """Whole FASTA records read from one file (`first_line` = line number of its first byte)."""
+
+    path: Path
+    data: bytes
+    first_line: int
+    is_first: bool
+
+
+def fasta_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
+    """Cut a plain or gzipped FASTA file into blocks of whole records (each block but the first
+    starts with '>'); a block holds about `block_bytes`, or one record if that is longer."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: input file not found; check the path in your inputs list")
+    try:
+        handle = _open_bytes(path)
+    except OSError as exc:
+        raise _read_error(path, exc) from None
+    parts: list[bytes] = []
+    line, first = 1, True
+    try:
+        with handle:
+            while True:
+                data = handle.read(block_bytes)
+                if not data:
+                    break
+                cut = data.rfind(b"\n>")
+                if cut >= 0:
+                    parts.append(data[:cut + 1])
+                    rest = data[cut + 1:]
+                elif data.startswith(b">") and parts and parts[-1].endswith(b"\n"):
+                    rest = data
+                else:
+                    parts.append(data)  # inside a record longer than a block: keep reading
+                    continue
+                block = b"".join(parts)
+                parts = [rest]
+                yield Block(path, block, line, first)
+                line += block.count(b"\n")
+                first = False
+            block = b"".join(parts)
+            if block:
+                yield Block(path, block, line, first)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _read_error(path, exc) from None
+
+
+def _decode_header(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        # Headers are identifiers we copy to the outputs: keep every byte, never guess an encoding.
+        return raw.decode("latin-1").strip()
+
+
+def _not_fasta_message(path: Path, first_line: bytes) -> str:
+    if first_line.startswith(b"@"):
+        kind = "looks like FASTQ; convert it to FASTA (e.g. seqtk seq -A)"
+    elif first_line.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
+        kind = "looks like HTML/XML (a failed download?); fetch the FASTA again"
+    else:
+        kind = "does not start with a '>' header; give a nucleotide FASTA file"
+    return f"{path}: not a FASTA file: {kind}"
+
+
+def _bad_letters_message(path: Path, record_id: str, sequence: bytes, alphabet: Alphabet) -> str:
+    bad = sorted(set(sequence.translate(None, alphabet.letters).decode("latin-1")))
+    shown = ", ".join(repr(c) for c in bad[:8]) + (", ..." if len(bad) > 8 else "")
+    return (f"{path}: record '{record_id}' has characters that are not {alphabet.described} ({shown}); "
+            f"{alphabet.advice}")
+
+
+def _clean_lines(body: bytes) -> bytes:
+    """Sequence lines joined, trailing blanks of each line dropped (whitespace inside stays, an error)."""
+    return b"".join(line.rstrip() for line in body.split(b"\n"))
+
+
+def parse_block(block: Block, alphabet: Alphabet = NUCLEOTIDE) -> list[tuple[str, str]]:
+    """The validated records of a block as (id, sequence) pairs (the fields of a `Read`, without
+    the cost of building one per record); errors name the file and the record (or line)."""
+    path, data = block.path, block.data
+    if b"\x00" in data:
+        line = block.first_line + data[:data.index(b"\x00")].count(b"\n")
+        raise InputError(f"{path}: line {line} holds binary data; this is not a FASTA file")
+    text = data.lstrip() if block.is_first else data
+    if not text.startswith(b">"):
+        if text:
+            raise InputError(_not_fasta_message(path, text.split(b"\n", 1)[0]))
+        return []
+    return _one_line_records(text, alphabet.letters) or _records(path, text, alphabet)
+
+
+def _one_line_records(text: bytes, letters: bytes) -> list[tuple[str, str]] | None:
+    """The common layout, fast: UTF-8, LF, one sequence line per record, valid letters; None
+    for anything else (then `_records` parses it one record at a time, and reports problems)."""
+    if b"\r" in text:
+        return None
+    try:
+        lines = text.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        return None
+    if lines[-1] == "":
+        lines.pop()
+    headers, sequences = lines[0::2], lines[1::2]
+    if len(headers) != len(sequences) or "".join([h[:1] for h in headers]) != ">" * len(headers):
+        return None
+    joined = "".join(sequences)
+    if not joined.isascii() or joined.encode("ascii").translate(None, letters):
+        return None  # a '>' line where a sequence should be, blank or bad letters: the slow path
+    if _WHITESPACE.search("".join(headers)):
+        names = [h[1:].split(None, 1) for h in headers]  # id = up to the first whitespace
+        if not all(names):
+            return None
+        ids = [n[0] for n in names]
+    else:
+        ids = [h[1:] for h in headers]
+        if not all(ids):
+            return None
+    return list(zip(ids, sequences))
+
+
+_WHITESPACE = re.compile(r"\s")
+
+
+def _records(path: Path, text: bytes, alphabet: Alphabet) -> list[tuple[str, str]]:
+    reads = []
+    for record in text[1:].split(b"\n>"):
+        header, _, body = record.partition(b"\n")
+        name = _decode_header(header)
+        record_id = name.split(maxsplit=1)[0] if name else ""
+        if not record_id:
+            raise InputError(f"{path}: a record has an empty header; give every record an id after '>'")
+        sequence = body.translate(None, b"\r\n")
+        if sequence.translate(None, alphabet.letters):
+            sequence = _clean_lines(body.replace(b"\r", b""))
+            if sequence.translate(None, alphabet.letters):
+                raise InputError(_bad_letters_message(path, record_id, sequence, alphabet))
+        reads.append((record_id, sequence.decode("ascii")))
+    return reads
+
+
+_PRIME = 0x100000001B3  # odd, so it has an inverse modulo 2**64
+_PRIME_INVERSE = pow(_PRIME, -1, 1 << 64)
+
+
+def _powers(base: int, count: int) -> np.ndarray:
+    powers = np.full(count, base, np.uint64)
+    powers[0] = 1
+    return np.cumprod(powers, out=powers)  # wraps modulo 2**64, as intended
+
+
+def id_hashes(ids: Iterable[str]) -> bytes:
+    """64-bit digests of read ids, packed for `DuplicateIds`; the same in every process (workers
+    hash their blocks). A polynomial hash of each id's UTF-8 bytes computed for all ids at once
+    from prefix sums, then mixed (splitmix64) so that similar ids spread over all 64 bits."""
+    ids = list(ids)
+    if not ids:
+        return b""
+    data = np.frombuffer(("\n".join(ids) + "\n").encode("utf-8", "surrogatepass"), np.uint8)
+    ends = np.flatnonzero(data == 10)  # ids never hold a newline
+    starts = np.zeros_like(ends)
+    starts[1:] = ends[:-1] + 1
+    prefix = np.zeros(len(data) + 1, np.uint64)
+    np.cumsum((data.astype(np.uint64) + np.uint64(1)) * _powers(_PRIME, len(data)), out=prefix[1:])
+    digest = (prefix[ends] - prefix[starts]) * _powers(_PRIME_INVERSE, len(data))[starts]
+    digest ^= (ends - starts).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        digest ^= digest >> np.uint64(shift)
+        digest *= np.uint64(multiplier)
+    digest ^= digest >> np.uint64(31)
+    return digest.tobytes()
+
+
+class DuplicateIds:
+    """Duplicate read ids of one file, found with 8 bytes per read instead of a set of strings
+    (10 M reads: 80 MB, not ~1 GB). Colliding digests are confirmed by re-reading the file."""
+
+    def __init__(self, path: Path, alphabet: Alphabet = NUCLEOTIDE):
+        self.path = path
+        self.alphabet = alphabet
+        self.digests = array.array("Q")
+
+    def add(self, packed_digests: bytes) -> None:
+        self.digests.frombytes(packed_digests)
+
+    def check(self) -> None:
+        values = np.sort(np.frombuffer(self.digests, np.uint64))
+        repeated = values[1:][values[1:] == values[:-1]]
+        if not len(repeated):
+            return
+        seen: set[str] = set()
+        for block in fasta_blocks(self.path):
+            ids = [read_id for read_id, _ in parse_block(block, self.alphabet)]
+            digests = np.frombuffer(id_hashes(ids), np.uint64)
+            for index in np.flatnonzero(np.isin(digests, repeated)).tolist():
+                read_id = ids[index]
+                if read_id in seen:
+                    raise InputError(f"{self.path}: duplicate read id '{read_id}'; read ids must be unique "
+                                     "within a file (rename or remove the repeated record)")
+                seen.add(read_id)
+
+
+def read_fasta(path: str | Path) -> Iterator[Read]:
+    """Stream the records of a plain or gzipped FASTA file, validating as it goes.
+
+    Errors are `InputError`s naming the file and record. Sequence letters are the IUPAC
+    nucleotide codes (any case); anything else (gaps, '*', digits, spaces) is an error.
+    A duplicated id is reported after the last record (the check keeps 8 bytes per read).
+    """
+    return map(Read._make, read_records(path))
+
+
+def read_records(path: str | Path, alphabet: Alphabet = NUCLEOTIDE) -> Iterator[tuple[str, str]]:
+    """read_fasta's records as (id, sequence) pairs, cheaper than Reads by the million; with
+    `alphabet=PROTEIN` the same reader (and messages) for protein FASTA."""
+    path = Path(path)
+    duplicates = DuplicateIds(path, alphabet)
+    records = 0
+    for block in fasta_blocks(path):
+        reads = parse_block(block, alphabet)
+        duplicates.add(id_hashes(read_id for read_id, _ in reads))
+        records += len(reads)
+        yield from reads
+    if not records:
+        raise InputError(empty_file_message(path))
+    duplicates.check()
+
+
+def empty_file_message(path: Path) -> str:
+    return f"{path}: no FASTA records (the file is empty); remove it from the inputs list or fix it"
+
+
+def sniff_fasta(path: Path) -> None:
+    """Cheap checks of the first bytes, so an obviously wrong file fails when the run is planned."""
+    try:
+        with _open_bytes(path) as handle:
+            head = handle.read(4096)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _read_error(path, exc) from None
+    if not head.strip():
+        if len(head) < 4096:
+            raise InputError(empty_file_message(path))
+        return
+    if b"\x00" in head:
+        raise InputError(f"{path}: holds binary data; this is not a FASTA file")
+    first = head.lstrip(b"\r\n\t ").split(b"\n", 1)[0]
+    if not first.startswith(b">"):
+        raise InputError(_not_fasta_message(path, first))
+
+
+def read_inputs_list(list_path: str | Path) -> list[Path]:
+    """Paths listed one per line; relative ones resolve against the list's folder; '#' comments.
+
+    Paths are kept as listed (made absolute, not resolved through symlinks) so messages name what
+    the user wrote; the same file listed twice (even through a symlink) is one input.
+    """
+    list_path = Path(list_path)
+    if list_path.is_dir():
+        raise InputError(f"{list_path}: is a directory; give a text file with one FASTA path per line")
+    if not list_path.is_file():
+        raise InputError(f"{list_path}: inputs list not found; give a text file with one FASTA path per line")
+    try:
+        text = list_path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{list_path}: cannot read the inputs list ({exc.__class__.__name__}); "
+                         "give a UTF-8 text file") from None
+    if text.startswith(">"):
+        raise InputError(f"{list_path}: looks like a FASTA file, not an inputs list; write a text file that lists it")
+    paths: list[Path] = []
+    seen: set[Path] = set()
+    for line in text.splitlines():
+        entry = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if not entry:
+            continue
+        path = Path(entry).expanduser()
+        if not path.is_absolute():
+            path = list_path.absolute().parent / path
+        path = Path(os.path.normpath(path))
+        key = path.resolve()
+        if key in seen:
+            continue  # listed twice: one input, never counted twice
+        seen.add(key)
+        paths.append(path)
+    if not paths:
+        raise InputError(f"{list_path}: the inputs list names no files; add one FASTA path per line")
+    for path in paths:
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory, not a FASTA file (listed in {list_path}); "
+                             "list the files inside it")
+        if not path.is_file():
+            broken = " (a broken symbolic link)" if path.is_symlink() else ""
+            raise InputError(f"{path}: input file not found{broken} (listed in {list_path}); fix the path")
+        sniff_fasta(path)
+    return paths
+
+
+def write_translation(fasta: str | Path, chunk_length: int, nucleotide_out, protein_out) -> int:
+    """The original's _identified_nucleotide / _identified_protein FASTA files; returns frames written."""
+    total = 0
+    for batch in translate_stream(read_records(fasta), chunk_length):
+        nucleotide_out.write("".join(f">{i}\n{s}\n" for i, s in zip(batch.frame_ids, batch.nucleotides)))
+        protein_out.write("".join(f">{i}\n{s}\n" for i, s in zip(batch.frame_ids, batch.proteins)))
+        total += len(batch.frame_ids)
+    return total
