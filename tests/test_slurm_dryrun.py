@@ -353,7 +353,7 @@ def test_status_names_the_log_of_a_task_slurm_killed_before_it_recorded_anything
     slurm.append_submission(workdir, {"submitted": time.time() - 600, "cancelled": None, "stages": {
         "esm2": {"job_id": "50", "tasks": [[0], [1]], "after": [], "gpus": 1, "script": "x"},
         "predict": {"job_id": "51", "tasks": [[0], [1]], "after": ["esm2"], "gpus": 0, "script": "y"}}})
-    monkeypatch.setattr(slurm, "job_states", lambda ids, since=None: ("squeue", {
+    monkeypatch.setattr(slurm.queries, "job_states", lambda ids, since=None: ("squeue", {
         "50_0": "COMPLETED", "50_1": "OUT_OF_MEMORY", "51_0": "CANCELLED", "51_1": "CANCELLED"}))
     report = status.status_report(workdir)
     esm2 = next(s for s in report["stages"] if s["stage"] == "esm2")

@@ -117,7 +117,7 @@ def cmd_run(args) -> int:
 
     stop = StopFlag().install()  # before anything is written: a SIGTERM now still ends cleanly
     workdir, config, state = plan_run(run_request(args))
-    console.log_to_file(workdir.logs)
+    console.log_to_file(workdir.run_log())
     console.info(f"workdir {workdir.root}: {len(config.inputs)} input(s), {config.shards} shard(s), "
                  f"chunk length {config.chunk_length}")
     ctx = StageContext(workdir=workdir, config=config, device=config.device, stop_requested=stop)
@@ -127,7 +127,7 @@ def cmd_run(args) -> int:
     console.info(f"[bold green]done[/bold green]: results in {workdir.results}")
     for name in config.input_names:
         console.info(f"  {workdir.result_dir(name)}")
-    console.info(f"report: {workdir.report_dir / 'index.html'}")
+    console.info(f"report: {workdir.report_index}")
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Callable, Iterator
@@ -43,15 +42,14 @@ def configure(quiet: bool = False, verbose: bool = False) -> None:
     root.propagate = False
 
 
-def log_to_file(logs_dir: Path) -> Path:
-    """Also log to logs_dir/virnucpro-<timestamp>.log (appended line by line, so not atomic)."""
+def log_to_file(path: Path) -> Path:
+    """Also log to `path` (Workdir.run_log(); appended line by line, so not atomic)."""
     global _file_handler
     root = logging.getLogger(LOGGER)
     if _file_handler is not None:  # a second command in the same process (tests) gets its own file
         root.removeHandler(_file_handler)
         _file_handler.close()
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    path = logs_dir / f"virnucpro-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
     _file_handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     _file_handler.setLevel(logging.DEBUG if _verbose else logging.INFO)
     _file_handler.setFormatter(logging.Formatter(LOG_FORMAT))

@@ -1,12 +1,20 @@
-"""Every path virnucpro reads or writes inside a workdir is named here, and only here."""
+"""Every path virnucpro reads or writes inside a workdir is named here, and only here.
+
+Which stage writes which of them is declared in `virnucpro.pipeline` (Stage.outputs / owns).
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-STAGES = ("prepare", "dnabert", "esm2", "predict", "consensus")
-SHARDED_STAGES = ("dnabert", "esm2", "predict")
+from .pipeline import SHARDED_STAGES, STAGE, STAGES  # noqa: F401 (STAGES: the pipeline's, importable from here)
+
+PREDICTION_RESULTS = "prediction_results.txt"
+HIGHEST_SCORE = "prediction_results_highestscore.csv"
+READS_TABLE = "reads.tsv"
+REPORT_INDEX = "index.html"
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,14 @@ class Workdir:
     def stage_log(self, stage: str) -> Path:
         return self.logs / stage
 
+    def error_log(self, stage: str, shard: int) -> Path:
+        """The traceback of a (stage, shard) that failed outside SLURM."""
+        return self.stage_log(stage) / f"shard-{shard:05d}.error.log"
+
+    def run_log(self) -> Path:
+        """The log file of a command starting now (virnucpro-<timestamp>.log)."""
+        return self.logs / f"virnucpro-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
     # prepare
     @property
     def prepare_dir(self) -> Path:
@@ -60,19 +76,31 @@ class Workdir:
     def reads_table(self, input_index: int) -> Path:
         return self.prepare_dir / f"reads-{input_index:04d}.tsv"
 
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "shards"
+
     def shard_frames(self, shard: int) -> Path:
-        return self.root / "shards" / f"{shard:05d}.frames.tsv"
+        return self.shards_dir / f"{shard:05d}.frames.tsv"
 
     # embeddings and predictions
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
     def embeddings(self, kind: str, shard: int) -> Path:
-        return self.root / "embeddings" / kind / f"{shard:05d}.h5"
+        return self.embeddings_dir / kind / f"{shard:05d}.h5"
 
     def embedding_parts(self, kind: str, shard: int) -> Path:
         """Folder of checkpointed pieces of a shard still being embedded."""
-        return self.root / "embeddings" / kind / f"{shard:05d}.partial"
+        return self.embeddings_dir / kind / f"{shard:05d}.partial"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / "predictions"
 
     def predictions(self, shard: int) -> Path:
-        return self.root / "predictions" / f"{shard:05d}.h5"
+        return self.predictions_dir / f"{shard:05d}.h5"
 
     # results
     @property
@@ -82,10 +110,30 @@ class Workdir:
     def result_dir(self, input_name: str) -> Path:
         return self.results / input_name
 
+    def result_files(self, input_name: str) -> tuple[Path, Path, Path]:
+        """What consensus writes for one input: per frame, per chunk (the original's), per read."""
+        out = self.result_dir(input_name)
+        return out / PREDICTION_RESULTS, out / HIGHEST_SCORE, out / READS_TABLE
+
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
 
+    @property
+    def report_index(self) -> Path:
+        return self.report_file(REPORT_INDEX)
+
+    def report_file(self, name: str) -> Path:
+        """A file of the report (the page, its figures): W/report/<name>."""
+        return self.report_dir / name
+
+    @property
+    def output_folders(self) -> tuple[Path, ...]:
+        """Folders holding what the stages and the report computed (all of it can be recomputed)."""
+        return (self.prepare_dir, self.shards_dir, self.embeddings_dir, self.predictions_dir, self.results,
+                self.report_dir)
+
+    # SLURM
     @property
     def slurm_dir(self) -> Path:
         return self.root / "slurm"
@@ -93,6 +141,29 @@ class Workdir:
     @property
     def dry_run_dir(self) -> Path:
         return self.slurm_dir / "dry-run"
+
+    def dry_run_script(self, stage: str) -> Path:
+        return self.dry_run_dir / f"{stage}.sh"
+
+    @property
+    def jobs(self) -> Path:
+        """W/slurm/jobs.json: every submission's job ids (what `cancel` and `status` read)."""
+        return self.slurm_dir / "jobs.json"
+
+    @property
+    def jobs_lock(self) -> Path:
+        return self.slurm_dir / ".jobs.lock"
+
+    def submitit_dir(self, stage: str) -> Path:
+        """submitit's folder of a stage (pickles, results, submitted scripts); no %j for arrays."""
+        return self.slurm_dir / "submitit" / stage
+
+    def task_log_pattern(self, stage: str, suffix: str) -> str:
+        """sbatch --output/--error of a stage's array tasks (%A array job id, %a task index)."""
+        return str(self.stage_log(stage) / f"%A_%a.{suffix}")
+
+    def task_log(self, stage: str, array_job_id: str, index: str | int, suffix: str = "err") -> Path:
+        return self.stage_log(stage) / f"{array_job_id}_{index}.{suffix}"
 
     # ownership, for clearing what a killed writer left behind
     @property
@@ -102,19 +173,7 @@ class Workdir:
 
     def written_by(self, stage: str, shard: int) -> tuple[Path, ...]:
         """Files, and folders written only by (stage, shard): whoever holds that shard may clear
-        temp files there, because no other live process writes them."""
-        error_log = self.stage_log(stage) / f"shard-{shard:05d}.error.log"
-        if stage == "prepare":
-            return (self.prepare_dir, self.root / "shards", error_log)
-        if stage in ("dnabert", "esm2"):
-            return (self.embeddings(stage, shard), self.embedding_parts(stage, shard), error_log)
-        if stage == "predict":
-            return (self.predictions(shard), error_log)
-        if stage == "consensus":  # not report/: `virnucpro-slurm report` may be writing it at any time
-            return (self.results, error_log)
-        raise ValueError(f"unknown stage {stage!r}")
-
-
-PREDICTION_RESULTS = "prediction_results.txt"
-HIGHEST_SCORE = "prediction_results_highestscore.csv"
-READS_TABLE = "reads.tsv"
+        temp files there, because no other live process writes them (pipeline.Stage.owns)."""
+        if stage not in STAGE:
+            raise ValueError(f"unknown stage {stage!r}")
+        return (*STAGE[stage].owns(self, shard), self.error_log(stage, shard))

@@ -30,7 +30,8 @@ from . import __version__
 from .atomic import atomic_write_text
 from .orchestration.config import RunConfig
 from .orchestration.state import DONE, FAILED, PENDING, RUNNING, ShardState, exclusive_lock
-from .paths import STAGES, Workdir
+from .paths import Workdir
+from .pipeline import STAGES
 
 PROVENANCE_VERSION = 1
 PACKAGES = ("torch", "fair-esm", "transformers", "h5py", "numpy", "submitit", "rich", "matplotlib")
@@ -145,7 +146,7 @@ def stage_timings(state: dict[str, dict[int, ShardState]]) -> dict[str, dict]:
 
 
 def slurm_jobs(workdir: Workdir, timings: dict[str, dict]) -> dict:
-    jobs_file = workdir.slurm_dir / "jobs.json"
+    jobs_file = workdir.jobs
     try:
         submitted = json.loads(jobs_file.read_text(encoding="utf-8"))
     except FileNotFoundError:

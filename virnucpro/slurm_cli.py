@@ -1,12 +1,12 @@
-"""`virnucpro-slurm submit` and `cancel`: a run as SLURM array jobs (see orchestration/slurm.py)."""
+"""`virnucpro-slurm submit` and `cancel`: a run as SLURM array jobs (see orchestration/slurm/)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from . import console
-from .paths import STAGES
+from . import console, pipeline
+from .pipeline import STAGES
 
 SUBMIT_EPILOG = """\
 examples:
@@ -73,7 +73,10 @@ def preview_run(request):
 
     workdir = Workdir(request.workdir)
     if workdir.config.exists() and not request.restart:
-        return workdir, RunConfig.load(workdir), StateFile(workdir.state, workdir.state_lock).load()
+        config, state = RunConfig.load(workdir), StateFile(workdir.state, workdir.state_lock).load()
+        for stage in pipeline.reset_by_options(config, request):  # as plan_run resets them
+            state.pop(stage, None)
+        return workdir, config, state
     return workdir, new_config(request), {}
 
 
@@ -87,7 +90,7 @@ def cmd_submit(args) -> int:
     slurm.check_workdir_path(Workdir(request.workdir))
     if args.dry_run:
         workdir, config, state = preview_run(request)
-        jobs, _ = slurm.plan_jobs(config, state, options.gpus_per_task, options.gpus_capped)
+        jobs, _ = slurm.plan_jobs(config, state, options.gpus_per_task, options.gpus_capped, workdir)
         write_dry_run(workdir, jobs, options)
         return 0
 
@@ -102,11 +105,14 @@ def cmd_submit(args) -> int:
         raise VirnucproError(f"{workdir.root}: jobs {', '.join(active)} of this run are still queued or running; "
                              f"wait for them, or 'virnucpro-slurm cancel --workdir {workdir.root}' first")
     workdir, config, state = plan_run(request)
-    jobs, rerun = slurm.plan_jobs(config, state.load(), options.gpus_per_task, options.gpus_capped)
+    plan = pipeline.plan(config, state.load(), workdir)
+    for note in pipeline.healing_notes(plan, config):
+        console.warn(note)
+    jobs, rerun = slurm.jobs_for(plan, options.gpus_per_task, options.gpus_capped)
     if not jobs:
         console.info(f"[green]nothing to submit[/green]: every stage of {workdir.root} is done")
         return 0
-    for stage, shards in rerun.items():  # made from recomputed inputs: compute again
+    for stage, shards in rerun.items():  # done, but made from recomputed inputs or missing a file: compute again
         for shard in shards:
             state.update(stage, shard, status=PENDING)
     record = slurm.submit_graph(workdir, jobs, options)
@@ -114,9 +120,20 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def shard_ranges(shards: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    runs: list[list[int]] = []
+    for shard in shards:
+        if runs and shard == runs[-1][1] + 1:
+            runs[-1][1] = shard
+        else:
+            runs.append([shard, shard])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def describe(job) -> str:
     shards = job.shards
-    span = f"shard {shards[0]}" if len(shards) == 1 else f"{len(shards)} shards"
+    span = f"shard {shards[0]}" if len(shards) == 1 else f"{len(shards)} shards ({shard_ranges(shards)})"
     after = f", after {' and '.join(job.waits_for)}" if job.waits_for else ""
     gpus = f", {job.gpus} GPU(s) per task" if job.gpus else ""
     return f"{job.stage}: {len(job.tasks)} task(s), {span}{gpus}{after}"
@@ -140,7 +157,7 @@ def write_dry_run(workdir, jobs, options) -> None:
         console.info(f"nothing to submit: every stage of {workdir.root} is done")
     for job in jobs:
         script = slurm.render_script(workdir, job, options, placeholders)
-        path = folder / f"{job.stage}.sh"
+        path = workdir.dry_run_script(job.stage)
         atomic_write_text(path, script)
         header = f"# ==== {path} -- {describe(job)}"
         if tty:
@@ -179,7 +196,7 @@ def cmd_cancel(args) -> int:
     workdir = Workdir(args.workdir)
     ids = slurm.cancel_run(workdir)
     if not ids:
-        console.info(f"no SLURM jobs recorded in {slurm.jobs_path(workdir)}")
+        console.info(f"no SLURM jobs recorded in {workdir.jobs}")
         return 0
     console.info(f"cancelled jobs {', '.join(ids)}; 'virnucpro-slurm submit' on this workdir resumes the run")
     return 0

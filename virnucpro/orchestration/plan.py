@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..atomic import remove_stale_temp_files
 from ..errors import InputError, StateError
-from ..paths import STAGES, Workdir
+from ..paths import Workdir
+from ..pipeline import reset_by_options, shard_counts
 from ..fasta import read_inputs_list
 from .config import (HashCache, ModelSpec, RunConfig, RunOptions, auto_shards, check_writable, compute_fingerprint,
                      fingerprint_differences, input_names)
@@ -90,12 +91,9 @@ def resolve_models(request: RunRequest) -> tuple[ModelSpec, int]:
     return models, chunk_length
 
 
-OUTPUT_FOLDERS = ("prepare", "shards", "embeddings", "predictions", "results", "report")
-
-
 def discard_results(workdir: Workdir) -> None:
-    for name in OUTPUT_FOLDERS:
-        shutil.rmtree(workdir.root / name, ignore_errors=True)
+    for folder in workdir.output_folders:
+        shutil.rmtree(folder, ignore_errors=True)
     for path in (workdir.state, workdir.config):
         path.unlink(missing_ok=True)
 
@@ -123,7 +121,7 @@ def plan_run(request: RunRequest) -> tuple[Workdir, RunConfig, StateFile]:
     with exclusive_lock(workdir.state_lock):  # state and provenance are only written under this lock
         remove_stale_temp_files(workdir.run_files)
     hashes = HashCache(workdir.hash_cache)
-    threshold_changed = False
+    reset: list[str] = []
     if workdir.config.exists() and not request.restart:
         previous = RunConfig.load(workdir)
         if request.shards is None:
@@ -135,7 +133,7 @@ def plan_run(request: RunRequest) -> tuple[Workdir, RunConfig, StateFile]:
                              "use a new --workdir, or add --restart to discard its results")
         if differences:  # e.g. an input fixed after prepare refused it: nothing done, nothing to lose
             discard_results(workdir)
-        threshold_changed = previous.min_score != config.min_score
+        reset = reset_by_options(previous, config)
     else:
         if request.restart:
             discard_results(workdir)
@@ -143,10 +141,9 @@ def plan_run(request: RunRequest) -> tuple[Workdir, RunConfig, StateFile]:
     hashes.save()
     config.save(workdir)
     state = StateFile(workdir.state, workdir.state_lock)
-    if threshold_changed:  # only the per-read calls depend on --min-score: redo consensus alone
-        state.reset(["consensus"])
-    from .runner import shard_count
-    state.initialise({stage: shard_count(stage, config) for stage in STAGES})
+    if reset:  # e.g. only the per-read calls depend on --min-score: redo consensus alone
+        state.reset(reset)
+    state.initialise(shard_counts(config))
     from ..provenance import update_provenance
     update_provenance(workdir, config, "plan", state.load())
     return workdir, config, state

@@ -1,9 +1,14 @@
 """Step-first execution: each stage runs over all its shards before the next stage starts.
 
-A stage is a module `virnucpro.stages.<name>` with `open_stage(ctx) -> process(shard) -> metrics`.
-`open_stage` loads the stage's model once; `process` handles one shard. The local runner and the
-SLURM array tasks both go through `run_stage_shards`, so they share every code path that touches
-the state file. This module knows nothing of torch.
+What runs is `pipeline.plan` (the stage table and the recompute rule); a stage is a module
+`virnucpro.stages.<name>` with `open_stage(ctx) -> process(shard) -> metrics` (the stage
+protocol, in pipeline.py). The local runner and the SLURM array tasks both go through
+`run_stage_shards`, so they share every code path that touches the state file.
+
+Healing: a file an earlier (stage, shard) wrote that is missing or damaged when read raises
+`StaleInputError`; `run_stage_shards` marks its producer and everything made from it pending.
+`run_locally` then says what it recomputes and why, and recomputes it in the same run (once per
+pair: a file still bad after that is an error). This module knows nothing of torch.
 """
 
 from __future__ import annotations
@@ -15,25 +20,17 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable
 
+from .. import pipeline
 from ..atomic import atomic_write_text, remove_stale_temp_files
-from ..errors import VirnucproError
-from ..paths import SHARDED_STAGES, STAGES, Workdir
-from .config import RunConfig
-from .state import DONE, StateFile
+from ..errors import StaleInputError, VirnucproError
+from ..paths import Workdir
+from ..pipeline import STAGES, ShardInterrupted, StageContext  # noqa: F401 (the stage protocol, re-exported)
+from .state import PENDING, StateFile
 
 log = logging.getLogger("virnucpro.runner")
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped at a checkpoint by a signal; run again to resume
-
-
-class ShardInterrupted(Exception):
-    """Raised by a stage that stopped at a checkpoint because a stop was requested."""
-
-    def __init__(self, metrics: dict | None = None):
-        super().__init__("interrupted at a checkpoint")
-        self.metrics = metrics or {}
 
 
 class RunInterrupted(VirnucproError):
@@ -67,35 +64,30 @@ class StopFlag:
 
 
 @dataclass
-class StageContext:
-    workdir: Workdir
-    config: RunConfig
-    device: str = "cpu"
-    stop_requested: Callable[[], bool] = lambda: False
-    worker: tuple[int, int] = (0, 1)  # (index, count) when a task splits its shards over GPUs
-
-
-@dataclass
 class StageOutcome:
     done: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     interrupted: bool = False
+    # shards that found a file of an earlier pair missing or damaged: {shard: the error}
+    stale: dict[int, StaleInputError] = field(default_factory=dict)
 
 
-def shard_count(stage: str, config: RunConfig) -> int:
-    return config.shards if stage in SHARDED_STAGES else 1
-
-
-def open_stage(stage: str, ctx: StageContext) -> Callable[[int], dict]:
-    if stage not in STAGES:
-        raise VirnucproError(f"unknown stage '{stage}'; stages are {', '.join(STAGES)}")
-    return importlib.import_module(f"virnucpro.stages.{stage}").open_stage(ctx)
+def open_stage(stage: str, ctx: StageContext):
+    return importlib.import_module(pipeline.stage(stage).module).open_stage(ctx)
 
 
 def _failure_log(workdir: Workdir, stage: str, shard: int) -> str:
-    path = workdir.stage_log(stage) / f"shard-{shard:05d}.error.log"
+    path = workdir.error_log(stage, shard)
     atomic_write_text(path, traceback.format_exc())
     return str(path)
+
+
+def mark_stale(state: StateFile, config, error: StaleInputError) -> list[tuple[str, int]]:
+    """Mark the producer of a missing or damaged file, and every pair made from it, pending."""
+    pairs = pipeline.dependents(error.stage, error.shard, config)
+    for stage, shard in pairs:
+        state.update(stage, shard, status=PENDING, error=None)
+    return pairs
 
 
 def run_stage_shards(ctx: StageContext, state: StateFile, stage: str, shards: list[int],
@@ -121,6 +113,11 @@ def run_stage_shards(ctx: StageContext, state: StateFile, stage: str, shards: li
             state.mark_interrupted(stage, shard, stop.metrics)
             outcome.interrupted = True
             break
+        except StaleInputError as exc:
+            if (stage, shard) not in mark_stale(state, ctx.config, exc):
+                state.update(stage, shard, status=PENDING)  # it read the bad file: run it again too
+            outcome.stale[shard] = exc
+            continue
         except VirnucproError as exc:
             state.update(stage, shard, log=log_path or _failure_log(ctx.workdir, stage, shard))
             state.mark_failed(stage, shard, str(exc))
@@ -141,18 +138,39 @@ def run_stage_shards(ctx: StageContext, state: StateFile, stage: str, shards: li
     return outcome
 
 
-def pending_shards(state: StateFile, stage: str, config: RunConfig) -> list[int]:
-    entries = state.load().get(stage, {})
-    return [s for s in range(shard_count(stage, config)) if entries.get(s) is None or entries[s].status != DONE]
-
-
 def run_locally(ctx: StageContext, state: StateFile, stages: tuple[str, ...] = STAGES) -> None:
-    """Run every unfinished (stage, shard) in order; stop before a stage whose inputs failed."""
+    """Run what `pipeline.plan` says, stage by stage; stop before a stage whose inputs failed.
+    A missing or damaged input found on the way is recomputed (with what is made from it) in the
+    same run, once per pair."""
+    from .. import console
+
+    healed: set[tuple[str, int]] = set()
+    while True:
+        plan = pipeline.plan(ctx.config, state.load(), ctx.workdir)
+        for note in pipeline.healing_notes(plan, ctx.config):
+            console.warn(note)
+        for stage, shards in plan.reset.items():  # recorded done, made from what is recomputed
+            for shard in shards:
+                state.update(stage, shard, status=PENDING)
+        stale = _run_stages(ctx, state, plan, stages)
+        if not stale:
+            return
+        for shard, exc in stale.items():
+            producer = (exc.stage, exc.shard)
+            if producer in healed:
+                raise VirnucproError(f"{exc} (still, after recomputing {pipeline.describe_pairs([producer])} once in "
+                                     "this run); check the disk and the files under the workdir, then run again")
+            healed.add(producer)
+            console.warn(f"{exc}: recomputing {pipeline.describe_pairs(pipeline.dependents(*producer, ctx.config))}")
+
+
+def _run_stages(ctx: StageContext, state: StateFile, plan, stages: tuple[str, ...]) -> dict:
+    """Run the plan's pairs stage by stage; the shards that found a stale input, if any."""
     from .. import console
 
     for stage in stages:
-        todo = pending_shards(state, stage, ctx.config)
-        total = shard_count(stage, ctx.config)
+        todo = plan.todo[stage]
+        total = pipeline.STAGE[stage].shard_count(ctx.config)
         if not todo:
             console.info(f"[dim]{stage}: {total}/{total} shards already done, skipped[/dim]")
             continue
@@ -172,4 +190,7 @@ def run_locally(ctx: StageContext, state: StateFile, stages: tuple[str, ...] = S
             raise RunInterrupted(
                 f"stopped during stage {stage} after a checkpoint; run the same command again to resume"
             )
+        if outcome.stale:
+            return outcome.stale
         console.info(f"[green]{stage}[/green]: done in {time.time() - started:.1f} s")
+    return {}

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from ..paths import STAGES
+from ..pipeline import STAGES
 from .state import DONE, FAILED, PENDING, RUNNING, ShardState
 
 # SLURM states after which a task no longer runs anything.
@@ -109,9 +109,9 @@ def format_seconds(seconds: float | None) -> str:
 def status_report(workdir) -> dict:
     """Everything `status` shows, as plain data (also the --json output)."""
     slurm = {"source": None, "stages": {}, "task_states": {}, "active": False}
-    from .slurm import jobs_path, slurm_view
+    from .slurm import slurm_view
 
-    if jobs_path(workdir).exists():
+    if workdir.jobs.exists():
         slurm = slurm_view(workdir)
     state = read_state(workdir)
     summaries = summarise(state, slurm["task_states"])

@@ -26,9 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from .. import pipeline
 from ..errors import VirnucproError
-from .runner import EXIT_REQUEUE, RunInterrupted, StageContext, StopFlag, run_stage_shards
-from .state import DONE
+from ..pipeline import StageContext
+from .runner import EXIT_REQUEUE, RunInterrupted, StopFlag, run_stage_shards
 
 log = logging.getLogger("virnucpro.task")
 
@@ -83,7 +84,7 @@ def run_array_task(workdir: str, stage: str, shards: list[int], workers: int = 1
     SLURM cancels its dependents); requeue the task when it was stopped at a checkpoint."""
     from .. import console
     from .plan import open_run
-    from .slurm import is_cancelled, task_log
+    from .slurm.jobs import is_cancelled
 
     console.configure()
     use_private_hf_modules_cache()
@@ -95,9 +96,11 @@ def run_array_task(workdir: str, stage: str, shards: list[int], workers: int = 1
         config.device = "cuda"  # SLURM picks the GPU (CUDA_VISIBLE_DEVICES); cuda:N names none of ours
     job_id = slurm_task_id()
     array_job, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    log_path = str(task_log(wd, stage, array_job, index)) if array_job and index else None
-    entries = state.load().get(stage, {})
-    todo = [s for s in shards if entries.get(s) is None or entries[s].status != DONE]
+    log_path = str(wd.task_log(stage, array_job, index)) if array_job and index else None
+    current = state.load()
+    entries = current.get(stage, {})
+    unfinished = set(pipeline.unfinished(current, stage, config))
+    todo = [s for s in shards if s in unfinished]
     stuck = [s for s in todo if entries.get(s) is not None and entries[s].requeues >= MAX_REQUEUES]
     if stuck:
         for shard in stuck:
@@ -110,7 +113,8 @@ def run_array_task(workdir: str, stage: str, shards: list[int], workers: int = 1
     else:
         ctx = StageContext(workdir=wd, config=config, device=config.device, stop_requested=stop)
         outcome = run_stage_shards(ctx, state, stage, todo, job_id=job_id, log_path=log_path)
-        failed, interrupted = sorted(outcome.failed), outcome.interrupted
+        fail_stale_shards(state, stage, outcome.stale, config)
+        failed, interrupted = sorted({*outcome.failed, *outcome.stale}), outcome.interrupted
 
     if failed:
         after = state.load().get(stage, {})
@@ -125,6 +129,14 @@ def run_array_task(workdir: str, stage: str, shards: list[int], workers: int = 1
         raise RunInterrupted(f"{stage} task stopped by {stop.signal_name or 'a signal'} at a checkpoint; "
                              "submit again to resume")
     return {"stage": stage, "shards": todo, "requeued": False}
+
+
+def fail_stale_shards(state, stage: str, stale: dict, config) -> None:
+    """A shard that found an earlier pair's file missing or damaged: its producer (and what is made
+    from it) is pending again; the shard fails here, and the next submit recomputes them."""
+    for shard, exc in stale.items():
+        redo = pipeline.describe_pairs(pipeline.dependents(exc.stage, exc.shard, config))
+        state.mark_failed(stage, shard, f"{exc}; submit again recomputes {redo}")
 
 
 def requeue(job_id: str) -> None:
@@ -182,7 +194,7 @@ def run_workers(root: Path, stage: str, parts: list[list[int]], device: str, job
     for part, code in zip(parts, codes):
         marked = [s for s in part if entries.get(s) and entries[s].status == "failed"]
         crashed = code not in (0, EXIT_REQUEUE)  # killed or crashed before it could mark anything
-        failed.update(marked or ([s for s in part if not (entries.get(s) and entries[s].status == DONE)] if crashed else []))
+        failed.update(marked or ([s for s in part if not pipeline.is_done(entries.get(s))] if crashed else []))
     return sorted(failed), any(code == EXIT_REQUEUE for code in codes)
 
 
@@ -208,7 +220,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     shards = [int(s) for s in args.shards.split(",") if s]
     ctx = StageContext(workdir=wd, config=config, device=config.device, stop_requested=stop)
     outcome = run_stage_shards(ctx, state, args.stage, shards, job_id=args.job_id, log_path=args.log)
-    if outcome.failed:
+    fail_stale_shards(state, args.stage, outcome.stale, config)
+    if outcome.failed or outcome.stale:
         return 1
     return EXIT_REQUEUE if outcome.interrupted else 0
 

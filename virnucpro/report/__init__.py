@@ -10,9 +10,9 @@ from pathlib import Path
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..orchestration.config import RunConfig
+from ..paths import REPORT_INDEX as INDEX  # noqa: F401 (the page's name, for callers)
 from ..paths import Workdir
 
-INDEX = "index.html"
 STAGES_PNG = "stages.png"
 # Past this many inputs the page keeps every input in its summary table but draws figures for the
 # first ones only: a page of thousands of embedded figures helps nobody and takes long to draw.
@@ -34,17 +34,16 @@ def write_report(workdir: Workdir, config: RunConfig | None = None, completing: 
     config = config or RunConfig.load(workdir)
     state = load_state(workdir, completing)
     report = gather(workdir, config, state)
-    out = workdir.report_dir
     drawn: dict[int, dict[str, bytes]] = {}
     for stats in report.inputs[:MAX_INPUT_FIGURES]:
         scores_name, reads_name = input_figure_names(stats.name)
         scores, reads = figures.input_scores_figure(stats, report.min_score), figures.input_reads_figure(stats)
-        atomic_write_bytes(out / scores_name, scores)
-        atomic_write_bytes(out / reads_name, reads)
+        atomic_write_bytes(workdir.report_file(scores_name), scores)
+        atomic_write_bytes(workdir.report_file(reads_name), reads)
         drawn[stats.index] = {f"{stats.name}: virus scores per frame and per read": scores,
                               f"{stats.name}: read calls, frames lost to stop codons, chunks and frames per read": reads}
     stage_png = figures.stages_figure(report)
-    atomic_write_bytes(out / STAGES_PNG, stage_png)
-    atomic_write_text(out / INDEX, page.render(report, drawn, stage_png, max(0, len(report.inputs) - MAX_INPUT_FIGURES)))
+    atomic_write_bytes(workdir.report_file(STAGES_PNG), stage_png)
+    atomic_write_text(workdir.report_index, page.render(report, drawn, stage_png, max(0, len(report.inputs) - MAX_INPUT_FIGURES)))
     update_provenance(workdir, config, event, state)
-    return out / INDEX
+    return workdir.report_index

@@ -13,7 +13,7 @@ def cmd_report(args) -> int:
     from . import write_report
 
     workdir, config, _ = open_run(args.workdir)
-    console.log_to_file(workdir.logs)
+    console.log_to_file(workdir.run_log())
     index = write_report(workdir, config)
     console.info(f"report: {index}")
     console.info(f"provenance: {workdir.provenance}")

@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..paths import STAGES
+from ..pipeline import STAGES
 from .data import CALLS, SCORE_BINS, InputStats, IntegerCounts, RunReport
 
 COLOURS = {"virus": "#c0392b", "others": "#2e86c1", "no_frames": "#95a5a6", "kept": "#27ae60", "lost": "#e67e22",

@@ -1,0 +1,94 @@
+"""The sbatch script of a stage, rendered once: what `--dry-run` prints and what sbatch runs.
+
+`render_script` is submitit's own sbatch writer (see submitit_private.py) with our parameters:
+logs under W/logs/<stage>/%A_%a.{out,err}, the batch shell `exec`s the task (so SLURM's signals
+reach Python directly), SIGUSR2 90 s before the time limit, `kill-on-invalid-dep=yes` so a failed
+job's dependents are cancelled instead of pending forever, `--requeue` for requeueable stages.
+Needs no SLURM installed.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+
+from ...errors import InputError
+from ...paths import Workdir
+from ...pipeline import STAGE
+from . import submitit_private
+from .graph import StageJob
+from .profile import SlurmOptions
+
+# Seconds before the time limit at which SLURM sends SIGUSR2 to the batch shell ("B:"): our task
+# runs as the batch shell itself (exec, no srun step), so the signal must go there.
+SIGNAL_WARNING_S = 90
+
+
+def placeholder(stage: str) -> str:
+    """Stands for a job id not known before submission (dry-run scripts)."""
+    return f"{stage.upper()}_JOB_ID"
+
+
+def check_workdir_path(workdir: Workdir) -> None:
+    # '%' is a SLURM filename pattern and a submitit id tag; a newline breaks #SBATCH lines.
+    text = str(workdir.root)
+    if any(c in text for c in "%\\\n\r"):
+        raise InputError(f"{text}: a SLURM workdir path must not contain '%', '\\' or line breaks; choose another --workdir")
+
+
+def sbatch_parameters(workdir: Workdir, job: StageJob, options: SlurmOptions, dependency: str | None) -> dict:
+    """Keyword arguments of submitit's sbatch writer for one stage."""
+    p = options.profile
+    res = p["stages"][job.stage]
+    scale = max(job.gpus, 1)
+    mem = res["mem"]
+    if scale > 1:
+        number, unit = re.match(r"(\d+)([KMGT]?)", mem).groups()
+        mem = f"{int(number) * scale}{unit}"
+    extra = {
+        "output": workdir.task_log_pattern(job.stage, "out"),
+        "error": workdir.task_log_pattern(job.stage, "err"),
+        "chdir": str(workdir.root),
+        "signal": f"B:USR2@{SIGNAL_WARNING_S}",
+        "kill-on-invalid-dep": "yes",
+    }
+    if STAGE[job.stage].requeueable:
+        extra["requeue"] = True
+    if job.gpus:
+        extra["gres"] = f"{p['gres_name']}:{job.gpus}"
+    extra.update(p["sbatch"])
+    parallel = len(job.tasks)
+    if job.gpus and p["max_parallel_gpus"]:
+        parallel = min(parallel, max(1, p["max_parallel_gpus"] // job.gpus))
+    return dict(
+        job_name=f"virnucpro-{job.stage}", partition=options.partition_of(job.stage), time=res["time"],
+        cpus_per_task=res["cpus"] * scale, mem=mem, account=p["account"], qos=p["qos"], dependency=dependency,
+        map_count=len(job.tasks), array_parallelism=parallel, wckey=None, use_srun=False,
+        setup=setup_lines(p["preamble"], options.origin), additional_parameters=extra,
+    )
+
+
+def setup_lines(preamble: str, origin: str) -> list[str]:
+    lines = ["set -euo pipefail"]
+    if preamble.strip():
+        # Module and conda scripts read unset variables; errors in the preamble still stop the job.
+        where = " ".join(origin.split())  # a comment line, whatever the profile's path holds
+        lines += [f"# site preamble ({where}); nounset is relaxed around it", "set +u",
+                  *preamble.rstrip("\n").splitlines(), "set -u"]
+    return lines
+
+
+def task_command(workdir: Workdir, stage: str) -> str:
+    # exec: the Python process is the batch shell itself, so it receives SLURM's signals directly.
+    return f"exec {shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(workdir.submitit_dir(stage)))}"
+
+
+def render_script(workdir: Workdir, job: StageJob, options: SlurmOptions, job_ids: dict[str, str]) -> str:
+    """The sbatch script of a stage; `job_ids` gives the ids (or placeholders) of its dependencies."""
+    # comma: every condition must hold; afterany is met however the job ends (not cancelled by a failure)
+    conditions = [f"{kind}:" + ":".join(job_ids[s] for s in stages)
+                  for kind, stages in (("afterok", job.after), ("afterany", job.after_any)) if stages]
+    dependency = ",".join(conditions) or None
+    return submitit_private.sbatch_text(command=task_command(workdir, job.stage), folder=workdir.submitit_dir(job.stage),
+                                        **sbatch_parameters(workdir, job, options, dependency))

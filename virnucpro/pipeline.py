@@ -1,0 +1,221 @@
+"""The pipeline in one place: its stages, how they depend on each other, and what must run.
+
+    prepare (CPU) --> dnabert (GPU, per shard) --+
+                  --> esm2    (GPU, per shard) --+--> predict (per shard) --> consensus
+
+`STAGE_TABLE` below is the whole graph: per stage its parents, whether it runs per shard or
+once, on a GPU or not, whether SLURM may requeue it, the module that implements it, the files it
+writes (named through `paths.Workdir`) and what a recomputed parent means for it. `plan` is the
+one rule that says which (stage, shard) pairs must run, given the run's config and state:
+
+- a pair runs when it is not done, or when it is done but a file it wrote is missing (healing:
+  scratch purges delete files under a finished run);
+- an embedding shard recomputed => its predict shard is recomputed; any earlier stage recomputed
+  => consensus is recomputed (it reads every prediction and prepare's read tables). prepare's
+  frame tables are a pure function of the inputs and the shard count, so a recomputed prepare
+  does not invalidate the embeddings made from them.
+
+`virnucpro-slurm run` (orchestration/runner.py), `submit` and its dry run (orchestration/slurm/),
+the state entries (orchestration/plan.py), `status`, provenance and the report all read this
+module. A file an earlier pair wrote that turns out missing or damaged when read raises
+`errors.StaleInputError`; `dependents` gives what must then be recomputed with its producer.
+
+The stage protocol: `virnucpro.stages.<name>.open_stage(ctx: StageContext)` loads what the stage
+needs once (a model) and returns `process(shard) -> metrics dict`; a stage asked to stop raises
+`ShardInterrupted` at its next checkpoint. No torch here (login nodes import this).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+# What a recomputed parent means for a stage (Stage.redo_after):
+SAME_SHARD = "same shard"  # shard k is recomputed when shard k of a parent is
+ANY_EARLIER = "any earlier"  # recomputed whenever any earlier stage recomputes anything
+NOTHING = "nothing"  # the parent's files come out byte-identical: nothing to redo
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    parents: tuple[str, ...]  # stages whose files this one reads (SLURM: afterok on their jobs)
+    sharded: bool  # one pair per shard (else one pair, shard 0)
+    gpu: bool
+    requeueable: bool  # SLURM may requeue its tasks (they checkpoint and resume)
+    redo_after: str
+    # files a finished pair has written (checked before planning: a missing one is recomputed)
+    outputs: Callable[..., tuple[Path, ...]]  # (workdir, shard, config) -> paths
+    # files and folders written only by this pair, beside its outputs (its temp files may be cleared)
+    owns: Callable[..., tuple[Path, ...]] = lambda workdir, shard: ()
+    # run options only this stage reads (not in the fingerprint): changing one redoes the stage alone
+    options: tuple[str, ...] = ()
+    summary: str = ""
+
+    @property
+    def module(self) -> str:
+        return f"virnucpro.stages.{self.name}"
+
+    def shard_count(self, config) -> int:
+        return config.shards if self.sharded else 1
+
+
+STAGE_TABLE: tuple[Stage, ...] = (
+    Stage("prepare", parents=(), sharded=False, gpu=False, requeueable=False, redo_after=NOTHING,
+          outputs=lambda w, shard, config: (w.prepare_summary, *map(w.reads_table, range(len(config.inputs))),
+                                            *map(w.shard_frames, range(config.shards))),
+          owns=lambda w, shard: (w.prepare_dir, w.shards_dir),
+          summary="read, chunk and six-frame translate every input; cut the frames into shards"),
+    Stage("dnabert", parents=("prepare",), sharded=True, gpu=True, requeueable=True, redo_after=NOTHING,
+          outputs=lambda w, shard, config: (w.embeddings("dnabert", shard),),
+          owns=lambda w, shard: (w.embeddings("dnabert", shard), w.embedding_parts("dnabert", shard)),
+          summary="DNABERT-S embedding of each frame's nucleotides"),
+    Stage("esm2", parents=("prepare",), sharded=True, gpu=True, requeueable=True, redo_after=NOTHING,
+          outputs=lambda w, shard, config: (w.embeddings("esm2", shard),),
+          owns=lambda w, shard: (w.embeddings("esm2", shard), w.embedding_parts("esm2", shard)),
+          summary="ESM-2 embedding of each frame's protein"),
+    Stage("predict", parents=("dnabert", "esm2"), sharded=True, gpu=False, requeueable=False, redo_after=SAME_SHARD,
+          outputs=lambda w, shard, config: (w.predictions(shard),),
+          owns=lambda w, shard: (w.predictions(shard),),
+          summary="classifier scores of each frame"),
+    # not report/: `virnucpro-slurm report` may be writing it at any time
+    Stage("consensus", parents=("predict",), sharded=False, gpu=False, requeueable=False, redo_after=ANY_EARLIER,
+          outputs=lambda w, shard, config: tuple(path for name in config.input_names for path in w.result_files(name)),
+          owns=lambda w, shard: (w.results,), options=("min_score",),
+          summary="per-chunk and per-read calls of each input; the report"),
+)
+
+STAGE = {stage.name: stage for stage in STAGE_TABLE}
+STAGES = tuple(STAGE)
+SHARDED_STAGES = tuple(s.name for s in STAGE_TABLE if s.sharded)
+GPU_STAGES = tuple(s.name for s in STAGE_TABLE if s.gpu)
+
+
+def stage(name: str) -> Stage:
+    try:
+        return STAGE[name]
+    except KeyError:
+        from .errors import VirnucproError
+        raise VirnucproError(f"unknown stage '{name}'; stages are {', '.join(STAGES)}") from None
+
+
+def reset_by_options(previous, requested) -> list[str]:
+    """Stages to redo entirely because a run option only they read changed (e.g. --min-score:
+    consensus); `previous` is the workdir's RunConfig, `requested` the new config or request."""
+    return [s.name for s in STAGE_TABLE if any(getattr(previous, o) != getattr(requested, o) for o in s.options)]
+
+
+def shard_counts(config) -> dict[str, int]:
+    """{stage: number of (stage, shard) pairs}: what the state file holds entries for."""
+    return {s.name: s.shard_count(config) for s in STAGE_TABLE}
+
+
+# ---------------------------------------------------------------- the stage protocol
+
+@dataclass
+class StageContext:
+    """What a stage is opened with: the run and how to run it."""
+
+    workdir: object  # paths.Workdir
+    config: object  # orchestration.config.RunConfig
+    device: str = "cpu"
+    stop_requested: Callable[[], bool] = lambda: False
+
+
+class ShardInterrupted(Exception):
+    """Raised by a stage that stopped at a checkpoint because a stop was requested."""
+
+    def __init__(self, metrics: dict | None = None):
+        super().__init__("interrupted at a checkpoint")
+        self.metrics = metrics or {}
+
+
+# ---------------------------------------------------------------- what must run
+
+def is_done(entry) -> bool:
+    """A state entry (ShardState or its raw dict) that records a finished pair."""
+    status = entry.get("status") if isinstance(entry, dict) else getattr(entry, "status", None)
+    return status == "done"
+
+
+def unfinished(state: dict, stage_name: str, config) -> list[int]:
+    """Shards of a stage whose state entry is missing or not done."""
+    entries = state.get(stage_name, {})
+    return [s for s in range(STAGE[stage_name].shard_count(config)) if not is_done(entries.get(s))]
+
+
+def missing_output(stage_name: str, shard: int, config, workdir) -> Path | None:
+    """The first declared output of a pair that does not exist, or None."""
+    for path in STAGE[stage_name].outputs(workdir, shard, config):
+        if not path.exists():
+            return path
+    return None
+
+
+def with_dependents(redo: dict[str, set[int]], config) -> dict[str, set[int]]:
+    """`redo` ({stage: shards recomputed}) plus every pair made from them: the recompute rule."""
+    out = {s.name: set(redo.get(s.name, ())) for s in STAGE_TABLE}
+    for index, s in enumerate(STAGE_TABLE):
+        if s.redo_after == SAME_SHARD:
+            for parent in s.parents:
+                if STAGE[parent].sharded:
+                    out[s.name] |= out[parent]
+                elif out[parent]:
+                    out[s.name] |= set(range(s.shard_count(config)))
+        elif s.redo_after == ANY_EARLIER and any(out[earlier.name] for earlier in STAGE_TABLE[:index]):
+            out[s.name] |= set(range(s.shard_count(config)))
+    return out
+
+
+def dependents(stage_name: str, shard: int, config) -> list[tuple[str, int]]:
+    """The pairs that must be recomputed with (stage, shard), itself first."""
+    closure = with_dependents({stage_name: {shard}}, config)
+    return [(stage_name, shard)] + [(s, k) for s in STAGES for k in sorted(closure[s]) if (s, k) != (stage_name, shard)]
+
+
+@dataclass
+class Plan:
+    """What must run, per stage in order; `reset` are the pairs recorded done that must run again
+    (mark them pending before submitting); `missing` says why a done pair is recomputed."""
+
+    todo: dict[str, list[int]]
+    reset: dict[str, list[int]] = field(default_factory=dict)
+    missing: dict[tuple[str, int], Path] = field(default_factory=dict)
+
+    def pairs(self) -> list[tuple[str, int]]:
+        return [(stage_name, shard) for stage_name in STAGES for shard in self.todo[stage_name]]
+
+    def __bool__(self) -> bool:
+        return any(self.todo.values())
+
+
+def plan(config, state: dict, workdir=None) -> Plan:
+    """The (stage, shard) pairs that finish this run, given its config and state
+    ({stage: {shard: ShardState or raw dict}}). With `workdir`, a done pair whose declared output
+    is missing runs again (a stat per output; `status` does not pass one)."""
+    redo = {s: set(unfinished(state, s, config)) for s in STAGES}
+    missing: dict[tuple[str, int], Path] = {}
+    if workdir is not None:
+        for s in STAGE_TABLE:
+            for shard in range(s.shard_count(config)):
+                if shard not in redo[s.name]:
+                    gone = missing_output(s.name, shard, config, workdir)
+                    if gone is not None:
+                        missing[(s.name, shard)] = gone
+                        redo[s.name].add(shard)
+    todo = with_dependents(redo, config)
+    reset = {s: sorted(todo[s] - set(unfinished(state, s, config))) for s in STAGES}
+    return Plan({s: sorted(todo[s]) for s in STAGES}, {s: v for s, v in reset.items() if v}, missing)
+
+
+def healing_notes(plan: Plan, config) -> list[str]:
+    """One line per done pair found with a file missing: what is recomputed and why."""
+    return [f"{path} is missing: recomputing {describe_pairs(dependents(stage_name, shard, config))}"
+            for (stage_name, shard), path in plan.missing.items()]
+
+
+def describe_pairs(pairs: list[tuple[str, int]]) -> str:
+    """'esm2 shard 1, predict shard 1 and consensus' (unsharded stages without a shard number)."""
+    words = [name if not STAGE[name].sharded else f"{name} shard {shard}" for name, shard in pairs]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
