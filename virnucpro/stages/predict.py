@@ -54,7 +54,10 @@ def open_stage(ctx: StageContext):
                 for kind, matrix, columns in (("dnabert", dna, np.s_[0:rows, 0:left]),
                                               ("esm2", protein, np.s_[0:rows, left:width])):
                     try:
-                        matrix.read_direct(features, np.s_[start:stop], columns)
+                        if matrix.dtype == np.float16:  # HDF5's own float16 -> float32 conversion is slow
+                            features[columns] = matrix[start:stop]
+                        else:
+                            matrix.read_direct(features, np.s_[start:stop], columns)
                     except OSError as exc:
                         raise StaleInputError(f"{workdir.embeddings(kind, shard)}: unreadable rows ({exc}); the {kind} "
                                               f"stage will run again for shard {shard}", kind, shard) from None
