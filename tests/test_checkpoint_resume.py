@@ -19,6 +19,7 @@ import pytest
 from virnucpro.orchestration.runner import EXIT_REQUEUE
 from virnucpro.orchestration.state import StateFile
 from virnucpro.paths import Workdir
+from virnucpro.storage import ids_digest, read_shard_frames
 
 CLI = [sys.executable, "-m", "virnucpro.cli"]
 CHECKPOINT_TOKENS = "600"
@@ -78,10 +79,13 @@ def interrupt(inputs, workdir, models, sig, rng) -> subprocess.Popen:
 
 
 def embeddings(workdir: Path, kind: str = "esm2") -> list[tuple[list[str], np.ndarray]]:
+    """Each shard's (ids, rows): the ids are the frame table's, which the file must refer to."""
     out = []
     for path in sorted((workdir / "embeddings" / kind).glob("*.h5")):
+        ids = read_shard_frames(workdir / "shards" / path.name.replace(".h5", ".frames.tsv")).frame_ids
         with h5py.File(path) as h5:
-            out.append(([x.decode() for x in h5["ids"][:]], h5["embeddings"][:]))
+            assert h5.attrs["frames"] == len(ids) and h5.attrs["ids_sha256"] == ids_digest(ids)
+            out.append((ids, h5["embeddings"][:]))
     return out
 
 
@@ -130,11 +134,14 @@ def test_corrupt_checkpoint_piece_is_recomputed(tmp_path, many_reads, demo_model
     process = interrupt(many_reads, workdir, demo_models, signal.SIGKILL, random.Random(5))
     assert process.returncode == -signal.SIGKILL
     progress = sorted((workdir / "embeddings" / "esm2").glob("*.partial/progress.json"))[0]
-    pieces = json.loads(progress.read_text())["pieces"]
-    assert pieces, "expected at least one checkpointed piece"
-    victim = progress.parent / pieces[0]["file"]
+    record = json.loads(progress.read_text())
+    windows = record["windows"]
+    assert windows, "expected at least one checkpointed window"
+    victim = progress.parent / "embeddings.h5"
     data = bytearray(victim.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped byte: the hash no longer matches
+    row_bytes = record["dim"] * 4
+    # one flipped byte in the middle of the first recorded window's rows: its CRC no longer matches
+    data[record["offset"] + windows[0]["rows"] * row_bytes // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     subprocess.run(command(many_reads, workdir, demo_models), check=True, capture_output=True)
     assert_identical(workdir, uninterrupted)

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from virnucpro.errors import ShardError
-from virnucpro.storage import read_matrix, read_shard_frames
+from virnucpro.storage import ShardCheckpoint, read_matrix, read_shard_frames
 
 CLI = [shutil.which("virnucpro-slurm")] if shutil.which("virnucpro-slurm") else [sys.executable, "-m", "virnucpro.cli"]
 TRIALS = int(os.environ.get("VIRNUCPRO_CRASH_TRIALS", "20"))
@@ -181,17 +181,17 @@ def check_after_kill(workdir: Path, reference: Reference) -> list[str]:
                 json.loads((workdir / name).read_text())
             except ValueError:
                 problems.append(f"{name} does not parse after the kill")
-    # checkpoint pieces recorded as done must be whole and hold the right frames
+    # checkpoint windows recorded as done must be whole (their CRCs check) and be of the right frames
     for progress in workdir.glob("embeddings/*/*.partial/progress.json"):
         record = json.loads(progress.read_text())
         shard = int(progress.parent.name.split(".")[0])
         ids = read_shard_frames(workdir / "shards" / f"{shard:05d}.frames.tsv").frame_ids
-        for piece in record["pieces"]:
-            try:
-                read_matrix(progress.parent / piece["file"], ids[piece["start"]:piece["start"] + piece["rows"]],
-                            dim=record["dim"])
-            except ShardError as exc:
-                problems.append(f"recorded checkpoint piece refused: {exc}")
+        checkpoint = ShardCheckpoint(progress.parent, workdir / "unused.h5", ids, record["dim"], record["dtype"],
+                                     {k: v for k, v in record["attrs"].items()})
+        recorded = sum(window["rows"] for window in record["windows"])
+        _, valid = checkpoint.verify()  # reads only: the re-run below must find the same state
+        if sum(window["rows"] for window in valid) != recorded:
+            problems.append(f"{progress}: recorded {recorded} rows but only {sum(w['rows'] for w in valid)} validate")
     return problems
 
 

@@ -22,6 +22,11 @@ from ..paths import PREDICTION_RESULTS, READS_TABLE, Workdir
 from ..provenance import stage_timings
 
 SCORE_BINS = np.linspace(0.0, 1.0, 41)
+# A float32 score is binned as the number its text in prediction_results.txt reads back as
+# (float64 of str(np.float32)). That differs from float64(score) only across a bin edge e where
+# float32(e) == score (str round-trips in float32, so e is within the score's float32 rounding
+# interval): those few values are formatted; all others are binned as they are.
+_EDGES32 = SCORE_BINS.astype(np.float32)
 BLOCK_ROWS = 65536
 FRAMES_PER_CHUNK = 6
 CALLS = ("virus", "others", "no_frames")
@@ -143,13 +148,78 @@ def read_prepare(workdir: Workdir, stats: InputStats, block_rows: int) -> None:
         stats.possible_frames += int(chunks[translatable].sum()) * FRAMES_PER_CHUNK
 
 
-def read_results(workdir: Workdir, stats: InputStats, block_rows: int) -> None:
+def as_printed(scores: np.ndarray) -> np.ndarray:
+    """float64 of each float32 score's printed text, as table_blocks would read it back."""
+    values = scores.astype(np.float64)
+    near_edge = np.isin(scores, _EDGES32)
+    if near_edge.any():
+        values[near_edge] = [float(str(v)) for v in scores[near_edge]]
+    return values
+
+
+class PredictionScores:
+    """The frames' scores straight from the predictions (float32), for consecutive frame ranges of
+    the run (inputs in order), one shard held at a time: no re-parsing of prediction_results.txt.
+    `columns` returns None when the predictions are not all there or do not fit prepare's counts;
+    the caller then reads the text results."""
+
+    def __init__(self, workdir: Workdir, config: RunConfig):
+        self.workdir, self.usable = workdir, True
+        try:
+            shards = json.loads(workdir.prepare_summary.read_text(encoding="utf-8"))["shards"]
+            self.starts = np.cumsum([0] + [int(entry["frames"]) for entry in shards])
+            self.usable = len(shards) == config.shards and all(workdir.predictions(s).exists() for s in range(len(shards)))
+        except (OSError, ValueError, KeyError, TypeError):
+            self.usable = False
+        self.loaded: tuple[int, np.ndarray] | None = None
+
+    def _shard(self, shard: int) -> np.ndarray:
+        if self.loaded is None or self.loaded[0] != shard:
+            import h5py
+
+            with h5py.File(self.workdir.predictions(shard), "r") as h5:
+                scores = h5["scores"][:]
+            if scores.shape != (self.starts[shard + 1] - self.starts[shard], 2):
+                raise ValueError("predictions do not fit prepare's frame counts")
+            self.loaded = (shard, scores)
+        return self.loaded[1]
+
+    def columns(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if not self.usable or stop > self.starts[-1]:
+            return None
+        parts = []
+        try:
+            first = int(np.searchsorted(self.starts, start, side="right")) - 1
+            for shard in range(max(first, 0), len(self.starts) - 1):
+                a, b = max(start, self.starts[shard]), min(stop, self.starts[shard + 1])
+                if a >= b:
+                    if self.starts[shard] >= stop:
+                        break
+                    continue
+                parts.append(self._shard(shard)[a - self.starts[shard]:b - self.starts[shard]])
+        except (OSError, ValueError, KeyError):
+            self.usable = False
+            return None
+        scores = np.concatenate(parts) if parts else np.zeros((0, 2), np.float32)
+        return scores[:, 0], scores[:, 1]
+
+
+def read_results(workdir: Workdir, stats: InputStats, block_rows: int, scores: PredictionScores | None = None,
+                 first_frame: int = 0) -> None:
     folder = workdir.result_dir(stats.name)
     frames_file, reads_file = folder / PREDICTION_RESULTS, folder / READS_TABLE
     if not (frames_file.exists() and reads_file.exists()):
         return
     stats.has_results = True
-    for labels, virus_scores in table_blocks(frames_file, ("Prediction", "score2"), block_rows):
+    columns = scores.columns(first_frame, first_frame + stats.frames) if scores is not None and stats.prepared else None
+    if columns is not None:  # the same numbers the text gives (labels: score2 > score1, as consensus prints them)
+        others, virus = columns
+        stats.frame_scores.add(as_printed(virus))
+        viral = int((virus > others).sum())
+        stats.frame_labels["virus"] += viral
+        stats.frame_labels["others"] += len(virus) - viral
+    for labels, virus_scores in (() if columns is not None else
+                                 table_blocks(frames_file, ("Prediction", "score2"), block_rows)):
         stats.frame_scores.add(np.asarray(virus_scores, dtype=np.float64))
         viral = sum(label == "virus" for label in labels)
         stats.frame_labels["virus"] += viral
@@ -179,11 +249,12 @@ def load_state(workdir: Workdir, completing: dict[str, dict] | None = None) -> d
 
 def gather(workdir: Workdir, config: RunConfig, state: dict[str, dict[int, ShardState]],
            block_rows: int = BLOCK_ROWS) -> RunReport:
-    inputs = []
+    inputs, scores, first_frame = [], PredictionScores(workdir, config), 0
     for index, (name, path) in enumerate(zip(config.input_names, config.inputs)):
         stats = InputStats(index=index, name=name, path=path)
         read_prepare(workdir, stats, block_rows)
-        read_results(workdir, stats, block_rows)
+        read_results(workdir, stats, block_rows, scores, first_frame)
+        first_frame += stats.frames
         inputs.append(stats)
     return RunReport(workdir=workdir, config=config, generated=time.time(), stages=stage_timings(state),
                      inputs=inputs, min_score=getattr(config, "min_score", None))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..orchestration.runner import StageContext
-from .embedding import embed_shard, resolve_device
+from .embedding import embed_shard, engine_override, resolve_device
 
 KIND = "dnabert"
 
@@ -14,7 +14,7 @@ def open_stage(ctx: StageContext):
     config = ctx.config
     device = resolve_device(config.device)
     kwargs = {"token_budget": config.dnabert_token_budget} if config.dnabert_token_budget else {}
-    embedder = DnabertEmbedder(config.models.dnabert, device=device, **kwargs)
+    embedder = engine_override(KIND, ctx) or DnabertEmbedder(config.models.dnabert, device=device, **kwargs)
     window = config.checkpoint_tokens or (1_000_000 if device.startswith("cuda") else 50_000)
 
     def process(shard: int) -> dict:

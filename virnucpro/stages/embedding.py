@@ -4,13 +4,21 @@ A shard is embedded in windows of about `window_tokens` tokens. Window boundarie
 function of the shard and the window size, so a task resumed after SIGTERM or kill -9 computes
 exactly the same batches as an uninterrupted one and its embeddings are bitwise identical. Each
 finished window is an atomic checkpoint; a stop request is honoured at the next window boundary.
+
+The rows are written once, into the final file's layout (storage.ShardCheckpoint), by a
+background thread while the engine computes the next window; the main thread only hands windows
+to the engine and their results to the writer. What stays serial, and why: a window's rows are
+written after its forward returns (they exist only then) and the next window is started before
+that write ends; the main thread waits for window k's write only once window k+1 is computed,
+so writes never delay the GPU unless they are slower than the GPU itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -19,34 +27,61 @@ from ..orchestration.runner import ShardInterrupted, StageContext
 from ..storage import ShardCheckpoint, read_shard_frames
 
 
+# Engine replacements by stage kind ("dnabert", "esm2"): kind -> factory(ctx) returning an object with
+# `.dim` and `.embed(list[str]) -> float32 [n, dim]`. Each embedding stage asks `engine_override`
+# before it loads its model. Only bench/host_overhead.py fills it (null engines, to time everything
+# but the model math); it is empty in every run a user starts.
+ENGINE_OVERRIDES: dict[str, Callable] = {}
+
+
+def engine_override(kind: str, ctx: StageContext):
+    factory = ENGINE_OVERRIDES.get(kind)
+    return factory(ctx) if factory is not None else None
+
+
 def windows(costs: Sequence[int], start: int, window_tokens: int) -> list[tuple[int, int]]:
     """Consecutive [a, b) ranges from `start`, each closed once it holds >= window_tokens."""
-    out, a, acc = [], start, 0
-    for i in range(start, len(costs)):
-        acc += costs[i]
-        if acc >= window_tokens:
-            out.append((a, i + 1))
-            a, acc = i + 1, 0
-    if a < len(costs):
-        out.append((a, len(costs)))
+    costs = np.asarray(costs, dtype=np.int64)
+    ends = np.cumsum(costs)
+    out, a = [], start
+    while a < len(costs):
+        before = ends[a - 1] if a else 0
+        # first i >= a whose running sum from a reaches window_tokens; the window is [a, i + 1)
+        i = max(a, int(np.searchsorted(ends, before + window_tokens, side="left")))
+        b = min(i + 1, len(costs))
+        out.append((a, b))
+        a = b
     return out
 
 
+def default_costs(sequences: Sequence[str]) -> np.ndarray:
+    """Tokens a sequence costs when nothing better is known: its letters plus the two special tokens."""
+    return np.fromiter(map(len, sequences), np.int64, len(sequences)) + 2
+
+
 def embed_shard(ctx: StageContext, kind: str, shard: int, sequences_of: Callable, embed: Callable[[list[str]], np.ndarray],
-                dim: int, window_tokens: int, attrs: dict | None = None) -> dict:
+                dim: int, window_tokens: int, attrs: dict | None = None,
+                cost_of: Optional[Callable[[list[str]], Sequence[int]]] = None) -> dict:
+    """Embed one shard window by window. `cost_of(sequences)` gives each sequence's token count
+    (the engine's own tokenizer, when it has one); it sizes the windows and is the "tokens"
+    metric. Default: letters + 2 (exact for ESM-2: BOS + residues + EOS)."""
     workdir = ctx.workdir
     frames = read_shard_frames(workdir.shard_frames(shard))
     sequences = sequences_of(frames)
-    costs = [len(s) + 2 for s in sequences]
-    checkpoint = ShardCheckpoint(workdir.embedding_parts(kind, shard), workdir.embeddings(kind, shard), frames.frame_ids, dim)
+    costs = np.asarray(cost_of(sequences) if cost_of is not None else default_costs(sequences), dtype=np.int64)
+    if costs.shape != (len(sequences),):
+        raise RuntimeError(f"{kind}: cost_of gave {costs.shape} costs for {len(sequences)} sequences")
+    dtype = getattr(ctx.config, "embedding_dtype", "float32") or "float32"
+    checkpoint = ShardCheckpoint(workdir.embedding_parts(kind, shard), workdir.embeddings(kind, shard), frames.frame_ids,
+                                 dim, dtype=dtype, attrs=attrs)
     start = checkpoint.resume()
     if start:
         console.info(f"{kind} shard {shard}: resuming at frame {start} of {len(sequences)}")
     started = time.perf_counter()
     computed_tokens = 0
-    # Checkpoint pieces are written by one background thread while the next window computes;
-    # waiting for the previous write before queueing the next keeps pieces in order.
-    with console.progress(f"{kind} shard {shard}", len(sequences)) as advance, \
+    # Windows are written by one background thread while the next window computes; waiting for
+    # the previous write before queueing the next keeps them in order.
+    with contextlib.closing(checkpoint), console.progress(f"{kind} shard {shard}", len(sequences)) as advance, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{kind}-checkpoint") as writer:
         advance(start)
         pending = None
@@ -61,13 +96,13 @@ def embed_shard(ctx: StageContext, kind: str, shard: int, sequences_of: Callable
             if pending is not None:
                 pending.result()
             pending = writer.submit(checkpoint.append, a, matrix)
-            computed_tokens += sum(costs[a:b])
+            computed_tokens += int(costs[a:b].sum())
             advance(b - a)
         if pending is not None:
             pending.result()
-    checkpoint.finish(attrs)
+    checkpoint.finish()
     seconds = time.perf_counter() - started
-    return {"frames": len(sequences), "tokens": sum(costs), "computed_tokens": computed_tokens,
+    return {"frames": len(sequences), "tokens": int(costs.sum()), "computed_tokens": computed_tokens,
             "resumed_from": start, "compute_seconds": round(seconds, 3),
             "tokens_per_second": round(computed_tokens / seconds, 1) if seconds > 0 and computed_tokens else None}
 

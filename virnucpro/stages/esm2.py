@@ -11,7 +11,7 @@ import logging
 import os
 
 from ..orchestration.runner import StageContext
-from .embedding import embed_shard, resolve_device
+from .embedding import embed_shard, engine_override, resolve_device
 
 log = logging.getLogger("virnucpro.esm2")
 KIND = "esm2"
@@ -46,7 +46,8 @@ def default_window_tokens(device: str) -> int:
 def open_stage(ctx: StageContext):
     config = ctx.config
     device = resolve_device(config.device)
-    engine = load_engine(config.models.esm, device, config.precision, packing_enabled(config), config.esm_token_budget)
+    engine = engine_override(KIND, ctx) or load_engine(config.models.esm, device, config.precision,
+                                                       packing_enabled(config), config.esm_token_budget)
     window = config.checkpoint_tokens or default_window_tokens(device)
 
     def process(shard: int) -> dict:

@@ -1,45 +1,71 @@
 """Stage 4, predict: [DNABERT-S | ESM-2] features -> MLP -> softmax, per shard.
 
-Rows are paired by frame id and both embedding files must list exactly the shard's frames in
-order; a frame missing on either side fails the shard (the original let ids drift from rows).
+Rows are paired by position: both embedding files must refer to exactly the shard's frames, in
+order (frame count and id digest, checked against the frame table); a file that does not is
+refused with a StaleInputError naming the stage and shard that wrote it (the original let ids
+drift from rows). Only the table's id column is read, not its nucleotides and proteins. Features
+are read straight from the two files into one reused block buffer (no concatenated copy).
 """
 
 from __future__ import annotations
 
-from ..errors import InputError
-from ..orchestration.runner import StageContext
-from ..storage import open_matrix, read_shard_frames, write_matrix
+import json
 
-ROWS_PER_BLOCK = 65_536  # a shard's features never sit in memory all at once
+from ..errors import InputError, StaleInputError
+from ..orchestration.runner import StageContext
+from ..storage import open_matrix, read_frame_ids, write_shard_matrix
 from .embedding import resolve_device
+
+ROWS_PER_BLOCK = 16_384  # a shard's features never sit in memory all at once (218 MB a block at 3328 wide)
+
+
+def expected_frames(workdir, shard: int) -> int:
+    """Frames prepare wrote into this shard (its summary), so a table cut at a line end is refused too."""
+    try:
+        return int(json.loads(workdir.prepare_summary.read_text())["shards"][shard]["frames"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        raise StaleInputError(f"{workdir.prepare_summary}: missing or unreadable; the prepare stage will run again",
+                              "prepare", 0) from None
 
 
 def open_stage(ctx: StageContext):
     import numpy as np
 
-    from ..engines.classifier import classify, load_classifier
+    from ..engines import classifier
 
     config, workdir = ctx.config, ctx.workdir
     try:
-        model = load_classifier(config.models.classifier)
+        model = classifier.load_classifier(config.models.classifier)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     model.to(resolve_device(config.device))
 
     def process(shard: int) -> dict:
-        frames = read_shard_frames(workdir.shard_frames(shard))
-        scores = np.zeros((len(frames), 2), np.float32)
-        with open_matrix(workdir.embeddings("dnabert", shard), frames.frame_ids) as (_, dna), \
-                open_matrix(workdir.embeddings("esm2", shard), frames.frame_ids) as (_, protein):
-            width = dna.shape[1] + protein.shape[1]
-            for start in range(0, max(len(frames), 1), ROWS_PER_BLOCK):
-                stop = min(start + ROWS_PER_BLOCK, len(frames))
-                features = np.concatenate([dna[start:stop], protein[start:stop]], axis=1).reshape(stop - start, width)
+        ids = read_frame_ids(workdir.shard_frames(shard), expected_frames(workdir, shard))
+        scores = np.zeros((len(ids), 2), np.float32)
+        with open_matrix(workdir.embeddings("dnabert", shard), ids, producer=("dnabert", shard)) as (_, dna), \
+                open_matrix(workdir.embeddings("esm2", shard), ids, producer=("esm2", shard)) as (_, protein):
+            left, width = dna.shape[1], dna.shape[1] + protein.shape[1]
+            features = np.empty((min(ROWS_PER_BLOCK, max(len(ids), 1)), width), np.float32)
+            for start in range(0, len(ids), ROWS_PER_BLOCK):
+                stop = min(start + ROWS_PER_BLOCK, len(ids))
+                rows = stop - start
+                # HDF5 copies (and widens float16) into the column ranges of the block buffer
+                for kind, matrix, columns in (("dnabert", dna, np.s_[0:rows, 0:left]),
+                                              ("esm2", protein, np.s_[0:rows, left:width])):
+                    try:
+                        if matrix.dtype == np.float16:  # HDF5's own float16 -> float32 conversion is slow
+                            features[columns] = matrix[start:stop]
+                        else:
+                            matrix.read_direct(features, np.s_[start:stop], columns)
+                    except OSError as exc:
+                        raise StaleInputError(f"{workdir.embeddings(kind, shard)}: unreadable rows ({exc}); the {kind} "
+                                              f"stage will run again for shard {shard}", kind, shard) from None
                 try:
-                    scores[start:stop] = classify(model, features)
+                    scores[start:stop] = classifier.classify(model, features[:rows])
                 except ValueError as exc:
                     raise InputError(f"{config.models.classifier}: {exc} (DNABERT-S {dna.shape[1]} + ESM-2 "
                                      f"{protein.shape[1]}); use the classifier that matches these models") from None
-        write_matrix(workdir.predictions(shard), frames.frame_ids, scores, name="scores")
-        return {"frames": len(frames)}
+        write_shard_matrix(workdir.predictions(shard), ids, scores, name="scores")
+        return {"frames": len(ids)}
     return process

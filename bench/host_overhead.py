@@ -1,0 +1,296 @@
+#!/usr/bin/env python
+"""The host-side floor of a GPU run: the real pipeline with engines that cost nothing.
+
+    PYTHONPATH=$PWD python bench/host_overhead.py                      # 200,000 reads, 4 input files
+    PYTHONPATH=$PWD python bench/host_overhead.py --compare a87dfb6    # the same inputs through REV too
+    PYTHONPATH=$PWD python bench/host_overhead.py --files 10000 --reads 200000   # per-input cost
+
+Simulated 150-bp reads of coding genomes (bench/prepare_throughput.py's generator, so reads yield
+stop-free frames as real reads do: ~1.49 frames a read) go through the real pipeline: prepare ->
+dnabert -> esm2 -> predict -> consensus (with the report), real files, real checkpoints, the real
+local runner (`run_locally`, one stage at a time so each is timed). Only the model math is gone:
+  - DNABERT-S and ESM-2 are replaced by null engines of the real widths (768, 2560) whose forward
+    returns a constant matrix at once, through `virnucpro.stages.embedding.ENGINE_OVERRIDES`
+    (the one hook the stages consult before loading a model; a revision without it is patched
+    at its model loaders instead);
+  - the classifier is a real demo classifier of width 3328 (loaded and width-checked), whose forward
+    is replaced by scores made from each frame's position (varied and deterministic), since an MLP
+    forward over 3328 features is GPU math that would dominate on this CPU.
+Checkpoint windows are the GPU defaults (DNABERT-S 1M tokens, ESM-2 400K tokens).
+
+Prints a table per stage (wall s, s per 1M reads, share) and `host seconds per 1M reads: X`.
+With `--compare REV`, REV is checked out into a temporary git worktree and the same inputs run
+there first, each revision in a fresh process; the outputs (the three result files of every input
+and the report's numbers) must be identical, and the table gains before/after columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+STAGE_NAMES = ("prepare", "dnabert", "esm2", "predict", "consensus")
+WIDTHS = {"dnabert": 768, "esm2": 2560}
+
+
+# ---------------------------------------------------------------- inputs (parent)
+
+def make_inputs(folder: Path, reads: int, files: int, read_length: int) -> Path:
+    import numpy as np
+
+    sys.path.insert(0, str(BENCH_DIR))
+    from prepare_throughput import COMPLEMENT, simulate_genome
+
+    rng = np.random.default_rng(1)
+    genome = simulate_genome(rng, max(1_000_000, 10 * read_length))
+    windows = np.lib.stride_tricks.sliding_window_view(genome, read_length)
+    picked = windows[rng.integers(0, len(windows), reads)].copy()
+    flip = rng.random(reads) < 0.5
+    picked[flip] = COMPLEMENT[picked[flip, ::-1]]
+    lines = [f">read{i}\n{row.tobytes().decode()}\n" for i, row in enumerate(picked)]
+    names = []
+    for k in range(files):
+        name = f"sample{k:05d}.fa"
+        (folder / name).write_text("".join(lines[k::files]))
+        names.append(name)
+    (folder / "inputs.txt").write_text("\n".join(names) + "\n")
+    return folder / "inputs.txt"
+
+
+def make_classifier(folder: Path) -> Path:
+    """A demo classifier pickled like the released ones, of the real input width 3328."""
+    from virnucpro.engines import demo
+
+    path = folder / "300_model.pth"
+    path.write_bytes(demo._classifier_pickle(300, sum(WIDTHS.values())))
+    return path
+
+
+# ---------------------------------------------------------------- null engines (child)
+
+class NullEngine:
+    """Forward of no cost: a view of one constant matrix (no per-call allocation)."""
+
+    def __init__(self, dim: int, rows: int = 1 << 15):
+        import numpy as np
+
+        self.dim = dim
+        self.constant = np.tile(np.linspace(-1, 1, dim, dtype=np.float32), (rows, 1))
+
+    def embed(self, sequences) -> "np.ndarray":
+        n = len(sequences)
+        while n > len(self.constant):
+            import numpy as np
+            self.constant = np.concatenate([self.constant, self.constant])
+        return self.constant[:n]
+
+
+class NullDnabert(NullEngine):
+    def __init__(self, *args, **kwargs):
+        super().__init__(WIDTHS["dnabert"])
+
+
+def install_null_engines() -> str:
+    import numpy as np
+
+    from virnucpro.engines import classifier
+    from virnucpro.stages import embedding
+
+    if hasattr(embedding, "ENGINE_OVERRIDES"):
+        for kind, dim in WIDTHS.items():
+            embedding.ENGINE_OVERRIDES[kind] = lambda ctx, dim=dim: NullEngine(dim)
+        how = "ENGINE_OVERRIDES hook"
+    else:  # an older revision: patch its model loaders
+        from virnucpro.engines import dnabert
+        from virnucpro.stages import esm2
+
+        dnabert.DnabertEmbedder = NullDnabert
+        esm2.load_engine = lambda *args, **kwargs: NullEngine(WIDTHS["esm2"])
+        how = "patched loaders"
+    seen = [0]
+
+    def null_classify(model, features):
+        # checks the width like the real one; scores from the global row position, so they do not
+        # depend on how predict blocks its rows
+        if features.shape[1] != model.hidden_layer.in_features:
+            raise ValueError(f"features have dimension {features.shape[1]}")
+        rows = np.arange(seen[0], seen[0] + len(features), dtype=np.float64)
+        seen[0] += len(features)
+        virus = ((rows * 0.6180339887498949) % 1.0).astype(np.float32)
+        return np.stack([np.float32(1) - virus, virus], axis=1)
+
+    classifier.classify = null_classify
+    return how
+
+
+def results_digest(workdir) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(workdir.results.rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(workdir.results).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def report_numbers(workdir, config, state) -> str:
+    from virnucpro.report.data import gather
+
+    report = gather(workdir, config, state.load())
+    numbers = [[s.reads, s.frames, s.chunks, s.frame_scores.counts.tolist(), s.frame_labels, s.read_scores.counts.tolist(),
+                s.calls, s.chunks_per_read.counts.tolist(), s.frames_per_read.counts.tolist()] for s in report.inputs]
+    return hashlib.sha256(json.dumps(numbers, sort_keys=True).encode()).hexdigest()
+
+
+def child(args) -> None:
+    """One measured run with the virnucpro on PYTHONPATH; prints one JSON line."""
+    import virnucpro
+    from virnucpro import report as report_module
+    from virnucpro.orchestration.plan import RunRequest, plan_run
+    from virnucpro.orchestration.runner import StageContext, run_locally
+    from virnucpro.paths import Workdir
+
+    how = install_null_engines()
+    folder = Path(args.child)
+    request = dict(inputs_list=folder / "inputs.txt", workdir=Path(args.workdir), esm_model="esm2_t36_3B_UR50D",
+                   dnabert_model="zhihan1996/DNABERT-S", classifier=str(folder / "300_model.pth"),
+                   chunk_length=300, shards=args.shards, device="cpu", checkpoint_tokens=None)
+    if args.embedding_dtype != "float32":
+        request["embedding_dtype"] = args.embedding_dtype
+    seconds = {}
+    started = time.perf_counter()
+    workdir, config, state = plan_run(RunRequest(**request))
+    seconds["plan"] = time.perf_counter() - started
+    ctx = StageContext(workdir=workdir, config=config, device="cpu")
+    # GPU checkpoint windows; the CPU defaults would checkpoint 20x as often as a GPU run does
+    from virnucpro.stages import dnabert as dnabert_stage, esm2 as esm2_stage  # noqa: F401
+
+    report_seconds = [0.0]
+    real_write_report = report_module.write_report
+
+    def timed_report(*a, **k):
+        t = time.perf_counter()
+        try:
+            return real_write_report(*a, **k)
+        finally:
+            report_seconds[0] += time.perf_counter() - t
+
+    report_module.write_report = timed_report
+    windows = {"dnabert": 1_000_000, "esm2": 400_000}
+    for stage in STAGE_NAMES:
+        config.checkpoint_tokens = windows.get(stage)
+        t = time.perf_counter()
+        run_locally(ctx, state, (stage,))
+        seconds[stage] = time.perf_counter() - t
+    seconds["consensus"] -= report_seconds[0]
+    seconds["report"] = report_seconds[0]
+    summary = json.loads(workdir.prepare_summary.read_text())
+    sizes = {kind: sum(p.stat().st_size for p in (workdir.root / "embeddings" / kind).glob("*.h5"))
+             for kind in WIDTHS}
+    print(json.dumps({"seconds": seconds, "frames": summary["total_frames"], "shards": config.shards,
+                      "results": results_digest(Workdir(workdir.root)), "report": report_numbers(workdir, config, state),
+                      "hook": how, "code": str(Path(virnucpro.__file__).parent.parent), "embedding_bytes": sizes}))
+
+
+# ---------------------------------------------------------------- parent
+
+def run_child(tree: Path, folder: Path, workdir: Path, args) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    argv = [sys.executable, str(BENCH_DIR / "host_overhead.py"), "--child", str(folder), "--workdir", str(workdir),
+            "--embedding-dtype", args.embedding_dtype]
+    if args.shards:
+        argv += ["--shards", str(args.shards)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tree)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-5000:])
+        raise SystemExit(f"the run in {tree} failed ({done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reads", type=int, default=200_000)
+    parser.add_argument("--read-length", type=int, default=150)
+    parser.add_argument("--inputs", type=int, default=4, help="input files the reads are dealt into (default 4)")
+    parser.add_argument("--files", type=int, help="per-input mode: this many input files (e.g. 10000)")
+    parser.add_argument("--shards", type=int, help="default: sized from the inputs, as `run` does")
+    parser.add_argument("--embedding-dtype", default="float32", choices=("float32", "float16"))
+    parser.add_argument("--compare", metavar="REV", help="also run git revision REV (e.g. a87dfb6) on the same inputs")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return 0
+    files = args.files or args.inputs
+    here = BENCH_DIR.parent
+    with tempfile.TemporaryDirectory(prefix="host-overhead-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "in").mkdir()
+        started = time.perf_counter()
+        make_inputs(tmp / "in", args.reads, files, args.read_length)
+        sys.path.insert(0, str(here))
+        make_classifier(tmp / "in")
+        print(f"{args.reads:,} reads of {args.read_length} bp in {files:,} input file(s) "
+              f"(made in {time.perf_counter() - started:.0f} s); {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
+              flush=True)
+        runs = {}
+        if args.compare:
+            base = tmp / "base"
+            subprocess.run(["git", "-C", str(here), "worktree", "add", "--detach", str(base), args.compare],
+                           check=True, capture_output=True)
+            try:
+                runs[args.compare] = run_child(base, tmp / "in", tmp / "w-base", args)
+            finally:
+                subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(base)], capture_output=True)
+            print(f"{args.compare}: done ({runs[args.compare]['hook']})", flush=True)
+        runs["this tree"] = run_child(here, tmp / "in", tmp / "w-now", args)
+    show(runs, args.reads, files)
+    digests = {(r["results"], r["report"]) for r in runs.values()}
+    if len(digests) > 1:
+        print("OUTPUTS DIFFER between the revisions (results files or report numbers)")
+        return 1
+    if len(runs) > 1:
+        print("outputs identical: the three result files of every input and the report's numbers")
+    return 0
+
+
+def show(runs: dict, reads: int, files: int) -> None:
+    first = next(iter(runs.values()))
+    print(f"\n{first['frames']:,} frames, {first['shards']} shard(s)")
+    rows = ["plan", *STAGE_NAMES, "report"]
+    names = list(runs)
+    header = "| stage |" + "".join(f" {n}: wall s | s per 1M reads | share |" for n in names)
+    if len(names) > 1:
+        header += " ratio |"
+    print(header)
+    print("|---|" + "---:|---:|---:|" * len(names) + ("---:|" if len(names) > 1 else ""))
+    totals = {n: sum(runs[n]["seconds"].values()) for n in names}
+    for row in rows + ["total"]:
+        line = f"| {row} |"
+        for n in names:
+            s = totals[n] if row == "total" else runs[n]["seconds"].get(row, 0.0)
+            line += f" {s:.2f} | {s * 1e6 / reads:.1f} | {100 * s / totals[n]:.0f}% |"
+        if len(names) > 1:
+            a = totals[names[0]] if row == "total" else runs[names[0]]["seconds"].get(row, 0.0)
+            b = totals[names[-1]] if row == "total" else runs[names[-1]]["seconds"].get(row, 0.0)
+            line += f" {a / b:.1f}x |" if b > 0 else " - |"
+        print(line)
+    for n in names:
+        sizes = ", ".join(f"{k} {v / 1e6:,.0f} MB" for k, v in runs[n]["embedding_bytes"].items())
+        print(f"{n}: embeddings on disk {sizes}")
+        if files >= 100:
+            print(f"{n}: {totals[n] * 1000 / files:.2f} s per 1000 input files ({files:,} files)")
+    for n in names:
+        print(f"{n}: host seconds per 1M reads: {totals[n] * 1e6 / reads:.1f}")
+    print(f"host seconds per 1M reads: {totals[names[-1]] * 1e6 / reads:.1f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Storage written once and referred to: stale or shifted files refused naming their producer,
+the float16 path, and a checkpoint file that resumes bitwise-identically after a kill."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from virnucpro.errors import StaleInputError
+from virnucpro.orchestration.config import RunConfig
+from virnucpro.orchestration.runner import StageContext
+from virnucpro.paths import Workdir
+from virnucpro.stages import consensus, predict
+from virnucpro.stages.embedding import windows
+from virnucpro.storage import ShardCheckpoint, ShardIds, read_matrix, read_shard_frames
+
+CLI = [sys.executable, "-m", "virnucpro.cli"]
+
+
+def run(inputs, workdir, models, *extra):
+    done = subprocess.run([*CLI, "run", str(inputs), "--workdir", str(workdir), "--models", str(models), "--shards", "3",
+                           "--device", "cpu", *extra], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return Workdir(workdir)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, demo_models, example_inputs) -> Workdir:
+    return run(example_inputs, tmp_path_factory.mktemp("run") / "w", demo_models)
+
+
+@pytest.fixture
+def copy(finished, tmp_path) -> Workdir:
+    shutil.copytree(finished.root, tmp_path / "w")
+    return Workdir(tmp_path / "w")
+
+
+def context(workdir: Workdir) -> StageContext:
+    return StageContext(workdir=workdir, config=RunConfig.load(workdir))
+
+
+def test_frame_ids_are_stored_once(finished):
+    for path in [*finished.root.glob("embeddings/*/*.h5"), *finished.root.glob("predictions/*.h5")]:
+        with h5py.File(path) as h5:
+            assert "ids" not in h5 and {"frames", "ids_sha256"} <= set(h5.attrs)
+
+
+def test_predict_refuses_shifted_and_missing_embeddings_naming_their_producer(copy):
+    process = predict.open_stage(context(copy))
+    process(0)  # the intact shard passes
+    shutil.copy(copy.embeddings("esm2", 1), copy.embeddings("esm2", 0))  # another shard's rows
+    with pytest.raises(StaleInputError, match="does not match the shard's frames") as caught:
+        process(0)
+    assert (caught.value.stage, caught.value.shard) == ("esm2", 0)
+    copy.embeddings("dnabert", 2).unlink()
+    with pytest.raises(StaleInputError, match="missing") as caught:
+        process(2)
+    assert (caught.value.stage, caught.value.shard) == ("dnabert", 2)
+    copy.embeddings("dnabert", 1).write_bytes(b"not hdf5")
+    with pytest.raises(StaleInputError) as caught:
+        process(1)
+    assert (caught.value.stage, caught.value.shard) == ("dnabert", 1)
+
+
+def test_same_count_other_ids_is_refused(copy):
+    """A file whose row count fits but whose ids differ (a re-made frame table) is refused too."""
+    ids = read_shard_frames(copy.shard_frames(0)).frame_ids
+    renamed = ShardIds(ids[:-1] + [ids[-1] + "x"])
+    read_matrix(copy.embeddings("esm2", 0), ids, producer=("esm2", 0))
+    with pytest.raises(StaleInputError, match="other frames' ids"):
+        read_matrix(copy.embeddings("esm2", 0), renamed, producer=("esm2", 0))
+
+
+def test_damaged_frame_table_names_prepare(copy):
+    table = copy.shard_frames(1)
+    table.write_bytes(table.read_bytes()[:-3])
+    with pytest.raises(StaleInputError) as caught:
+        predict.open_stage(context(copy))(1)
+    assert (caught.value.stage, caught.value.shard) == ("prepare", 0)
+
+
+def test_consensus_refuses_shifted_predictions_naming_predict(copy):
+    shutil.copy(copy.predictions(2), copy.predictions(1))
+    with pytest.raises(StaleInputError) as caught:
+        consensus.consensus(context(copy))
+    assert (caught.value.stage, caught.value.shard) == ("predict", 1)
+
+
+def test_float16_embeddings(finished, tmp_path, demo_models, example_inputs):
+    half = run(example_inputs, tmp_path / "w16", demo_models, "--embedding-dtype", "float16")
+    for kind in ("dnabert", "esm2"):
+        for shard in range(3):
+            with h5py.File(half.embeddings(kind, shard)) as h5, h5py.File(finished.embeddings(kind, shard)) as full:
+                assert h5["embeddings"].dtype == np.float16
+                assert h5["embeddings"][:].tobytes() == full["embeddings"][:].astype(np.float16).tobytes()
+    for name in ("sample_a", "sample_b"):
+        lines = [(half.result_dir(name) / "prediction_results.txt").read_text().splitlines()[1:],
+                 (finished.result_dir(name) / "prediction_results.txt").read_text().splitlines()[1:]]
+        (ids16, labels16, _, s16), (ids32, labels32, _, s32) = (zip(*(line.split("\t") for line in ls)) for ls in lines)
+        assert ids16 == ids32
+        delta = np.abs(np.array(s16, float) - np.array(s32, float))
+        assert delta.max() < 5e-3, delta.max()  # measured on this demo run: see README, performance
+        flips = sum(a != b for a, b in zip(labels16, labels32))
+        assert flips <= max(1, len(ids32) // 100)
+
+
+def test_checkpoint_after_a_kill_resumes_bitwise_identically(tmp_path):
+    ids = ShardIds(f"r{i}_chunk_1F{i % 3 + 1}" for i in range(2000))
+    rows = np.random.default_rng(5).random((len(ids), 24), dtype=np.float32)
+    cuts = windows([7] * len(ids), 0, 7 * 150)
+
+    def embed(folder: Path, final: Path, stop_after: int | None = None) -> None:
+        checkpoint = ShardCheckpoint(folder, final, ids, 24, attrs={"model": "m"})
+        start = checkpoint.resume()
+        for done, (a, b) in enumerate((w for w in cuts if w[0] >= start), 1):
+            checkpoint.append(a, rows[a:b])
+            if done == stop_after:
+                return  # "killed": no finish, file descriptor left open as a dying process leaves it
+        checkpoint.finish()
+
+    embed(tmp_path / "clean.partial", tmp_path / "clean.h5")
+    folder, final = tmp_path / "k.partial", tmp_path / "k.h5"
+    embed(folder, final, stop_after=4)
+    assert not final.exists()  # no file at the final path before it is complete
+    # what a kill between a window's write and its record leaves: rows on disk nobody recorded
+    record = ShardCheckpoint(folder, final, ids, 24, attrs={"model": "m"})
+    record_json, valid = record.verify()
+    offset, row_bytes = record_json["offset"], 24 * 4
+    with open(folder / "embeddings.h5", "r+b") as handle:
+        handle.seek(offset + 4 * 150 * row_bytes)
+        handle.write(b"\xff" * (150 * row_bytes))
+    # and a recorded window whose bytes were damaged afterwards: it and everything after are redone
+    with open(folder / "embeddings.h5", "r+b") as handle:
+        handle.seek(offset + 3 * 150 * row_bytes + 5)
+        handle.write(b"\x00\x01")
+    assert ShardCheckpoint(folder, final, ids, 24, attrs={"model": "m"}).resume() == 3 * 150
+    embed(folder, final, stop_after=2)
+    embed(folder, final)
+    assert final.read_bytes() == (tmp_path / "clean.h5").read_bytes()
+    assert not folder.exists()
+    _, matrix = read_matrix(final, ids, dim=24, producer=("esm2", 0))
+    assert matrix.tobytes() == rows.tobytes()
+    # another shard's record (different ids) is never resumed
+    embed(folder, final, stop_after=1)
+    assert ShardCheckpoint(folder, final, ShardIds(ids[1:]), 24, attrs={"model": "m"}).resume() == 0
