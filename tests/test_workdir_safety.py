@@ -124,3 +124,28 @@ def test_translate_refuses_overwriting_its_own_files(tmp_path, capsys, outputs):
     assert code == 2 and len(errors) == 1, errors
     assert source.read_text() == f">r1\n{CODING}\n"
     assert not out.exists() and not (tmp_path / "p.faa").exists()
+
+
+def test_an_input_rewritten_with_its_mtime_restored_is_seen(tmp_path, demo_models):
+    """Item 9: inputs were keyed on size + mtime, so a same-size rewrite with the mtime put back
+    was reused and run.json kept a SHA-256 the file no longer had."""
+    import hashlib
+    import os
+    import time
+
+    listing = _inputs(tmp_path)
+    reads = tmp_path / "reads.fa"
+    old = time.time() - 3600
+    os.utime(reads, (old, old))
+    time.sleep(2.1)  # the file's ctime must be older than the hash, or it is (rightly) not cached
+    request = RunRequest(inputs_list=listing, workdir=tmp_path / "w", models_dir=demo_models)
+    _, config, state = plan_run(request)
+    assert config.fingerprint["inputs"][0]["sha256"] == hashlib.sha256(reads.read_bytes()).hexdigest()
+    state.mark_running("prepare", 0)
+    state.mark_done("prepare", 0)
+    stat = reads.stat()
+    reads.write_text(reads.read_text().replace("ATG", "ATC", 1))  # same size, other content
+    os.utime(reads, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (reads.stat().st_size, reads.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    with pytest.raises(StateError, match="different inputs changed"):
+        plan_run(request)
