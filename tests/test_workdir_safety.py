@@ -149,3 +149,17 @@ def test_an_input_rewritten_with_its_mtime_restored_is_seen(tmp_path, demo_model
     assert (reads.stat().st_size, reads.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
     with pytest.raises(StateError, match="different inputs changed"):
         plan_run(request)
+
+
+@pytest.mark.parametrize("case", ["missing model", "stop in a protein"])
+def test_embed_errors_are_one_line(tmp_path, demo_models, capsys, case):
+    """Item 10: `embed` with a missing model or a '*' in a protein was an internal error."""
+    proteins = tmp_path / "p.faa"
+    proteins.write_text(">ok\nMKVLA\n>bad\nMKV*LA\n" if case == "stop in a protein" else ">ok\nMKVLA\n")
+    model = tmp_path / "esm2_t2_nope.pt" if case == "missing model" else demo_models / "esm2_t2_demo.pt"
+    code = main(["embed", "esm2", str(proteins), "--model", str(model), "--out", str(tmp_path / "o.h5"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(errors) == 1 and "internal error" not in err, err
+    assert (str(model) if case == "missing model" else "'bad'") in errors[0]
+    assert not (tmp_path / "o.h5").exists()

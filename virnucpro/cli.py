@@ -191,7 +191,18 @@ def cmd_embed(args) -> int:
     from .stages.embedding import resolve_device
     from .storage import write_matrix
 
+    from .errors import InputError
+
+    spec = str(args.model)
+    if (spec.startswith(("/", ".", "~")) or spec.endswith(".pt")) and not Path(spec).expanduser().exists():
+        raise InputError(f"{spec}: --model not found; give an existing {'.pt file' if args.kind == 'esm2' else 'model folder'} "
+                         "or a hub name")
     records = _read_plain_fasta(args.fasta)
+    if args.kind == "esm2":
+        starred = next((name for name, seq in records if "*" in seq), None)
+        if starred is not None:
+            raise InputError(f"{args.fasta}: protein '{starred}' contains '*' (a stop); ESM-2 has no token for it "
+                             "and VirNucPro embeds only stop-free frames: remove the '*' and run again")
     ids = [r[0] for r in records]
     seqs = [r[1] for r in records]
     device = resolve_device(args.device)
