@@ -163,3 +163,17 @@ def test_embed_errors_are_one_line(tmp_path, demo_models, capsys, case):
     assert code == 2 and len(errors) == 1 and "internal error" not in err, err
     assert (str(model) if case == "missing model" else "'bad'") in errors[0]
     assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "x.txt", "--device", "cpu", "--precision", "fp16"],
+    ["run", "x.txt", "--device", "cpu", "--dnabert-precision", "fp16"],
+    ["embed", "esm2", "p.faa", "--model", "m", "--out", "o.h5", "--device", "cpu", "--precision", "fp16"],
+])
+def test_fp16_on_cpu_is_refused_before_any_work(tmp_path, capsys, argv, monkeypatch):
+    """Item 10: --precision fp16 with --device cpu was accepted silently."""
+    monkeypatch.chdir(tmp_path)
+    code = main(argv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(errors) == 1 and "fp16 needs a CUDA GPU" in errors[0], errors
+    assert list(tmp_path.iterdir()) == []

@@ -100,8 +100,18 @@ def _score(text: str) -> float:
     return value
 
 
+def check_cpu_precision(device: str, **precisions: str) -> None:
+    """fp16 needs CUDA: with --device cpu it is refused before any work (auto stays auto)."""
+    for flag, value in precisions.items():
+        if device == "cpu" and value == "fp16":
+            raise VirnucproError(f"--{flag.replace('_', '-')} fp16 needs a CUDA GPU, but --device is cpu; "
+                                 "use fp32 (or auto) on CPU, or --device cuda")
+
+
 def run_request(args: argparse.Namespace):
     from .orchestration.plan import RunRequest
+
+    check_cpu_precision(args.device, precision=args.precision, dnabert_precision=args.dnabert_precision)
 
     inputs = args.inputs
     models_dir = args.models
@@ -193,6 +203,7 @@ def cmd_embed(args) -> int:
 
     from .errors import InputError
 
+    check_cpu_precision(args.device, precision=args.precision)
     spec = str(args.model)
     if (spec.startswith(("/", ".", "~")) or spec.endswith(".pt")) and not Path(spec).expanduser().exists():
         raise InputError(f"{spec}: --model not found; give an existing {'.pt file' if args.kind == 'esm2' else 'model folder'} "
