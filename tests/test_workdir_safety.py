@@ -177,3 +177,15 @@ def test_fp16_on_cpu_is_refused_before_any_work(tmp_path, capsys, argv, monkeypa
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert code == 2 and len(errors) == 1 and "fp16 needs a CUDA GPU" in errors[0], errors
     assert list(tmp_path.iterdir()) == []
+
+
+def test_report_clears_the_temp_files_of_a_killed_report(quiet_demo_run, tmp_path):
+    """Item 10 (and kill -9 trial 17): a report killed mid-write left report/.index.html.*.tmp forever."""
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(quiet_demo_run.workdir, workdir)
+    stale = workdir / "report" / ".index.html.3emx64jf.tmp"
+    stale.write_bytes(b"partial")
+    assert main(["report", "--workdir", str(workdir), "--quiet"]) == 0
+    assert not stale.exists() and (workdir / "report" / "index.html").is_file()

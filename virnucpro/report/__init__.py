@@ -35,6 +35,20 @@ def write_report(workdir: Workdir, config: RunConfig | None = None, completing: 
     state = load_state(workdir, completing)
     report = gather(workdir, config, state)
     out = workdir.report_dir
+    # report/ is written by the consensus stage and by `virnucpro-slurm report`, one at a time under
+    # this lock (a file never unlinked), so the holder may clear temp files a killed writer left
+    from ..atomic import remove_stale_temp_files
+    from ..orchestration.state import exclusive_lock
+
+    with exclusive_lock(workdir.root / ".report.lock"):
+        remove_stale_temp_files([out])
+        return _write_files(workdir, config, state, report, out, event)
+
+
+def _write_files(workdir: Workdir, config: RunConfig, state, report, out: Path, event: str) -> Path:
+    from ..provenance import update_provenance
+    from . import figures, page
+
     drawn: dict[int, dict[str, bytes]] = {}
     for stats in report.inputs[:MAX_INPUT_FIGURES]:
         scores_name, reads_name = input_figure_names(stats.name)
