@@ -45,15 +45,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", "-w", type=Path, help="where state, embeddings and results go (default: ./virnucpro-run)")
     _add_model_options(parser)
     tuning = parser.add_argument_group("execution")
-    tuning.add_argument("--shards", type=int, help="number of shards (default: input size / 50 Mbp, at least 1)")
-    tuning.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    tuning.add_argument("--shards", type=_positive_int, help="number of shards (default: input size / 50 Mbp, at least 1)")
+    tuning.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda or cuda:N (default auto)")
     tuning.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                         help="ESM-2 precision (default fp16 on CUDA, fp32 on CPU; VIRNUCPRO_DISABLE_FP16=1 forces fp32)")
     tuning.add_argument("--no-packing", dest="packing", action="store_false",
                         help="use fair-esm's padded forward instead of the packed engine (also VIRNUCPRO_DISABLE_PACKING=1)")
-    tuning.add_argument("--esm-token-budget", type=int, help="tokens per packed ESM-2 batch (default: from free GPU memory)")
-    tuning.add_argument("--dnabert-token-budget", type=int, help="padded tokens per DNABERT-S batch")
-    tuning.add_argument("--checkpoint-tokens", type=int, help="tokens between checkpoints of the embedding stages")
+    tuning.add_argument("--esm-token-budget", type=_positive_int, help="tokens per packed ESM-2 batch (default: from free GPU memory)")
+    tuning.add_argument("--dnabert-token-budget", type=_positive_int, help="padded tokens per DNABERT-S batch")
+    tuning.add_argument("--checkpoint-tokens", type=_positive_int, help="tokens between checkpoints of the embedding stages")
     tuning.add_argument("--dnabert-precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                         help="DNABERT-S precision (default fp32, the original's numbers; fp16/bf16 need CUDA)")
     tuning.add_argument("--dnabert-remote-code", action="store_true",
@@ -71,6 +71,25 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                             "chunk is viral by the original per-chunk rule. Changing it re-runs consensus only")
 
 
+def _positive_int(text: str) -> int:
+    """An option that counts something (shards, tokens): a whole number >= 1, refused at parse time."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _device(text: str) -> str:
+    """auto, cpu, cuda or cuda:N; anything else (tpu, mps, cuda:x) is refused at parse time."""
+    head, _, index = text.partition(":")
+    if text in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda or cuda:N")
+
+
 def _score(text: str) -> float:
     try:
         value = float(text)
@@ -81,8 +100,18 @@ def _score(text: str) -> float:
     return value
 
 
+def check_cpu_precision(device: str, **precisions: str) -> None:
+    """fp16 needs CUDA: with --device cpu it is refused before any work (auto stays auto)."""
+    for flag, value in precisions.items():
+        if device == "cpu" and value == "fp16":
+            raise VirnucproError(f"--{flag.replace('_', '-')} fp16 needs a CUDA GPU, but --device is cpu; "
+                                 "use fp32 (or auto) on CPU, or --device cuda")
+
+
 def run_request(args: argparse.Namespace):
     from .orchestration.plan import RunRequest
+
+    check_cpu_precision(args.device, precision=args.precision, dnabert_precision=args.dnabert_precision)
 
     inputs = args.inputs
     models_dir = args.models
@@ -151,7 +180,17 @@ def cmd_status(args) -> int:
 
 def cmd_translate(args) -> int:
     from .atomic import atomic_open
+    from .errors import InputError
     from .fasta import write_translation
+
+    source = Path(args.fasta).resolve()
+    dna_out, protein_out = Path(args.nucleotide_out).resolve(), Path(args.protein_out).resolve()
+    if dna_out == protein_out:
+        raise InputError(f"{args.nucleotide_out}: given as both --nucleotide-out and --protein-out; "
+                         "give two different files")
+    for flag, out in (("--nucleotide-out", dna_out), ("--protein-out", protein_out)):
+        if out == source:
+            raise InputError(f"{out}: {flag} is the input FASTA itself; write the output to another file")
 
     with atomic_open(args.nucleotide_out) as dna, atomic_open(args.protein_out) as protein:
         write_translation(args.fasta, args.chunk_length, dna, protein)
@@ -164,10 +203,20 @@ def cmd_embed(args) -> int:
     from .stages.embedding import resolve_device
     from .storage import write_matrix
 
+    check_cpu_precision(args.device, precision=args.precision)
+    spec = str(args.model)
+    if (spec.startswith(("/", ".", "~")) or spec.endswith(".pt")) and not Path(spec).expanduser().exists():
+        raise InputError(f"{spec}: --model not found; give an existing {'.pt file' if args.kind == 'esm2' else 'model folder'} "
+                         "or a hub name")
     if not Path(args.fasta).is_file():
         raise InputError(f"{args.fasta}: FASTA file not found; check the path")
     # proteins for ESM-2, nucleotides for DNABERT-S: the one FASTA reader, validating either
     records = list(read_records(args.fasta, PROTEIN if args.kind == "esm2" else NUCLEOTIDE))
+    if args.kind == "esm2":
+        starred = next((name for name, seq in records if "*" in seq), None)
+        if starred is not None:
+            raise InputError(f"{args.fasta}: protein '{starred}' contains '*' (a stop); ESM-2 has no token for it "
+                             "and VirNucPro embeds only stop-free frames: remove the '*' and run again")
     ids = [r[0] for r in records]
     seqs = [r[1] for r in records]
     device = resolve_device(args.device)
@@ -250,10 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("fasta", type=Path)
     embed.add_argument("--model", required=True, help="fair-esm name or .pt (esm2); HF id or folder (dnabert)")
     embed.add_argument("--out", type=Path, required=True, help="HDF5 with datasets ids and embeddings")
-    embed.add_argument("--device", default="auto")
+    embed.add_argument("--device", default="auto", type=_device)
     embed.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     embed.add_argument("--no-packing", dest="packing", action="store_false")
-    embed.add_argument("--token-budget", type=int)
+    embed.add_argument("--token-budget", type=_positive_int)
     _add_common(embed)
     embed.set_defaults(func=cmd_embed)
 

@@ -120,6 +120,10 @@ class Workdir:
         return self.root / "report"
 
     @property
+    def report_lock(self) -> Path:
+        return self.root / ".report.lock"
+
+    @property
     def report_index(self) -> Path:
         return self.report_file(REPORT_INDEX)
 

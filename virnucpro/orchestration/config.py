@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -114,24 +115,35 @@ def auto_shards(paths: list[Path], bases_per_shard: int = BASES_PER_SHARD) -> in
 
 
 class HashCache:
-    """SHA-256 of files, remembered by (path, size, mtime) so a 11 GB model is hashed once."""
+    """SHA-256 of files, remembered by (path, inode, size, mtime, ctime) so a 11 GB model is hashed once.
+
+    mtime alone can be restored (touch -d, os.utime, cp -p); ctime cannot: any write or utime sets
+    it to now. An entry is kept only when the file's ctime is older than the hash by RACY_SECONDS,
+    so a rewrite in the same timestamp tick as the stat (coarse clocks, NFS) is never cached."""
+
+    RACY_SECONDS = 2.0
 
     def __init__(self, path: Path):
         self.path = path
         try:
             self.entries = json.loads(path.read_text())
+            if not isinstance(self.entries, dict):
+                self.entries = {}
         except (FileNotFoundError, ValueError):
             self.entries = {}
         self.dirty = False
 
     def sha256(self, file: Path) -> str:
         stat = file.stat()
-        key = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        key = f"{file.resolve()}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"
         if key not in self.entries:
+            started = time.time_ns()
             digest = hashlib.sha256()
             with open(file, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
+            if stat.st_ctime_ns >= started - self.RACY_SECONDS * 1e9:
+                return digest.hexdigest()  # changed moments ago: may change again in the same tick
             self.entries[key] = digest.hexdigest()
             self.dirty = True
         return self.entries[key]

@@ -45,6 +45,9 @@ def chunk_length_from_name(path: str) -> int | None:
     return int(tokens.pop()) if len(tokens) == 1 else None
 
 
+MODEL_FLAGS = {"esm": "--esm-model", "dnabert": "--dnabert-model", "classifier": "--classifier"}
+
+
 def models_in_dir(directory: Path, chunk_length: int | None) -> dict:
     """Find an ESM-2 .pt, a DNABERT-S folder and the classifier(s) in a folder like demo-models."""
     if not directory.is_dir():
@@ -62,7 +65,7 @@ def models_in_dir(directory: Path, chunk_length: int | None) -> dict:
     for kind, path in found.items():
         if path is None:
             raise InputError(f"{directory}: no {kind} model found in --models folder (expected esm2_*.pt, a DNABERT-S "
-                             f"folder with config.json and 300_/500_model.pth); give --{kind}-model explicitly")
+                             f"folder with config.json and 300_/500_model.pth); give {MODEL_FLAGS[kind]} explicitly")
     return {k: str(v) for k, v in found.items()}
 
 
@@ -91,7 +94,26 @@ def resolve_models(request: RunRequest) -> tuple[ModelSpec, int]:
     return models, chunk_length
 
 
+# What may be in a folder before it holds run.json: what planning writes before run.json (a plan
+# refused half-way) and the demo models `run --demo` writes into the workdir before planning.
+PRE_CONFIG_ENTRIES = {".state.lock", ".hash-cache.json", "demo-models", "logs"}
+
+
+def check_is_workdir_or_empty(workdir: Workdir) -> None:
+    """Refuse a non-empty folder that is not a virnucpro workdir (no run.json): nothing in it is
+    ours, so nothing in it may be deleted or mixed with a run's files."""
+    if not workdir.root.is_dir() or workdir.config.exists():
+        return
+    foreign = sorted(p.name for p in workdir.root.iterdir() if p.name not in PRE_CONFIG_ENTRIES)
+    if foreign:
+        raise StateError(f"{workdir.root}: not empty and not a virnucpro workdir (no run.json; holds "
+                         f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+                         "choose a new or empty --workdir (nothing was changed)")
+
+
 def discard_results(workdir: Workdir) -> None:
+    """Delete this tool's outputs; only ever called on a workdir (check_is_workdir_or_empty)."""
+    check_is_workdir_or_empty(workdir)
     for folder in workdir.output_folders:
         shutil.rmtree(folder, ignore_errors=True)
     for path in (workdir.state, workdir.config):
@@ -117,6 +139,7 @@ def plan_run(request: RunRequest) -> tuple[Workdir, RunConfig, StateFile]:
     """Create or re-open a workdir for this request; refuse a workdir of a different run."""
     workdir = Workdir(request.workdir)
     config = new_config(request)
+    check_is_workdir_or_empty(workdir)
     check_writable(workdir.root)  # only now: a request refused above leaves no empty workdir behind
     with exclusive_lock(workdir.state_lock):  # state and provenance are only written under this lock
         remove_stale_temp_files(workdir.run_files)

@@ -38,9 +38,10 @@ class RunInterrupted(VirnucproError):
 
 
 class StopFlag:
-    """Set by SIGTERM / SIGUSR2 (SLURM preemption, time limit warning) or by a test."""
+    """Set by SIGTERM / SIGUSR2 (SLURM preemption, time limit warning), SIGHUP (terminal closed,
+    ssh dropped) or by a test."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self):
         self.event = threading.Event()

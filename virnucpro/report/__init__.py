@@ -27,13 +27,24 @@ def write_report(workdir: Workdir, config: RunConfig | None = None, completing: 
                  event: str = "report") -> Path:
     """Gather, draw and write the report; `completing` names a stage (and its metrics) that is
     finishing in this very process, so the report does not show it as still running."""
-    from ..provenance import update_provenance
-    from . import figures, page
+    from ..atomic import remove_stale_temp_files
+    from ..orchestration.state import exclusive_lock
     from .data import gather, load_state
 
     config = config or RunConfig.load(workdir)
     state = load_state(workdir, completing)
     report = gather(workdir, config, state)
+    # report/ is written by the consensus stage and by `virnucpro-slurm report`, one at a time under
+    # this lock (a file never unlinked), so the holder may clear temp files a killed writer left
+    with exclusive_lock(workdir.report_lock):
+        remove_stale_temp_files([workdir.report_dir])
+        return _write_files(workdir, config, state, report, event)
+
+
+def _write_files(workdir: Workdir, config: RunConfig, state, report, event: str) -> Path:
+    from ..provenance import update_provenance
+    from . import figures, page
+
     drawn: dict[int, dict[str, bytes]] = {}
     for stats in report.inputs[:MAX_INPUT_FIGURES]:
         scores_name, reads_name = input_figure_names(stats.name)

@@ -1,0 +1,191 @@
+"""Issue 13: the workdir is the user's data (a non-workdir folder is never emptied), SIGHUP stops a
+run like SIGTERM, and options that cannot work are refused when the command line is parsed."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from virnucpro.cli import build_parser, main
+from virnucpro.errors import StateError
+from virnucpro.orchestration.plan import RunRequest, plan_run
+from virnucpro.orchestration.runner import StopFlag
+
+CODING = "ATG" + "GCTGAAAAACTG" * 12
+
+
+def _inputs(tmp_path: Path) -> Path:
+    reads = tmp_path / "reads.fa"
+    reads.write_text(f">r1\n{CODING}\n")
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(f"{reads}\n")
+    return listing
+
+
+@pytest.mark.parametrize("restart", [True, False], ids=["--restart", "plain"])
+def test_a_folder_that_is_not_a_workdir_is_refused_and_kept(tmp_path, demo_models, restart):
+    """Item 1: `--restart` on a folder without run.json deleted results/, report/, ... inside it."""
+    folder = tmp_path / "P"
+    (folder / "results").mkdir(parents=True)
+    (folder / "results" / "mine.csv").write_text("x\n")
+    (folder / "report").mkdir()
+    (folder / "report" / "notes.txt").write_text("mine too\n")
+    request = RunRequest(inputs_list=_inputs(tmp_path), workdir=folder, models_dir=demo_models, restart=restart)
+    with pytest.raises(StateError, match="not a virnucpro workdir") as refused:
+        plan_run(request)
+    assert str(folder) in str(refused.value) and "\n" not in str(refused.value)
+    assert (folder / "results" / "mine.csv").read_text() == "x\n"
+    assert (folder / "report" / "notes.txt").read_text() == "mine too\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["report", "results"]  # nothing added either
+
+
+def test_restart_of_a_real_workdir_still_discards_its_results(tmp_path, demo_models):
+    workdir = tmp_path / "w"
+    request = RunRequest(inputs_list=_inputs(tmp_path), workdir=workdir, models_dir=demo_models)
+    _, _, state = plan_run(request)
+    state.mark_running("prepare", 0)
+    state.mark_done("prepare", 0)
+    (workdir / "shards").mkdir()
+    (workdir / "shards" / "00000.frames.tsv").write_text("stale\n")
+    request.restart = True
+    _, _, state = plan_run(request)
+    assert not (workdir / "shards").exists()
+    assert state.load()["prepare"][0].status == "pending"
+
+
+def test_sighup_stops_a_run_like_sigterm():
+    """Item 4: closing the terminal (SIGHUP) stopped nothing at a checkpoint; the state stayed running."""
+    assert signal.SIGHUP in StopFlag.SIGNALS
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        flag = StopFlag().install()
+        signal.raise_signal(signal.SIGHUP)
+        assert flag() and flag.signal_name == "SIGHUP"
+    finally:
+        for sig in StopFlag.SIGNALS:
+            signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+        signal.signal(signal.SIGHUP, previous)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "x.txt", "--shards", "0"], "--shards: '0' is not a whole number of at least 1"),
+    (["run", "x.txt", "--shards", "-3"], "--shards: '-3' is not a whole number of at least 1"),
+    (["run", "x.txt", "--device", "tpu"], "'tpu' is not a device"),
+    (["run", "x.txt", "--device", "cuda:x"], "'cuda:x' is not a device"),
+    (["run", "x.txt", "--esm-token-budget", "0"], "'0' is not a whole number of at least 1"),
+    (["run", "x.txt", "--checkpoint-tokens", "0"], "'0' is not a whole number of at least 1"),
+    (["run", "x.txt", "--dnabert-token-budget", "0"], "'0' is not a whole number of at least 1"),
+    (["submit", "x.txt", "--shards", "0"], "'0' is not a whole number of at least 1"),
+    (["embed", "esm2", "p.faa", "--model", "m", "--out", "o.h5", "--device", "tpu"], "'tpu' is not a device"),
+    (["embed", "esm2", "p.faa", "--model", "m", "--out", "o.h5", "--token-budget", "0"], "at least 1"),
+])
+def test_impossible_options_are_refused_when_parsed(argv, fragment, capsys):
+    """Items 5 and 10: --shards 0 meant auto and -3 was an internal error; --device tpu and zero budgets
+    were accepted and failed late or never."""
+    with pytest.raises(SystemExit) as parsed:
+        build_parser().parse_args(argv)
+    assert parsed.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err, err
+
+
+def test_good_options_still_parse():
+    args = build_parser().parse_args(["run", "x.txt", "--shards", "3", "--device", "cuda:1", "--esm-token-budget", "5"])
+    assert (args.shards, args.device, args.esm_token_budget) == (3, "cuda:1", 5)
+
+
+def test_missing_classifier_message_names_a_real_option(tmp_path):
+    """Item 10: the message suggested --classifier-model, which does not exist."""
+    from virnucpro.errors import InputError
+    from virnucpro.orchestration.plan import models_in_dir
+
+    (tmp_path / "esm2_t2_demo.pt").write_bytes(b"")
+    (tmp_path / "dnabert").mkdir()
+    (tmp_path / "dnabert" / "config.json").write_text("{}")
+    with pytest.raises(InputError) as missing:
+        models_in_dir(tmp_path, None)
+    assert "--classifier-model" not in str(missing.value) and "give --classifier explicitly" in str(missing.value)
+    assert "--classifier" in {a for action in build_parser()._subparsers._group_actions[0].choices["run"]._actions
+                              for a in action.option_strings}
+
+
+@pytest.mark.parametrize("outputs", ["same file twice", "output is the input"])
+def test_translate_refuses_overwriting_its_own_files(tmp_path, capsys, outputs):
+    """Item 10: translate accepted one path for both outputs, or an output equal to its input."""
+    source = tmp_path / "reads.fa"
+    source.write_text(f">r1\n{CODING}\n")
+    out = tmp_path / "out.fa"
+    dna, protein = (out, out) if outputs == "same file twice" else (source, tmp_path / "p.faa")
+    code = main(["translate", str(source), "--chunk-length", "500", "--nucleotide-out", str(dna), "--protein-out",
+                 str(protein)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(errors) == 1, errors
+    assert source.read_text() == f">r1\n{CODING}\n"
+    assert not out.exists() and not (tmp_path / "p.faa").exists()
+
+
+def test_an_input_rewritten_with_its_mtime_restored_is_seen(tmp_path, demo_models):
+    """Item 9: inputs were keyed on size + mtime, so a same-size rewrite with the mtime put back
+    was reused and run.json kept a SHA-256 the file no longer had."""
+    import hashlib
+    import os
+    import time
+
+    listing = _inputs(tmp_path)
+    reads = tmp_path / "reads.fa"
+    old = time.time() - 3600
+    os.utime(reads, (old, old))
+    time.sleep(2.1)  # the file's ctime must be older than the hash, or it is (rightly) not cached
+    request = RunRequest(inputs_list=listing, workdir=tmp_path / "w", models_dir=demo_models)
+    _, config, state = plan_run(request)
+    assert config.fingerprint["inputs"][0]["sha256"] == hashlib.sha256(reads.read_bytes()).hexdigest()
+    state.mark_running("prepare", 0)
+    state.mark_done("prepare", 0)
+    stat = reads.stat()
+    reads.write_text(reads.read_text().replace("ATG", "ATC", 1))  # same size, other content
+    os.utime(reads, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (reads.stat().st_size, reads.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    with pytest.raises(StateError, match="different inputs changed"):
+        plan_run(request)
+
+
+@pytest.mark.parametrize("case", ["missing model", "stop in a protein"])
+def test_embed_errors_are_one_line(tmp_path, demo_models, capsys, case):
+    """Item 10: `embed` with a missing model or a '*' in a protein was an internal error."""
+    proteins = tmp_path / "p.faa"
+    proteins.write_text(">ok\nMKVLA\n>bad\nMKV*LA\n" if case == "stop in a protein" else ">ok\nMKVLA\n")
+    model = tmp_path / "esm2_t2_nope.pt" if case == "missing model" else demo_models / "esm2_t2_demo.pt"
+    code = main(["embed", "esm2", str(proteins), "--model", str(model), "--out", str(tmp_path / "o.h5"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(errors) == 1 and "internal error" not in err, err
+    assert (str(model) if case == "missing model" else "'bad'") in errors[0]
+    assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "x.txt", "--device", "cpu", "--precision", "fp16"],
+    ["run", "x.txt", "--device", "cpu", "--dnabert-precision", "fp16"],
+    ["embed", "esm2", "p.faa", "--model", "m", "--out", "o.h5", "--device", "cpu", "--precision", "fp16"],
+])
+def test_fp16_on_cpu_is_refused_before_any_work(tmp_path, capsys, argv, monkeypatch):
+    """Item 10: --precision fp16 with --device cpu was accepted silently."""
+    monkeypatch.chdir(tmp_path)
+    code = main(argv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(errors) == 1 and "fp16 needs a CUDA GPU" in errors[0], errors
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_clears_the_temp_files_of_a_killed_report(quiet_demo_run, tmp_path):
+    """Item 10 (and kill -9 trial 17): a report killed mid-write left report/.index.html.*.tmp forever."""
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(quiet_demo_run.workdir, workdir)
+    stale = workdir / "report" / ".index.html.3emx64jf.tmp"
+    stale.write_bytes(b"partial")
+    assert main(["report", "--workdir", str(workdir), "--quiet"]) == 0
+    assert not stale.exists() and (workdir / "report" / "index.html").is_file()
