@@ -137,7 +137,7 @@ def test_mirror_download_then_verify_then_run(mirror, demo_models, tmp_path, qui
     for path, entry in got.items():
         assert (entry.size, entry.sha256, entry.url) == (served[path].size, served[path].sha256, served[path].url)
         assert (target / path).read_bytes() == (demo_models / path).read_bytes()
-    assert not list(target.rglob(".*"))  # no .part or download record left
+    assert [p.name for p in target.rglob(".*")] == [".virnucpro-download.lock"]  # no .part, no download record
     verified = cli("models", "verify", target)
     assert verified.returncode == 0 and f"{len(got)} file(s)" in verified.stderr, verified.stderr
     again = cli("models", "download", target, "--mirror", mirror.url)  # complete: nothing fetched twice
@@ -244,6 +244,42 @@ def test_unreachable_and_unresolvable_hosts_are_one_line(tmp_path, server):
     dns = cli("models", "download", tmp_path / "m", "--mirror", "http://no-such-host.invalid")
     assert dns.returncode == 1 and "cannot resolve host no-such-host.invalid" in dns.stderr
     assert len(error_lines(dns.stderr)) == 1
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_resumes(mirror, demo_models, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE) makes writes fail as a full disk does, without a real full disk."""
+    import resource
+    import signal
+
+    limit = (demo_models / ESM).stat().st_size // 2
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    target = tmp_path / "models"
+    full = subprocess.run([*CLI, "models", "download", str(target), "--mirror", mirror.url, "--only", "esm2"],
+                          capture_output=True, text=True, timeout=600, preexec_fn=small_disk)
+    assert full.returncode == 1
+    (line, summary) = error_lines(full.stderr)
+    assert line.startswith(f"error: {ESM}: File too large after ") and "disk full" in line and "resumes" in line
+    assert not (target / ESM).exists() and part_path(target / ESM).stat().st_size == limit
+    mirror.requests.clear()
+    assert cli("models", "download", target, "--mirror", mirror.url, "--only", "esm2").returncode == 0
+    assert mirror.ranges(f"/{ESM}") == [f"bytes={limit}-"]
+    assert (target / ESM).read_bytes() == (demo_models / ESM).read_bytes()
+
+
+def test_two_downloads_into_one_folder_are_refused(mirror, tmp_path):
+    import fcntl
+
+    target = tmp_path / "models"
+    target.mkdir()
+    with open(target / ".virnucpro-download.lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        busy = cli("models", "download", target, "--mirror", mirror.url)
+    assert busy.returncode == 1 and "another 'models download' is writing this folder" in busy.stderr
+    assert mf.folder_files(target) == []
 
 
 def test_verify_names_each_file_that_changed(demo_models, tmp_path):

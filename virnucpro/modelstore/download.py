@@ -10,7 +10,9 @@ record of a run that did not finish) are kept when their size and mtime still ma
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import http.client
 import json
@@ -18,7 +20,6 @@ import os
 import re
 import shutil
 import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from .manifest import Entry, entry_for, read_manifest, sha256_file, size_text, w
 from .sources import TIMEOUT_S, USER_AGENT, DownloadError, Job, describe_url_error
 
 STATE_NAME = ".virnucpro-download.json"
+LOCK_NAME = ".virnucpro-download.lock"  # held while a download writes DIR; never unlinked
 BLOCK = 1 << 20
 RETRIES = 3  # further attempts per file after a dropped connection or a 5xx, each resuming with Range
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -39,6 +41,24 @@ _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 class _Retry(Exception):
     """A transient failure: try again, resuming from what the .part holds."""
+
+
+class _Stopped(Exception):
+    """Ctrl-C in the main thread: the worker leaves its .part for the next run."""
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path):
+    with open(directory / LOCK_NAME, "a+") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DownloadError(f"{directory}: another 'models download' is writing this folder; wait for it "
+                                "to end (or stop it) and run again") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def part_path(target: Path) -> Path:
@@ -124,7 +144,7 @@ def _hash_prefix(part: Path) -> "hashlib._Hash":
     return digest
 
 
-def _attempt(job: Job, part: Path, bars: _Bars, task, state: dict) -> None:
+def _attempt(job: Job, part: Path, bars: _Bars, task, state: dict, stop: threading.Event) -> None:
     """One request: continue the .part from its current size. Sets state['total'] and ['digest']."""
     offset = part.stat().st_size if part.exists() else 0
     total = job.size if job.size is not None else state.get("total")
@@ -182,6 +202,8 @@ def _attempt(job: Job, part: Path, bars: _Bars, task, state: dict) -> None:
                         raise _Retry(f"connection lost after {size_text(offset)} ({type(exc).__name__})") from None
                     if not block:
                         break
+                    if stop.is_set():
+                        raise _Stopped()
                     handle.write(block)
                     digest.update(block)
                     offset += len(block)
@@ -190,8 +212,9 @@ def _attempt(job: Job, part: Path, bars: _Bars, task, state: dict) -> None:
                 os.fsync(handle.fileno())
         except OSError as exc:
             if exc.errno in _OUT_OF_SPACE:
-                raise DownloadError(f"{job.path}: disk full ({exc.strerror}) after {size_text(offset)} in {part}; "
-                                    "free space and run the same command again (it resumes)") from None
+                raise DownloadError(f"{job.path}: {exc.strerror} after {size_text(offset)} in {part} (disk full, "
+                                    "quota or file-size limit); free space and run the same command again (it "
+                                    "resumes)") from None
             raise
     if total is not None and offset < total:
         raise _Retry(f"connection closed after {size_text(offset)} of {size_text(total)}")
@@ -204,23 +227,26 @@ def _check_space(job: Job, part: Path, needed: int) -> None:
                             "free; free space (or choose another DIR) and run again")
 
 
-def fetch(job: Job, directory: Path, bars: _Bars, retries: int = RETRIES) -> tuple[str, int]:
+def fetch(job: Job, directory: Path, bars: _Bars, retries: int = RETRIES,
+          stop: threading.Event | None = None) -> tuple[str, int]:
     """Fetch one file to DIR/job.path; returns (sha256, size). Raises DownloadError (one line)."""
     target = directory / job.path
     target.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(target)
     task = bars.task(job.path)
     state: dict = {"digest": None}
+    stop = stop or threading.Event()
     last = ""
     for attempt in range(retries + 1):
         try:
-            _attempt(job, part, bars, task, state)
+            _attempt(job, part, bars, task, state, stop)
             break
         except _Retry as exc:
             last = str(exc)
-            if attempt < retries:
+            if attempt < retries and not stop.is_set():
                 console.warn(f"{job.path}: {last}; resuming (attempt {attempt + 2} of {retries + 1})")
-                time.sleep(min(2 ** attempt, 10))
+                if stop.wait(min(2 ** attempt, 10)):
+                    raise _Stopped()
     else:
         held = part.stat().st_size if part.exists() else 0
         raise DownloadError(f"{job.path}: {last} from {job.url}; {size_text(held)} kept in {part.name}, run the "
@@ -246,7 +272,15 @@ def download(directory: Path, jobs: list[Job], workers: int = 4, retries: int = 
     """Fetch every job into `directory` (skipping completed ones); then write the manifest if all
     succeeded. Returns (entries of this run's files, one error line per failed file)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"{directory}: cannot create the models folder ({exc.strerror}); choose a writable DIR") from None
+    with _exclusive(directory):
+        return _download(directory, jobs, workers, retries)
+
+
+def _download(directory: Path, jobs: list[Job], workers: int, retries: int) -> tuple[list[Entry], list[str]]:
     record = _Record(directory)
     previous = {e.path: e for e in read_manifest(directory) or []}
     run_entries: dict[str, Entry] = {}
@@ -264,9 +298,13 @@ def download(directory: Path, jobs: list[Job], workers: int = 4, retries: int = 
     if len(todo) < len(jobs):
         console.info(f"{len(jobs) - len(todo)} file(s) already complete in {directory}")
 
+    stop = threading.Event()
+
     def one(job: Job) -> None:
         try:
-            sha, size = fetch(job, directory, bars, retries)
+            sha, size = fetch(job, directory, bars, retries, stop)
+        except _Stopped:
+            return
         except DownloadError as exc:
             errors.append(str(exc))
             console.error(str(exc))
@@ -283,7 +321,14 @@ def download(directory: Path, jobs: list[Job], workers: int = 4, retries: int = 
     with _Bars() as bars:
         if todo:
             with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
-                list(pool.map(one, todo))
+                futures = [pool.submit(one, job) for job in todo]
+                try:
+                    for future in futures:
+                        future.result()
+                except KeyboardInterrupt:  # workers stop at their next block; the .part files stay
+                    stop.set()
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
     if not errors:
         kept = {p: e for p, e in previous.items() if p not in run_entries and (directory / p).is_file()
                 and (directory / p).stat().st_size == e.size}
