@@ -84,6 +84,9 @@ def load(path: str | Path, allow: Iterable = (), *, trust: bool = False, mmap: b
         # unpickler resolves classes by import, so a caller that needs a name such as
         # __main__.MLPClassifier makes it importable itself.
         return torch.load(str(path), map_location="cpu", weights_only=False, mmap=mmap)
+    if not hasattr(torch.serialization, "safe_globals"):
+        raise InputError(f"{path}: safe loading of model files needs torch >= 2.6 (this is {torch.__version__}); "
+                         "upgrade torch, or pass --trust-model-pickles if you trust the file (it RUNS CODE FROM IT)")
     with _LOCK:
         try:
             with torch.serialization.safe_globals(allow):

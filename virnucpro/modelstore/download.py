@@ -249,8 +249,9 @@ def fetch(job: Job, directory: Path, bars: _Bars, retries: int = RETRIES,
                     raise _Stopped()
     else:
         held = part.stat().st_size if part.exists() else 0
-        raise DownloadError(f"{job.path}: {last} from {job.url}; {size_text(held)} kept in {part.name}, run the "
-                            "same command again to resume")
+        where = "" if job.url in last else f" ({job.url})"
+        raise DownloadError(f"{job.path}: {last}{where}; {size_text(held)} kept in {part.name}, run the same "
+                            "command again to resume")
     size = part.stat().st_size
     expected_size = job.size if job.size is not None else state.get("total")
     if expected_size is not None and size != expected_size:
