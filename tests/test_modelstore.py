@@ -49,6 +49,7 @@ class Server:
         self.status: dict[str, int] = {}
         self.body: dict[str, bytes] = {}
         self.limit: dict[str, int] = {}
+        self.slow: dict[str, threading.Event] = {}  # send 4 kB at a time until the event is set
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -86,6 +87,14 @@ class Server:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 self.end_headers()
                 chunk = data[start:start + server.limit[path]] if path in server.limit else data[start:]
+                if path in server.slow:
+                    for at in range(0, len(chunk), 4096):
+                        if server.slow[path].wait(0.02):
+                            break
+                        self.wfile.write(chunk[at:at + 4096])
+                        self.wfile.flush()
+                    self.close_connection = True
+                    return
                 self.wfile.write(chunk)
                 if path in server.limit and start + len(chunk) < len(data):
                     self.wfile.flush()
@@ -196,6 +205,31 @@ def test_a_killed_download_leaves_no_final_file_and_the_rerun_resumes(mirror, de
     assert not any(p == "/esm2_t2_demo-contact-regression.pt" for p, _ in mirror.requests)  # already complete
     assert hashlib.sha256((target / ESM).read_bytes()).hexdigest() == manifest_of(demo_models)[ESM].sha256
     assert not part_path(target / ESM).exists()
+
+
+def test_ctrl_c_stops_the_download_and_the_rerun_resumes(mirror, demo_models, tmp_path):
+    import signal
+    import time
+
+    released = threading.Event()
+    mirror.slow[f"/{ESM}"] = released
+    target = tmp_path / "models"
+    running = subprocess.Popen([*CLI, "models", "download", str(target), "--mirror", mirror.url, "--only", "esm2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    part = part_path(target / ESM)
+    while not (part.exists() and part.stat().st_size > 0) and running.poll() is None:
+        time.sleep(0.05)
+    running.send_signal(signal.SIGINT)
+    _, stderr = running.communicate(timeout=120)
+    released.set()
+    assert running.returncode == 130, stderr
+    assert "interrupted" in stderr and not (target / ESM).exists() and part.stat().st_size > 0
+    held = part.stat().st_size
+    del mirror.slow[f"/{ESM}"]
+    mirror.requests.clear()
+    assert cli("models", "download", target, "--mirror", mirror.url, "--only", "esm2").returncode == 0
+    assert mirror.ranges(f"/{ESM}") == [f"bytes={held}-"]
+    assert (target / ESM).read_bytes() == (demo_models / ESM).read_bytes()
 
 
 def test_a_corrupt_partial_file_is_caught_by_the_hash_and_discarded(mirror, demo_models, tmp_path):

@@ -196,7 +196,7 @@ def _attempt(job: Job, part: Path, bars: _Bars, task, state: dict, stop: threadi
             with open(part, mode) as handle:
                 while True:
                     try:
-                        block = response.read(BLOCK)
+                        block = response.read1(BLOCK)  # what has arrived: Ctrl-C and the bars stay prompt
                     except (http.client.IncompleteRead, OSError, http.client.HTTPException) as exc:
                         handle.flush()
                         raise _Retry(f"connection lost after {size_text(offset)} ({type(exc).__name__})") from None
