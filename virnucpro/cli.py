@@ -13,7 +13,7 @@ from . import __version__, console
 from .errors import VirnucproError
 
 # Each module here defines register(subparsers, add_common, add_run_options) for its commands.
-COMMAND_MODULES: list[str] = ["virnucpro.slurm_cli", "virnucpro.report.command"]
+COMMAND_MODULES: list[str] = ["virnucpro.slurm_cli", "virnucpro.report.command", "virnucpro.modelstore.command"]
 
 EXAMPLE_DIR = Path(__file__).parent / "data" / "example"
 DEMO_WARNING = ("DEMO MODELS: random weights; their predictions are MEANINGLESS. "

@@ -115,3 +115,8 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[int], No
 
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def is_quiet() -> bool:
+    """Whether --quiet is in effect (callers that draw their own progress bars skip them)."""
+    return _quiet

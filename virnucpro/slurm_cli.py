@@ -87,6 +87,8 @@ def cmd_submit(args) -> int:
 
     options = slurm.resolve_options(args.profile, slurm_flags(args))
     request = run_request(args)
+    from .modelstore.resolve import resolve_for_submit
+    resolve_for_submit(request, warn_only=args.dry_run)  # login node: tasks get local model paths only
     slurm.check_workdir_path(Workdir(request.workdir))
     if args.dry_run:
         workdir, config, state = preview_run(request)

@@ -1,9 +1,13 @@
 """The VirNucPro MLP classifier and loading of its released checkpoints.
 
 The released 300_model.pth / 500_model.pth are whole modules pickled by `torch.save(model)` from a
-training script run as `__main__`, so the pickle names the class `__main__.MLPClassifier`. To
-load them we put our class under that name in `sys.modules['__main__']` for the duration of the
-load. `weights_only=False` is needed for a pickled module; model files are trusted like code.
+training script run as `__main__`, so the pickle names the class `__main__.MLPClassifier`. We
+load them with `weights_only=True` (virnucpro.engines.safe_load) allow-listing exactly the classes
+such a file contains: `__main__.MLPClassifier` (mapped to our class for this load), nn.Linear,
+nn.BatchNorm1d and nn.Dropout. The unpickled module only yields its state_dict, which goes into a
+fresh MLPClassifier. A file naming anything else is refused; `trust_pickles=True`
+(`--trust-model-pickles`) unpickles without restriction, which RUNS CODE FROM THE FILE (our class
+is then put under `__main__.MLPClassifier` in `sys.modules['__main__']` for the load).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from virnucpro.engines import safe_load
 from virnucpro.errors import InputError
 
 BATCH_SIZE = 256
@@ -50,14 +55,19 @@ def input_dim(model: MLPClassifier) -> int:
     return model.hidden_layer.in_features
 
 
+# Exactly what a released whole-module classifier pickles besides tensors and plain containers.
+CLASSIFIER_ALLOWED_GLOBALS = ((MLPClassifier, "__main__.MLPClassifier"), nn.Linear, nn.BatchNorm1d, nn.Dropout)
+
+
 def _torch_load_as_main(path: Path):
-    """torch.load with our MLPClassifier resolvable as __main__.MLPClassifier, restored afterwards."""
+    """Unrestricted torch.load (--trust-model-pickles: runs code from the file) with our
+    MLPClassifier resolvable as __main__.MLPClassifier, restored afterwards."""
     with _MAIN_LOCK:
         main = sys.modules["__main__"]
         previous = getattr(main, "MLPClassifier", _MISSING)
         main.MLPClassifier = MLPClassifier
         try:
-            return torch.load(str(path), map_location="cpu", weights_only=False)
+            return safe_load.load(path, trust=True)
         finally:
             if previous is _MISSING:
                 del main.MLPClassifier
@@ -80,14 +90,21 @@ def _state_dict_of(obj) -> dict | None:
     return None
 
 
-def load_classifier(path: str | Path) -> MLPClassifier:
-    """Load a released whole-module .pth or a state_dict into a fresh MLPClassifier in eval mode."""
+def load_classifier(path: str | Path, trust_pickles: bool = False) -> MLPClassifier:
+    """Load a released whole-module .pth or a state_dict into a fresh MLPClassifier in eval mode.
+
+    Safely (see the module docstring) unless `trust_pickles`, which runs code from the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classifier model not found: {path}")
     expected = "expected a VirNucPro MLPClassifier (whole pickled module or its state_dict)"
     try:
-        obj = _torch_load_as_main(path)
+        if trust_pickles:
+            obj = _torch_load_as_main(path)
+        else:
+            obj = safe_load.load(path, CLASSIFIER_ALLOWED_GLOBALS, expected=expected)
+    except safe_load.UnsafeModelFileError:
+        raise
     except (AttributeError, ModuleNotFoundError) as exc:  # pickle names a class we do not have
         raise ClassifierFileError(f"{path}: pickles an unknown class ({_first_line(exc)}); {expected}") from None
     except Exception as exc:  # torch raises many types for a non-torch file

@@ -6,7 +6,8 @@ its contact-regression file), a DNABERT-S-style `trust_remote_code` HF directory
 loading code exercised on them is the code that loads the real models.
 
 Everything is seeded and serialised without timestamps or temp names, so writing twice gives
-byte-identical files; every file is written atomically.
+byte-identical model files (only the manifest, virnucpro-models.json, records times); every file
+is written atomically.
 """
 
 from __future__ import annotations
@@ -225,4 +226,8 @@ def write_demo_models(directory: str | Path) -> dict[str, Path]:
         paths[f"classifier_{chunk}"] = path
     paths["readme"] = directory / "README.txt"
     atomic_write_text(paths["readme"], README)
+    # Last, over every file above: the folder is then a --mirror source and `models verify` checks it.
+    from virnucpro import __version__
+    from virnucpro.modelstore.manifest import write_folder_manifest
+    write_folder_manifest(directory, url="virnucpro-demo-models", revision=__version__)
     return paths

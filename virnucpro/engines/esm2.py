@@ -2,10 +2,11 @@
 
 Loading. fair-esm 2.0.0 calls `torch.load` without `weights_only`; PyTorch >= 2.6 defaults it to
 True and ESM-2 checkpoints pickle an `argparse.Namespace` under `cfg["model"]`, so fair-esm's own
-loaders fail. We read the files ourselves with `weights_only=False` — acceptable because an ESM-2
-checkpoint is trusted input in the same way as the code that runs it (a hub download from the
-fair-esm URL or a file the user points us at) — and hand the dict to fair-esm's
-`load_model_and_alphabet_core`, which builds the model exactly as the hub loader would.
+loaders fail. We read the files ourselves through `safe_load.load` (weights_only=True with exactly
+`argparse.Namespace` allow-listed: a checkpoint whose pickle names anything else is refused, since
+unpickling it could run code) and hand the dict to fair-esm's `load_model_and_alphabet_core`,
+which builds the model exactly as the hub loader would. `trust_pickles=True`
+(`--trust-model-pickles`) loads with weights_only=False, which runs code from the file.
 
 Embedding (`ESM2Reference`). The original method: fair-esm length-sorted padded batches of
 `toks_per_batch` tokens, BOS + residues + EOS with no truncation, representation of the final
@@ -14,6 +15,7 @@ layer, mean over token positions 1..min(L, 1024).
 
 from __future__ import annotations
 
+import argparse
 import re
 import warnings
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from . import safe_load
 
 ESM_DOWNLOAD_ROOT = "https://dl.fbaipublicfiles.com/fair-esm"
 POOL_CAP = 1024  # the original averages at most the first 1024 residues of a protein
@@ -37,47 +41,53 @@ class ESM2Model:
     num_layers: int
 
 
-def _torch_load_trusted(path: str | Path) -> dict:
-    # weights_only=False: the checkpoint pickles an argparse.Namespace (see module docstring).
-    return torch.load(str(path), map_location="cpu", weights_only=False)
+# What the real fair-esm files pickle besides tensors and plain containers (see module docstring).
+ESM_ALLOWED_GLOBALS = (argparse.Namespace,)
 
 
-def _load_hub_file(url: str) -> dict:
-    """Like fair-esm's load_hub_workaround, but with weights_only=False; uses the torch hub cache."""
+def _load_checkpoint(path: str | Path, trust_pickles: bool = False) -> dict:
+    return safe_load.load(path, ESM_ALLOWED_GLOBALS, trust=trust_pickles)
+
+
+def _load_hub_file(url: str, trust_pickles: bool = False) -> dict:
+    """Like fair-esm's load_hub_workaround, but loaded safely; uses (and fills) the torch hub cache."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    if cached.is_file():
-        return _torch_load_trusted(cached)
-    return torch.hub.load_state_dict_from_url(url, progress=False, map_location="cpu", weights_only=False)
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cached), progress=False)  # temp file, then rename
+    return _load_checkpoint(cached, trust_pickles)
 
 
-def _read_local(path: Path) -> tuple[str, dict, dict | None]:
+def _read_local(path: Path, trust_pickles: bool = False) -> tuple[str, dict, dict | None]:
     name = path.stem
     if not name.startswith("esm2"):
         raise ValueError(
             f"{path}: an ESM-2 checkpoint file must be named esm2_*.pt (fair-esm picks the ESM-2 "
             f"architecture from the file name); rename it, keeping its -contact-regression.pt beside it"
         )
-    model_data = _torch_load_trusted(path)
+    model_data = _load_checkpoint(path, trust_pickles)
     if not isinstance(model_data, dict) or "model" not in model_data or "cfg" not in model_data:
         raise ValueError(f"{path}: not a fair-esm ESM-2 checkpoint (expected a dict with 'model' and 'cfg')")
     regression_path = path.with_name(f"{name}-contact-regression.pt")
-    regression_data = _torch_load_trusted(regression_path) if regression_path.is_file() else None
+    regression_data = _load_checkpoint(regression_path, trust_pickles) if regression_path.is_file() else None
     return name, model_data, regression_data
 
 
-def load_esm2(spec: str, device: str | torch.device = "cpu") -> ESM2Model:
-    """Load an ESM-2 model from a fair-esm hub name (e.g. esm2_t36_3B_UR50D) or a local .pt file."""
+def load_esm2(spec: str, device: str | torch.device = "cpu", trust_pickles: bool = False) -> ESM2Model:
+    """Load an ESM-2 model from a fair-esm hub name (e.g. esm2_t36_3B_UR50D) or a local .pt file.
+
+    Files are unpickled safely (see the module docstring) unless `trust_pickles`."""
     import esm.pretrained  # deferred: importing fair-esm is slow and only needed here
 
     path = Path(spec)
     if str(spec).endswith(".pt") or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"ESM-2 checkpoint not found: {spec}")
-        name, model_data, regression_data = _read_local(path)
+        name, model_data, regression_data = _read_local(path, trust_pickles)
     elif re.fullmatch(r"esm2_t\d+_\w+", spec):
         name = spec
-        model_data = _load_hub_file(f"{ESM_DOWNLOAD_ROOT}/models/{name}.pt")
-        regression_data = _load_hub_file(f"{ESM_DOWNLOAD_ROOT}/regression/{name}-contact-regression.pt")
+        model_data = _load_hub_file(f"{ESM_DOWNLOAD_ROOT}/models/{name}.pt", trust_pickles)
+        regression_data = _load_hub_file(f"{ESM_DOWNLOAD_ROOT}/regression/{name}-contact-regression.pt", trust_pickles)
     else:
         raise ValueError(f"{spec!r} is neither a local esm2_*.pt file nor a fair-esm ESM-2 model name")
 

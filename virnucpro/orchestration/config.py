@@ -154,13 +154,22 @@ class HashCache:
 
 
 def model_identity(spec: str, hashes: HashCache) -> dict:
-    """A model is its name (hub id) or the hashes of its weight files (local file or folder)."""
+    """A model is its name (hub id) or the hashes of its weight files (local file or folder).
+
+    A file of a models folder (`models download`, `demo-models`) takes its SHA-256 from the folder's
+    manifest while its size and st_mtime_ns are the recorded ones (modelstore.manifest.recorded_sha256),
+    so a run does not hash gigabytes; any other file is hashed (once per workdir, by HashCache)."""
+    from ..modelstore.manifest import recorded_sha256
+
+    def sha256(file: Path) -> str:
+        return recorded_sha256(file) or hashes.sha256(file)
+
     path = Path(spec)
     if path.is_file():
-        return {"path": str(path.resolve()), "sha256": hashes.sha256(path)}
+        return {"path": str(path.resolve()), "sha256": sha256(path)}
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and "__pycache__" not in p.parts)
-        return {"path": str(path.resolve()), "files": {str(p.relative_to(path)): hashes.sha256(p) for p in files}}
+        return {"path": str(path.resolve()), "files": {str(p.relative_to(path)): sha256(p) for p in files}}
     return {"name": spec}
 
 

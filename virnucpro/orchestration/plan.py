@@ -51,7 +51,8 @@ MODEL_FLAGS = {"esm": "--esm-model", "dnabert": "--dnabert-model", "classifier":
 def models_in_dir(directory: Path, chunk_length: int | None) -> dict:
     """Find an ESM-2 .pt, a DNABERT-S folder and the classifier(s) in a folder like demo-models."""
     if not directory.is_dir():
-        raise InputError(f"{directory}: --models folder not found; create one with 'virnucpro-slurm demo-models DIR'")
+        raise InputError(f"{directory}: --models folder not found; fetch the models into it with 'virnucpro-slurm "
+                         f"models download {directory}' (or 'virnucpro-slurm demo-models {directory}' to try things)")
     esm = sorted(p for p in directory.glob("esm2*.pt") if not p.name.endswith("-contact-regression.pt"))
     dnabert = sorted(p.parent for p in directory.glob("*/config.json"))
     classifiers = sorted(directory.glob("*.pth"))
@@ -82,7 +83,8 @@ def resolve_models(request: RunRequest) -> tuple[ModelSpec, int]:
     for kind, spec in (("ESM-2", esm), ("DNABERT-S", dnabert)):
         looks_like_path = spec.startswith(("/", ".", "~")) or spec.endswith(".pt")
         if looks_like_path and not Path(spec).exists():
-            raise InputError(f"{spec}: {kind} model path not found")
+            raise InputError(f"{spec}: {kind} model path not found; fetch the models with 'virnucpro-slurm models "
+                             "download DIR' and pass --models DIR")
     named = chunk_length_from_name(classifier)
     chunk_length = request.chunk_length or named or DEFAULT_CHUNK_LENGTH
     if named and chunk_length != named and not request.force_chunk_length:

@@ -21,13 +21,14 @@ def packing_enabled(config) -> bool:
     return config.packing and os.environ.get("VIRNUCPRO_DISABLE_PACKING", "") in ("", "0")
 
 
-def load_engine(spec: str, device: str, precision: str, packing: bool, token_budget: int | None):
+def load_engine(spec: str, device: str, precision: str, packing: bool, token_budget: int | None,
+                trust_pickles: bool = False):
     from ..engines.esm2 import ESM2Reference, load_esm2
 
     precision = None if precision == "auto" else precision
     # Load on the host: the packed engine copies the weights to the GPU in its own precision,
     # so the fp32 original never occupies GPU memory beside it (12 GB for the 3B model).
-    loaded = load_esm2(spec, device="cpu")
+    loaded = load_esm2(spec, device="cpu", trust_pickles=trust_pickles)
     if packing:
         from ..engines.esm2_packed import PackedESM2Engine
         engine = PackedESM2Engine(loaded.model, loaded.alphabet, device=device, precision=precision, token_budget=token_budget)
@@ -47,7 +48,8 @@ def open_stage(ctx: StageContext):
     config = ctx.config
     device = resolve_device(config.device)
     engine = engine_override(KIND, ctx) or load_engine(config.models.esm, device, config.precision,
-                                                       packing_enabled(config), config.esm_token_budget)
+                                                       packing_enabled(config), config.esm_token_budget,
+                                                       trust_pickles=config.trust_model_pickles)
     window = config.checkpoint_tokens or default_window_tokens(device)
 
     def process(shard: int) -> dict:

@@ -35,7 +35,7 @@ def open_stage(ctx: StageContext):
 
     config, workdir = ctx.config, ctx.workdir
     try:
-        model = classifier.load_classifier(config.models.classifier)
+        model = classifier.load_classifier(config.models.classifier, trust_pickles=config.trust_model_pickles)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     model.to(resolve_device(config.device))

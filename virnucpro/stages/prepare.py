@@ -259,21 +259,26 @@ def dnabert_width(spec: str) -> int | None:
     return KNOWN_WIDTHS.get(spec)
 
 
-def esm_width(spec: str) -> int | None:
+def esm_width(spec: str, trust_pickles: bool = False) -> int | None:
     path = Path(spec)
     if path.stem in KNOWN_WIDTHS:
         return KNOWN_WIDTHS[path.stem]
     if not path.is_file():
         return None
-    import torch
+    from ..engines.esm2 import ESM_ALLOWED_GLOBALS
+    from ..engines.safe_load import UnsafeModelFileError, load
 
     try:  # memory-mapped: only the pickled configuration is read, not the weights
-        data = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
+        data = load(path, ESM_ALLOWED_GLOBALS, trust=trust_pickles, mmap=True)
+    except UnsafeModelFileError:
+        raise
     except Exception:
         if path.stat().st_size > (512 << 20):
             return None  # an old-format large checkpoint: checked when the esm2 stage loads it
         try:
-            data = torch.load(str(path), map_location="cpu", weights_only=False)
+            data = load(path, ESM_ALLOWED_GLOBALS, trust=trust_pickles)
+        except UnsafeModelFileError:
+            raise
         except Exception as exc:
             raise InputError(f"{path}: not a readable ESM-2 checkpoint ({type(exc).__name__}); "
                              "give an esm2_*.pt file from fair-esm or a fair-esm model name") from None
@@ -289,13 +294,13 @@ def check_models(config) -> None:
     from ..engines.classifier import load_classifier
 
     models = config.models
-    classifier = load_classifier(models.classifier)  # raises a one-line InputError for a non-classifier
+    classifier = load_classifier(models.classifier, trust_pickles=config.trust_model_pickles)  # one-line InputError if not one
     expects = classifier.hidden_layer.in_features
     classes = classifier.output_layer.out_features
     if classes != 2:
         raise InputError(f"{models.classifier}: the classifier has {classes} output classes, VirNucPro's has 2 "
                          "(others, virus); give 300_model.pth or 500_model.pth")
-    dnabert, esm = dnabert_width(models.dnabert), esm_width(models.esm)
+    dnabert, esm = dnabert_width(models.dnabert), esm_width(models.esm, config.trust_model_pickles)
     if dnabert is None or esm is None:
         log.info("model widths not checked before the run (%s, %s): checked when the models load",
                  models.dnabert, models.esm)

@@ -1,0 +1,98 @@
+"""Reading PyTorch model files without running code from them.
+
+`torch.load(weights_only=False)` runs whatever the file's pickle says (a `__reduce__` can call
+`os.system`), and model folders on shared filesystems are written by others. Every model file
+virnucpro reads goes through `load`: `weights_only=True`, plus an allow-list of exactly the
+classes the real files contain:
+
+- ESM-2 checkpoint (`esm2_*.pt`) and its contact-regression file: `argparse.Namespace` (the
+  fairseq model configuration under `cfg["model"]`), nothing else;
+- VirNucPro classifier (`300_model.pth` / `500_model.pth`, a whole module pickled by
+  `torch.save(model)` from a script run as `__main__`): `__main__.MLPClassifier` (mapped to our
+  own class for this load only), `torch.nn.Linear`, `torch.nn.BatchNorm1d`, `torch.nn.Dropout`;
+- DNABERT-S `pytorch_model.bin`: a plain state_dict, nothing beyond torch's defaults.
+
+Allow-listed classes are only instantiated and given their pickled attributes (`__setstate__`
+of our own code or a plain `__dict__` update): no function named by the file is ever called.
+A file that needs any other global is refused with one line naming the file and the global.
+`trust=True` (`--trust-model-pickles`) is the only way around that, and it RUNS CODE FROM THE FILE.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import threading
+from pathlib import Path
+from typing import Iterable
+
+from virnucpro.errors import InputError
+
+_LOCK = threading.Lock()  # torch's safe-globals list is process-wide
+# torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module x is blocked"
+_UNSUPPORTED = re.compile(r"GLOBAL ([\w.]+)")
+
+
+class UnsafeModelFileError(InputError, ValueError):
+    """A model file whose pickle needs a global outside the allow-list (it could run code)."""
+
+
+def _name_of(entry) -> str:
+    if isinstance(entry, tuple):  # (object, "module.Name") as torch.serialization accepts
+        return entry[1]
+    return f"{entry.__module__}.{entry.__qualname__}"
+
+
+def _offending_globals(path: Path, allowed: set[str], error: BaseException) -> list[str]:
+    import torch
+
+    match = _UNSUPPORTED.search(str(error))
+    if not match:
+        return []  # e.g. "Unsupported operand": not a pickle the safe unpickler can read at all
+    try:  # lists the globals of a zip-format checkpoint without unpickling anything
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        names = [g for g in found if g not in allowed]
+        if names:
+            return names
+    except Exception:
+        pass
+    return [match.group(1)]
+
+
+def refusal(path: Path, names: list[str], expected: str = "") -> UnsafeModelFileError:
+    return UnsafeModelFileError(
+        f"{path}: refused to unpickle {', '.join(names)}: loading it could run code from the file"
+        f"{'; expected ' + expected if expected else ''}; use a model file from the original source "
+        f"('virnucpro-slurm models download'), or pass --trust-model-pickles only if you trust whoever "
+        f"wrote this file (it RUNS CODE FROM THE FILE)")
+
+
+def load(path: str | Path, allow: Iterable = (), *, trust: bool = False, mmap: bool = False, expected: str = ""):
+    """torch.load on the CPU with weights_only=True and exactly the `allow`-listed globals.
+
+    `allow` holds classes, or (class, "module.Name") pairs that map a pickled name to a class.
+    Raises UnsafeModelFileError naming the file and the offending global(s) (`expected` says what
+    the file should have been); other load errors (not a torch file, truncated, an opcode the safe
+    unpickler does not know) propagate unchanged for the caller to word. Nothing is executed either way.
+    """
+    import torch
+
+    path = Path(path)
+    allow = list(allow)
+    if trust:
+        # --trust-model-pickles: the user vouches for the file, and this RUNS CODE FROM IT. The full
+        # unpickler resolves classes by import, so a caller that needs a name such as
+        # __main__.MLPClassifier makes it importable itself.
+        return torch.load(str(path), map_location="cpu", weights_only=False, mmap=mmap)
+    if not hasattr(torch.serialization, "safe_globals"):
+        raise InputError(f"{path}: safe loading of model files needs torch >= 2.6 (this is {torch.__version__}); "
+                         "upgrade torch, or pass --trust-model-pickles if you trust the file (it RUNS CODE FROM IT)")
+    with _LOCK:
+        try:
+            with torch.serialization.safe_globals(allow):
+                return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as exc:
+            names = _offending_globals(path, {_name_of(entry) for entry in allow}, exc)
+            if not names:
+                raise
+            raise refusal(path, names, expected) from None

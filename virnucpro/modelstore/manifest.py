@@ -1,0 +1,212 @@
+"""The models manifest: what a models folder holds, file by file (path, size, SHA-256, origin URL,
+revision, time), written atomically by `models download` and `demo-models`.
+
+It serves three readers:
+- `models verify DIR` re-hashes every listed file against it;
+- `models download --mirror URL` reads it at the root of a served models folder to know what to
+  fetch (a mirror is just such a folder behind an HTTP server);
+- `run`/`submit --models DIR` take a file's SHA-256 from it for the run's fingerprint instead of
+  hashing gigabytes, as long as the file's size and modification time (st_mtime_ns) are still the
+  ones recorded. Any other change of the file (copied without keeping times, rewritten, touched)
+  makes the fingerprint hash it again; only content changes that keep both size and mtime would
+  go unseen, and `models verify` finds those.
+
+No torch here: the login node and the planner import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from ..errors import InputError
+
+MANIFEST_NAME = "virnucpro-models.json"
+MANIFEST_VERSION = 1
+KINDS = ("esm2", "dnabert", "classifiers")
+
+
+@dataclass
+class Entry:
+    path: str  # relative to the models folder, '/'-separated
+    size: int
+    sha256: str
+    kind: str  # esm2, dnabert, classifiers or other
+    url: str  # where the file originally comes from
+    revision: str
+    time: str  # when it was written into this folder (UTC, ISO 8601)
+    mtime_ns: int  # st_mtime_ns of the file in this folder, for the cheap unchanged check
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Entry":
+        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
+
+
+def sha256_file(path: Path, advance=None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+            if advance:
+                advance(len(block))
+    return digest.hexdigest()
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def kind_of(relative: str) -> str:
+    name = relative.split("/")[-1]
+    if "/" in relative:
+        return "dnabert"
+    if name.startswith("esm2") and name.endswith(".pt"):
+        return "esm2"
+    if name.endswith(".pth"):
+        return "classifiers"
+    return "other"
+
+
+def manifest_path(directory: Path) -> Path:
+    return Path(directory) / MANIFEST_NAME
+
+
+def parse_manifest(text: str, where: str) -> list[Entry]:
+    try:
+        data = json.loads(text)
+        entries = [Entry.from_dict(item) for item in data["files"]]
+        for entry in entries:
+            if not isinstance(entry.path, str) or not isinstance(entry.size, int) or not isinstance(entry.sha256, str):
+                raise ValueError(entry)
+            parts = entry.path.split("/")
+            if entry.path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in entry.path:
+                raise ValueError(f"unsafe path {entry.path!r}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{where}: not a virnucpro models manifest ({type(exc).__name__}: {str(exc)[:80]}); "
+                         f"recreate it with 'virnucpro-slurm models download'") from None
+    return entries
+
+
+def read_manifest(directory: Path) -> list[Entry] | None:
+    path = manifest_path(directory)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    return parse_manifest(text, str(path))
+
+
+def write_manifest(directory: Path, entries: list[Entry]) -> Path:
+    path = manifest_path(directory)
+    data = {"version": MANIFEST_VERSION, "written": now_iso(),
+            "files": [asdict(e) for e in sorted(entries, key=lambda e: e.path)]}
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def entry_for(directory: Path, relative: str, sha256: str, url: str, revision: str) -> Entry:
+    stat = (Path(directory) / relative).stat()
+    return Entry(path=relative, size=stat.st_size, sha256=sha256, kind=kind_of(relative), url=url,
+                 revision=revision, time=now_iso(), mtime_ns=stat.st_mtime_ns)
+
+
+def folder_files(directory: Path) -> list[str]:
+    """Relative paths of the files a models folder holds (no hidden files, caches or the manifest)."""
+    directory = Path(directory)
+    found = []
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if (path.is_file() and not any(part.startswith(".") for part in relative.parts)
+                and "__pycache__" not in relative.parts and relative.as_posix() != MANIFEST_NAME):
+            found.append(relative.as_posix())
+    return found
+
+
+def write_folder_manifest(directory: Path, url: str, revision: str) -> Path:
+    """Hash every file of a folder written here (demo-models) and record them all."""
+    directory = Path(directory)
+    entries = [entry_for(directory, rel, sha256_file(directory / rel), f"{url}/{rel}", revision)
+               for rel in folder_files(directory)]
+    return write_manifest(directory, entries)
+
+
+# ---------------------------------------------------------------- verify
+
+def verify(directory: Path, progress=None) -> tuple[list[str], list[str]]:
+    """Re-hash every listed file: (problems, one line per mismatch; ok paths)."""
+    directory = Path(directory)
+    entries = read_manifest(directory)
+    if entries is None:
+        raise InputError(f"{manifest_path(directory)}: no models manifest; write the folder with "
+                         "'virnucpro-slurm models download DIR' (or demo-models DIR)")
+    problems, ok = [], []
+    for entry in entries:
+        path = directory / entry.path
+        if not path.is_file():
+            problems.append(f"{path}: missing (listed in {MANIFEST_NAME})")
+            continue
+        size = path.stat().st_size
+        if size != entry.size:
+            problems.append(f"{path}: size {size} bytes, the manifest says {entry.size}")
+            continue
+        digest = sha256_file(path, progress)
+        if digest != entry.sha256:
+            problems.append(f"{path}: SHA-256 {digest[:16]}... does not match the manifest's {entry.sha256[:16]}...")
+        else:
+            ok.append(entry.path)
+    return problems, ok
+
+
+# ---------------------------------------------------------------- cheap lookup for fingerprints
+
+_CACHE: dict[Path, tuple[int, dict[str, Entry]]] = {}
+
+
+def _entries_by_path(directory: Path) -> dict[str, Entry]:
+    path = manifest_path(directory)
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    cached = _CACHE.get(path)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    try:
+        entries = {e.path: e for e in (read_manifest(directory) or [])}
+    except InputError:
+        entries = {}  # a damaged manifest only costs a re-hash here; verify reports it
+    _CACHE[path] = (stamp, entries)
+    return entries
+
+
+def recorded_sha256(file: Path, levels: int = 2) -> str | None:
+    """The SHA-256 a models manifest in one of the file's parent folders records for it, when the
+    file's size and st_mtime_ns are still the recorded ones; else None (the caller hashes it)."""
+    file = Path(file).resolve()
+    try:
+        stat = file.stat()
+    except OSError:
+        return None
+    folder = file.parent
+    for _ in range(levels):
+        entry = _entries_by_path(folder).get(file.relative_to(folder).as_posix())
+        if entry is not None:
+            if entry.size == stat.st_size and entry.mtime_ns == stat.st_mtime_ns:
+                return entry.sha256
+            return None
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    return None
+
+
+def size_text(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} B"
