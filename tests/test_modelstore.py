@@ -405,7 +405,8 @@ def test_fingerprint_takes_hashes_from_the_manifest_while_size_and_mtime_match(d
     assert folder["files"]["config.json"] == recorded["dnabert-s-demo/config.json"].sha256
     assert cache.entries == {}  # nothing was hashed
     os.utime(target / ESM, ns=(1, 1))  # touched: hashed again, same content, same identity
-    assert model_identity(str(target / ESM), cache)["sha256"] == recorded[ESM].sha256 and len(cache.entries) == 1
+    # (not cached either: HashCache never caches a file whose ctime is under 2 s old)
+    assert model_identity(str(target / ESM), cache)["sha256"] == recorded[ESM].sha256
     (target / ESM).write_bytes(b"x" * recorded[ESM].size)  # same size, new content and mtime
     assert model_identity(str(target / ESM), cache)["sha256"] != recorded[ESM].sha256
 

@@ -313,8 +313,9 @@ def test_d_a_broken_shard_fails_its_stage_cancels_dependents_and_resubmission_fi
     table.write_bytes(good)
     cli(*args)
     second = latest_submission(workdir)
+    # the damaged table was prepare's output (StaleInputError): prepare is redone with the failed shards
     assert {name: job["tasks"] for name, job in second["stages"].items()} == {
-        "dnabert": [[1]], "esm2": [[1]], "predict": [[0], [1], [2]], "consensus": [[0]]}
+        "prepare": [[0]], "dnabert": [[1]], "esm2": [[1]], "predict": [[0], [1], [2]], "consensus": [[0]]}
     rep = wait_until_settled(workdir)
     assert rep["complete"], json.dumps(rep, indent=1)
     assert cli("status", "-w", workdir).returncode == 0

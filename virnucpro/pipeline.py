@@ -145,10 +145,24 @@ def unfinished(state: dict, stage_name: str, config) -> list[int]:
     return [s for s in range(STAGE[stage_name].shard_count(config)) if not is_done(entries.get(s))]
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def missing_output(stage_name: str, shard: int, config, workdir) -> Path | None:
-    """The first declared output of a pair that does not exist, or None."""
+    """The first declared output of a pair that is missing or plainly damaged, or None.
+
+    A cheap look (a stat, and the 8-byte signature of an HDF5 file) so that a finished run whose
+    files a scratch purge deleted, or someone overwrote, heals even when no later stage would read
+    them again; deeper damage is found by the readers (StaleInputError) when they run."""
     for path in STAGE[stage_name].outputs(workdir, shard, config):
-        if not path.exists():
+        try:
+            if path.suffix == ".h5":
+                with open(path, "rb") as handle:
+                    if handle.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+                        return path
+            elif not path.exists():
+                return path
+        except OSError:
             return path
     return None
 
@@ -211,7 +225,7 @@ def plan(config, state: dict, workdir=None) -> Plan:
 
 def healing_notes(plan: Plan, config) -> list[str]:
     """One line per done pair found with a file missing: what is recomputed and why."""
-    return [f"{path} is missing: recomputing {describe_pairs(dependents(stage_name, shard, config))}"
+    return [f"{path} is missing or damaged: recomputing {describe_pairs(dependents(stage_name, shard, config))}"
             for (stage_name, shard), path in plan.missing.items()]
 
 

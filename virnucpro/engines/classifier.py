@@ -12,6 +12,8 @@ is then put under `__main__.MLPClassifier` in `sys.modules['__main__']` for the 
 
 from __future__ import annotations
 
+import argparse
+
 import sys
 import threading
 from pathlib import Path
@@ -56,7 +58,10 @@ def input_dim(model: MLPClassifier) -> int:
 
 
 # Exactly what a released whole-module classifier pickles besides tensors and plain containers.
-CLASSIFIER_ALLOWED_GLOBALS = ((MLPClassifier, "__main__.MLPClassifier"), nn.Linear, nn.BatchNorm1d, nn.Dropout)
+# argparse.Namespace is inert data (no code runs to build it); allowing it lets an ESM-2 checkpoint
+# given as the classifier be refused for its structure, which is the user's actual mistake.
+CLASSIFIER_ALLOWED_GLOBALS = ((MLPClassifier, "__main__.MLPClassifier"), nn.Linear, nn.BatchNorm1d, nn.Dropout,
+                              argparse.Namespace)
 
 
 def _torch_load_as_main(path: Path):

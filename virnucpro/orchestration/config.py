@@ -149,8 +149,12 @@ class HashCache:
         return self.entries[key]
 
     def save(self) -> None:
+        """Best effort: a cache that cannot be written (disk full, quota) only costs a re-hash."""
         if self.dirty:
-            atomic_write_text(self.path, json.dumps(self.entries, indent=0))
+            try:
+                atomic_write_text(self.path, json.dumps(self.entries, indent=0))
+            except OSError:
+                pass
 
 
 def model_identity(spec: str, hashes: HashCache) -> dict:

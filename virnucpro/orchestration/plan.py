@@ -98,7 +98,8 @@ def resolve_models(request: RunRequest) -> tuple[ModelSpec, int]:
 
 # What may be in a folder before it holds run.json: what planning writes before run.json (a plan
 # refused half-way) and the demo models `run --demo` writes into the workdir before planning.
-PRE_CONFIG_ENTRIES = {".state.lock", ".hash-cache.json", "demo-models", "logs"}
+# `submit --dry-run` writes slurm/dry-run/ and changes no state, so a dry run may come first.
+PRE_CONFIG_ENTRIES = {".state.lock", ".hash-cache.json", "demo-models", "logs", "slurm"}
 
 
 def check_is_workdir_or_empty(workdir: Workdir) -> None:
