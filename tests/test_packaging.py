@@ -3,6 +3,7 @@ finds its bundled example data, the demo DNABERT-S model code and the named SLUR
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,13 @@ def test_an_installed_wheel_runs_without_the_checkout(tmp_path, demo_models, exa
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", source])
     wheel, = (tmp_path / "dist").glob("virnucpro-*.whl")
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", venv])  # dependencies from this environment
+    run([sys.executable, "-m", "venv", "--system-site-packages", venv])
+    # Dependencies come from this environment. From inside a virtualenv --system-site-packages sees
+    # only the base interpreter's packages, so this one's site-packages are listed in a .pth too
+    # (plain paths: their own .pth files, e.g. an editable virnucpro, are not processed).
+    inner = run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    outer = [p for p in (*site.getsitepackages(), site.getusersitepackages()) if Path(p).is_dir()]
+    (Path(inner) / "virnucpro-test-outer-environment.pth").write_text("\n".join(outer) + "\n")
     run([venv / "bin" / "python", "-m", "pip", "install", "--no-deps", "--no-index", "-q", wheel])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
