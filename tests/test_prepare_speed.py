@@ -17,7 +17,13 @@ from virnucpro.paths import Workdir
 from virnucpro.fasta import read_fasta
 from virnucpro.sequences import FrameRecord, Read, chunk_starts, frames_fast, frames_of_read, translate_stream
 from virnucpro.stages import prepare
-from virnucpro.storage import FRAME_COLUMNS, frame_line
+from virnucpro.storage import FRAME_COLUMNS
+
+
+def frame_line(frame: FrameRecord) -> str:
+    """A frame table row, written the plain way (the reference for prepare's vectorised writer)."""
+    return (f"{frame.input_index}\t{frame.read_id}\t{frame.chunk_id}\t{frame.frame_id}\t"
+            f"{frame.nucleotide}\t{frame.protein}\n")
 
 ALPHABETS = ("ACGT", "ACGTacgt", "ACGTNRYKMSWBDHVU", "acgtn", "ATGAAACCCGGGTTT", "ACGT" * 20 + "N")
 

@@ -29,17 +29,11 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_write_text, fsync_dir
 from .errors import ShardError, StaleInputError
-from .sequences import FrameRecord
 
 FRAME_COLUMNS = ("input_index", "read_id", "chunk_id", "frame_id", "nucleotide", "protein")
 
 
 # ---------------------------------------------------------------- frame tables
-
-def frame_line(frame: FrameRecord) -> str:
-    return (f"{frame.input_index}\t{frame.read_id}\t{frame.chunk_id}\t{frame.frame_id}\t"
-            f"{frame.nucleotide}\t{frame.protein}\n")
-
 
 @dataclass
 class ShardFrames:

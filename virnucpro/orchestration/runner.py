@@ -107,6 +107,9 @@ def run_stage_shards(ctx: StageContext, state: StateFile, stage: str, shards: li
         try:
             if process is None:
                 process = open_stage(stage, ctx)
+                if pipeline.STAGE[stage].gpu:  # model loaded: the GPU this task got is known now
+                    from ..provenance import record_environment
+                    record_environment(ctx.workdir, f"stage:{stage}")
             started = time.time()
             metrics = process(shard) or {}
             metrics.setdefault("wall_seconds", round(time.time() - started, 3))
