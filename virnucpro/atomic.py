@@ -57,6 +57,19 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def make_temp_file(target: Path) -> tuple[int, Path]:
+    """An open temp file beside `target` (hidden, `.tmp`, so a killed writer's leftovers are
+    recognised), with the permissions a plain open would give; one-line error if impossible."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise OutputError(exc.errno, f"{target}: cannot create the file ({exc.strerror or exc}); "
+                                     "choose a location that exists and is writable") from None
+    os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared with the lab
+    return fd, Path(tmp_name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success fsync it and rename it over `path`.
@@ -64,15 +77,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On any exception the temp file is removed and `path` is left exactly as it was.
     """
     target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise OutputError(exc.errno, f"{target}: cannot create the file ({exc.strerror or exc}); "
-                                     "choose a location that exists and is writable") from None
+    fd, tmp = make_temp_file(target)
     os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared with the lab
     try:
         yield tmp
         with open(tmp, "rb+") as handle:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import console
-from ..atomic import _is_out_of_space, atomic_open, fsync_dir
+from ..atomic import _is_out_of_space, atomic_open, fsync_dir, make_temp_file
 from ..errors import OutputError, ShardError, StaleInputError
 from ..orchestration.runner import StageContext
 from ..paths import HIGHEST_SCORE, PREDICTION_RESULTS, READS_TABLE
@@ -128,16 +128,10 @@ class ResultFiles:
 
     @contextlib.contextmanager
     def open(self, path: Path):
-        import tempfile
 
         path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        except OSError as exc:
-            raise OutputError(exc.errno, f"{path}: cannot create the file ({exc.strerror or exc}); "
-                                         "choose a location that exists and is writable") from None
-        self.written.append((Path(tmp), path))
+        fd, tmp = make_temp_file(path)
+        self.written.append((tmp, path))
         try:
             with open(fd, "w", encoding="utf-8", newline="") as handle:
                 yield handle
