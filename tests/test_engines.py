@@ -154,21 +154,125 @@ def test_esm_reference_empty_and_lower_precision(esm_model, demo):
 # ---------------------------------------------------------------- DNABERT-S
 
 
-def test_dnabert_demo_loads_through_auto_classes(demo):
+def test_dnabert_demo_remote_fallback_loads_with_its_hazards_handled(demo):
     from safetensors.torch import load_file
-    from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(demo["dnabert"]), trust_remote_code=True)
-    model, info = AutoModel.from_pretrained(str(demo["dnabert"]), trust_remote_code=True, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
+    from virnucpro.engines.dnabert import load_dnabert
+
+    tokenizer, model = load_dnabert(str(demo["dnabert"]))  # transformers 5.x: plain from_pretrained fails here
     saved = load_file(str(demo["dnabert"] / "model.safetensors"))
     loaded = model.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+    assert set(saved) == set(loaded) and all(torch.equal(loaded[k], v) for k, v in saved.items())
+    assert sys.modules[type(model).__module__].flash_attn_qkvpacked_func is None  # Triton path off
     ids = tokenizer("ACGTAATTN")["input_ids"]
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
     assert len(ids) < len("ACGTAATTN") + 2  # BPE merges, like DNABERT-S
     out = model(torch.tensor([ids]))[0]
     assert out.shape == (1, len(ids), 32)
+
+
+def _reference_means(folder, seqs):
+    """REFERENCE.md section 7 written out plainly: one sequence at a time, no mask, mean over all tokens."""
+    import json
+    import math
+
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+
+    cfg = json.loads((folder / "config.json").read_text())
+    w = load_file(str(folder / "model.safetensors"))
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    heads, h, inter, eps = cfg["num_attention_heads"], cfg["hidden_size"], cfg["intermediate_size"], cfg["layer_norm_eps"]
+    n = 2 ** math.floor(math.log2(heads))
+    pow2 = lambda k: [(2 ** (-(2 ** -(math.log2(k) - 3)))) ** (i + 1) for i in range(k)]  # noqa: E731
+    slopes = torch.tensor(pow2(heads) if n == heads else pow2(n) + pow2(2 * n)[0::2][: heads - n])
+    ln = lambda x, p: torch.nn.functional.layer_norm(x, (h,), w[p + ".weight"], w[p + ".bias"], eps)  # noqa: E731
+    rows = []
+    for seq in seqs:
+        ids = torch.tensor(tok.encode(seq).ids)
+        length = len(ids)
+        pos = torch.arange(length)
+        bias = -slopes[:, None, None] * (pos[None, :] - pos[:, None]).abs()[None].float()
+        x = ln(w["embeddings.word_embeddings.weight"][ids] + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
+        for layer in range(cfg["num_hidden_layers"]):
+            p = f"encoder.layer.{layer}."
+            qkv = x @ w[p + "attention.self.Wqkv.weight"].T + w[p + "attention.self.Wqkv.bias"]
+            q, k, v = qkv.view(length, 3, heads, h // heads).permute(1, 2, 0, 3)
+            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(h // heads) + bias, -1) @ v
+            att = att.transpose(0, 1).reshape(length, h)
+            x = ln(x + att @ w[p + "attention.output.dense.weight"].T + w[p + "attention.output.dense.bias"], p + "attention.output.LayerNorm")
+            g = x @ w[p + "mlp.gated_layers.weight"].T
+            m = torch.nn.functional.gelu(g[:, :inter]) * g[:, inter:]
+            x = ln(x + m @ w[p + "mlp.wo.weight"].T + w[p + "mlp.wo.bias"], p + "mlp.layernorm")
+        rows.append(x.mean(0).numpy())
+    return np.stack(rows)
+
+
+def _dna(seed, lengths):
+    rng = random.Random(seed)
+    return ["".join(rng.choice("ACGTN" if i % 3 == 0 else "ACGT") for _ in range(n)) for i, n in enumerate(lengths)]
+
+
+@pytest.mark.parametrize("heads, hidden", [(4, 32), (6, 48), (12, 96)])  # 6 and 12 (DNABERT-S) are not powers of two
+@pytest.mark.parametrize("budget", [1, 64, 100_000])
+def test_native_dnabert_equals_the_per_sequence_reference(tmp_path_factory, heads, hidden, budget):
+    from virnucpro.engines.demo import write_dnabert_demo
+    from virnucpro.engines.dnabert_native import NativeDnabert
+
+    folder = write_dnabert_demo(tmp_path_factory.mktemp(f"dnabert{heads}") / "m", hidden=hidden, heads=heads)
+    seqs = _dna(5, (499, 12, 300, 1, 2000, 150, 498, 0, 77, 1700))  # 2000 nt: > 512 tokens (ALiBi table grows)
+    engine = NativeDnabert(str(folder), token_budget=budget)
+    got = engine.embed(seqs)
+    want = _reference_means(folder, seqs)
+    assert got.dtype == np.float32 and got.shape == (len(seqs), hidden)
+    assert max(engine.count_tokens(seqs)) > 512
+    rel = np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)
+    assert rel.max() <= 1e-5
+    one_by_one = np.stack([engine.embed([s])[0] for s in seqs])
+    assert np.abs(one_by_one - got).max() / np.abs(want).max() <= 1e-5
+    assert engine.tokens_embedded == 2 * int(engine.count_tokens(seqs).sum())  # real tokens, once per embed call
+
+
+def test_native_dnabert_equals_remote_fallback_and_handles_edges(demo, dnabert):
+    from virnucpro.engines.dnabert_native import NativeDnabert
+
+    seqs = _dna(3, (499, 12, 300, 1, 150, 498, 77, 300, 35, 2))
+    native = NativeDnabert(str(demo["dnabert"]), token_budget=256)
+    got = native.embed(seqs)
+    for want in (dnabert.embed_one_at_a_time(seqs), dnabert.embed(seqs)):
+        assert np.abs(got - want).max() / np.abs(want).max() <= 1e-5
+    assert native.embed([]).shape == (0, 32)
+    np.testing.assert_array_equal(native.embed(seqs[::-1]), native.embed(seqs)[::-1])  # rows follow the input
+    with pytest.raises(Exception, match="CUDA"):
+        NativeDnabert(str(demo["dnabert"]), precision="fp16")
+
+
+def test_native_dnabert_refuses_unknown_models_in_one_line(demo, tmp_path):
+    import json
+    import shutil
+    import subprocess
+
+    from virnucpro.engines.dnabert_files import DnabertModelError
+    from virnucpro.engines.dnabert_native import NativeDnabert
+
+    other = tmp_path / "other"
+    shutil.copytree(demo["dnabert"], other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "architectures": ["HyenaDNAModel"], "model_type": "hyena"}))
+    with pytest.raises(DnabertModelError, match="config.json.*--dnabert-remote-code"):
+        NativeDnabert(str(other))
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\nACGT\n")
+    done = subprocess.run([sys.executable, "-m", "virnucpro.cli", "embed", "dnabert", str(fasta), "--model", str(other),
+                           "--out", str(tmp_path / "x.h5"), "--device", "cpu"], capture_output=True, text=True)
+    assert done.returncode != 0 and "Traceback" not in done.stderr and "--dnabert-remote-code" in done.stderr
+    nothing = tmp_path / "noweights"
+    shutil.copytree(demo["dnabert"], nothing)
+    (nothing / "model.safetensors").unlink()
+    with pytest.raises(DnabertModelError, match="model.safetensors or pytorch_model.bin"):
+        NativeDnabert(str(nothing))
+    with pytest.raises(DnabertModelError, match="not in the local Hugging Face cache"):
+        NativeDnabert("nobody-here/no-such-model")
 
 
 def test_dnabert_batched_equals_one_at_a_time(dnabert):

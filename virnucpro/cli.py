@@ -226,9 +226,9 @@ def cmd_embed(args) -> int:
         engine = load_engine(args.model, device, args.precision, packing, args.token_budget)
         matrix = engine.embed(seqs)
     else:
-        from .engines.dnabert import DnabertEmbedder
-        kwargs = {"token_budget": args.token_budget} if args.token_budget else {}
-        embedder = DnabertEmbedder(args.model, device=device, **kwargs)
+        from .engines.dnabert import load_dnabert_engine
+        embedder = load_dnabert_engine(args.model, device, precision="fp32" if args.precision == "auto" else args.precision,
+                                       remote_code=args.dnabert_remote_code, token_budget=args.token_budget)
         matrix = embedder.embed(seqs)
     write_matrix(args.out, ids, matrix, attrs={"model": args.model, "kind": args.kind})
     console.info(f"wrote {len(ids)} embeddings of dimension {matrix.shape[1]} to {args.out}")
@@ -303,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     embed.add_argument("--no-packing", dest="packing", action="store_false")
     embed.add_argument("--token-budget", type=_positive_int)
+    embed.add_argument("--dnabert-remote-code", action="store_true",
+                       help="dnabert: run the model folder's own code (trust_remote_code) instead of the native engine")
     _add_common(embed)
     embed.set_defaults(func=cmd_embed)
 

@@ -1,8 +1,8 @@
 """Tiny RANDOM models in the real on-disk formats, for tests and for trying the pipeline offline.
 
 Their predictions are meaningless. What is real is the format: a fair-esm ESM-2 checkpoint (plus
-its contact-regression file), a DNABERT-S-style `trust_remote_code` HF directory, and classifier
-.pth files pickled as whole `__main__.MLPClassifier` modules like the released ones. So the
+its contact-regression file), a DNABERT-S folder in the real hub layout (config.json, model.safetensors,
+BPE tokenizer.json, model code files with the real code's hazards), and classifier .pth files pickled as whole `__main__.MLPClassifier` modules like the released ones. So the
 loading code exercised on them is the code that loads the real models.
 
 Everything is seeded and serialised without timestamps or temp names, so writing twice gives
@@ -30,18 +30,16 @@ ESM_LAYERS, ESM_DIM, ESM_HEADS = 2, 64, 4
 DNABERT_DIR = "dnabert-s-demo"
 DNABERT_HIDDEN = 32
 CLASSIFIER_HIDDEN = 512
-_CODE_FILES = ("configuration_dnabert_demo.py", "modeling_dnabert_demo.py")
-_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-_BASES = ("A", "C", "G", "T", "N")
-# A few BPE merges so that token counts differ from base counts, as with DNABERT-S's BPE.
-_MERGES = (("A", "A"), ("C", "C"), ("G", "G"), ("T", "T"), ("A", "T"), ("C", "G"), ("AA", "AA"), ("TT", "TT"))
+# The real DNABERT-S repository's code files, in this project's own version (see demo_dnabert_code).
+_CODE_FILES = ("configuration_bert.py", "bert_layers.py", "flash_attn_triton.py")
+DNABERT_SPECIALS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 
 README = """\
 RANDOM DEMO MODELS - their predictions are MEANINGLESS.
 
 These files were written by virnucpro.engines.demo.write_demo_models with fixed random seeds.
-They have the on-disk formats of the real models (fair-esm ESM-2 checkpoint, DNABERT-S-style
-Hugging Face directory with trust_remote_code, VirNucPro 300_model.pth / 500_model.pth pickles)
+They have the on-disk formats of the real models (fair-esm ESM-2 checkpoint, DNABERT-S
+Hugging Face folder in the real layout, VirNucPro 300_model.pth / 500_model.pth pickles)
 but tiny sizes and random weights. Use them to test installation and plumbing only; for real
 predictions use esm2_t36_3B_UR50D, zhihan1996/DNABERT-S and the released VirNucPro classifiers.
 """
@@ -89,98 +87,100 @@ def _write_esm2(directory: Path) -> tuple[Path, Path]:
     return model_path, regression_path
 
 
-def _tokenizer_json() -> dict:
-    """A DNABERT-S-like BPE tokenizer.json: [CLS] tokens [SEP], merges as "a b" strings (all versions read those)."""
-    vocab = {token: i for i, token in enumerate(_SPECIALS + _BASES + tuple(a + b for a, b in _MERGES))}
+def _dnabert_tokenizer_json() -> str:
+    """A BPE tokenizer.json like DNABERT-S's, built with the `tokenizers` library: special tokens
+    [UNK] [CLS] [SEP] [PAD] [MASK] (ids 0-4, so [PAD] is 3 while config.json says pad_token_id 0,
+    as in the real model), bases, all dinucleotides and some 4-mers, `[CLS] ... [SEP]` template."""
+    import random
 
-    def special(token: str) -> dict:
-        return {"SpecialToken": {"id": token, "type_id": 0}}
+    from tokenizers import Tokenizer, models, processors
 
-    def sequence(name: str) -> dict:
-        return {"Sequence": {"id": name, "type_id": 0}}
-
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [
-            {"id": vocab[t], "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True}
-            for t in _SPECIALS
-        ],
-        "normalizer": None,
-        "pre_tokenizer": None,
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [special("[CLS]"), sequence("A"), special("[SEP]")],
-            "pair": [special("[CLS]"), sequence("A"), special("[SEP]"), sequence("B"), special("[SEP]")],
-            "special_tokens": {t: {"id": t, "ids": [vocab[t]], "tokens": [t]} for t in ("[CLS]", "[SEP]")},
-        },
-        "decoder": None,
-        "model": {
-            "type": "BPE", "dropout": None, "unk_token": "[UNK]", "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-            "vocab": vocab, "merges": [f"{a} {b}" for a, b in _MERGES],
-        },
-    }
+    tokens = list(DNABERT_SPECIALS) + list("ACGTN")
+    merges = [(a, b) for a in "ACGT" for b in "ACGT"]
+    dinucleotides = [a + b for a, b in merges]
+    quads = random.Random(4).sample([(a, b) for a in dinucleotides for b in dinucleotides], 24)
+    merges += quads
+    tokens += dinucleotides + [a + b for a, b in quads]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="[UNK]"))
+    tokenizer.add_special_tokens(list(DNABERT_SPECIALS))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    return _json_text(json.loads(tokenizer.to_str()))
 
 
 def _json_text(data: dict) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def _write_dnabert(directory: Path) -> Path:
+def dnabert_config(vocab_size: int, hidden: int, layers: int, heads: int, intermediate: int) -> dict:
+    """config.json with the real DNABERT-S keys (read from its hub repository), tiny sizes."""
+    return {
+        "_name_or_path": "zhihan1996/DNABERT-2-117M", "alibi_starting_size": 512, "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.0,
+        "auto_map": {"AutoConfig": "configuration_bert.BertConfig", "AutoModel": "bert_layers.BertModel"},
+        "classifier_dropout": None, "gradient_checkpointing": False, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+        "hidden_size": hidden, "initializer_range": 0.02, "intermediate_size": intermediate, "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 512, "model_type": "bert", "num_attention_heads": heads,
+        "num_hidden_layers": layers, "pad_token_id": 0, "position_embedding_type": "absolute",
+        "torch_dtype": "float32", "transformers_version": "4.28.0", "type_vocab_size": 2, "use_cache": True,
+        "vocab_size": vocab_size,
+    }
+
+
+def dnabert_random_weights(config: dict, seed: int) -> dict:
+    """Random weights under DNABERT-S's real names (a saved BertModel: no prefix), LayerNorm scales ~1."""
+    h, i, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    shapes = {"embeddings.word_embeddings.weight": (v, h), "embeddings.token_type_embeddings.weight": (2, h),
+              "embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,)}
+    for n in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{n}."
+        shapes.update({p + "attention.self.Wqkv.weight": (3 * h, h), p + "attention.self.Wqkv.bias": (3 * h,),
+                       p + "attention.output.dense.weight": (h, h), p + "attention.output.dense.bias": (h,),
+                       p + "attention.output.LayerNorm.weight": (h,), p + "attention.output.LayerNorm.bias": (h,),
+                       p + "mlp.gated_layers.weight": (2 * i, h), p + "mlp.wo.weight": (h, i), p + "mlp.wo.bias": (h,),
+                       p + "mlp.layernorm.weight": (h,), p + "mlp.layernorm.bias": (h,)})
+    shapes.update({"pooler.dense.weight": (h, h), "pooler.dense.bias": (h,)})
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in shapes.items():
+        value = 0.2 * torch.randn(shape, generator=generator)
+        if name.endswith(("LayerNorm.weight", "layernorm.weight")):
+            value = value + 1.0
+        state[name] = value.contiguous()
+    return state
+
+
+def write_dnabert_demo(target: Path, hidden: int = DNABERT_HIDDEN, layers: int = 2, heads: int = 4,
+                       intermediate: int = 64, seed: int = 3) -> Path:
+    """A DNABERT-S folder in the real layout: config.json, model.safetensors, tokenizer files, model code."""
     from safetensors.torch import save as safetensors_bytes
 
-    from virnucpro.engines.demo_dnabert_code.configuration_dnabert_demo import DnabertDemoConfig
-    from virnucpro.engines.demo_dnabert_code.modeling_dnabert_demo import DnabertDemoModel
-
-    target = directory / DNABERT_DIR
-    tokenizer = _tokenizer_json()
-    # Written by hand (not config.save_pretrained) so the file is the same whatever transformers
-    # version writes it, and holds nothing a version may not understand.
-    config = {
-        "architectures": ["DnabertDemoModel"],
-        "auto_map": {
-            "AutoConfig": "configuration_dnabert_demo.DnabertDemoConfig",
-            "AutoModel": "modeling_dnabert_demo.DnabertDemoModel",
-        },
-        "model_type": "dnabert_demo",
-        "vocab_size": len(tokenizer["model"]["vocab"]),
-        "hidden_size": DNABERT_HIDDEN,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 64,
-        "max_position_embeddings": 1024,
-        "layer_norm_eps": 1e-12,
-        "pad_token_id": 0,
-    }
-    torch.manual_seed(2)
-    model = DnabertDemoModel(DnabertDemoConfig(**{k: v for k, v in config.items() if k != "model_type"}))
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(0.2 * torch.randn(param.shape, generator=generator))
-        for sub in model.modules():
-            if isinstance(sub, nn.LayerNorm):
-                sub.weight.add_(1.0)  # LayerNorm scales around 1 (random), biases around 0
-
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    target = Path(target)
+    tokenizer = _dnabert_tokenizer_json()
+    config = dnabert_config(len(json.loads(tokenizer)["model"]["vocab"]), hidden, layers, heads, intermediate)
+    state = dnabert_random_weights(config, seed)
     atomic_write_bytes(target / "model.safetensors", safetensors_bytes(state, metadata={"format": "pt"}))
+    # Written by hand (not config.save_pretrained): the same file whatever transformers version writes it.
     atomic_write_text(target / "config.json", _json_text(config))
     for name in _CODE_FILES:
         code = resources.files("virnucpro.engines.demo_dnabert_code").joinpath(name).read_text("utf-8")
         atomic_write_text(target / name, code)
     specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                 "mask_token": "[MASK]"}
-    atomic_write_text(target / "tokenizer.json", _json_text(tokenizer))
+    atomic_write_text(target / "tokenizer.json", tokenizer)
     atomic_write_text(target / "special_tokens_map.json", _json_text(specials))
     atomic_write_text(
         target / "tokenizer_config.json",
-        _json_text({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1024,
-                    "padding_side": "right", "clean_up_tokenization_spaces": False, **specials}),
+        _json_text({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1000000000000000019884624838656,
+                    "padding_side": "right", "clean_up_tokenization_spaces": True, **specials}),
     )
     return target
+
+
+def _write_dnabert(directory: Path) -> Path:
+    return write_dnabert_demo(directory / DNABERT_DIR)
 
 
 def _classifier_pickle(seed: int, input_dim: int) -> bytes:
