@@ -189,3 +189,23 @@ def test_report_clears_the_temp_files_of_a_killed_report(quiet_demo_run, tmp_pat
     stale.write_bytes(b"partial")
     assert main(["report", "--workdir", str(workdir), "--quiet"]) == 0
     assert not stale.exists() and (workdir / "report" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("damage", [lambda text: text[: len(text) // 2], lambda text: "{not json", lambda text: "[1, 2]",
+                                    lambda text: '{"stages": {"prepare": [1]}}'],
+                         ids=["truncated", "invalid JSON", "a list", "wrong shape"])
+@pytest.mark.parametrize("name", ["state.json", "run.json"])
+def test_a_damaged_state_or_run_file_is_one_line_naming_it_and_restart_recovers(tmp_path, demo_models, capsys, name, damage):
+    """Item 7: a damaged state.json / run.json gave 'internal error: JSONDecodeError/AttributeError'."""
+    workdir = tmp_path / "w"
+    plan_run(RunRequest(inputs_list=_inputs(tmp_path), workdir=workdir, models_dir=demo_models))
+    target = workdir / name
+    target.write_text(damage(target.read_text()))
+    capsys.readouterr()
+    for argv in (["status", "-w", str(workdir)],
+                 ["run", str(_inputs(tmp_path)), "-w", str(workdir), "--models", str(demo_models), "-q"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(target) in err and "--restart" in err, err
+        assert "internal error" not in err
+    assert main(["run", str(_inputs(tmp_path)), "-w", str(workdir), "--models", str(demo_models), "-q", "--restart"]) == 0

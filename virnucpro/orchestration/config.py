@@ -84,8 +84,9 @@ class RunConfig(RunOptions):
             return cls.from_dict(json.loads(workdir.config.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise StateError(f"{workdir.root}: not a virnucpro workdir (no run.json); start a run with 'virnucpro-slurm run'") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StateError(f"{workdir.config}: unreadable run configuration ({exc}); re-run with --restart") from None
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise StateError(f"{workdir.config}: damaged run configuration ({type(exc).__name__}: {exc}); restore it "
+                             "from a backup, or add --restart to start the run again") from None
 
 
 def input_names(paths: list[Path]) -> list[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..atomic import atomic_write_text
+from ..errors import StateError
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
@@ -59,14 +60,25 @@ class StateFile:
         self.path = Path(path)
         self.lock_path = Path(lock_path)
 
-    def _read_raw(self) -> dict:
+    def read_raw(self) -> dict:
         try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {"version": 1, "stages": {}}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise self._damaged(f"not valid JSON ({exc})") from None
+        stages = raw.get("stages") if isinstance(raw, dict) else None
+        if not isinstance(stages, dict) or not all(isinstance(v, dict) and all(isinstance(e, dict) for e in v.values())
+                                                   for v in stages.values()):
+            raise self._damaged("not a state file ({'stages': {stage: {shard: entry}}} expected)")
+        return raw
+
+    def _damaged(self, why: str) -> StateError:
+        return StateError(f"{self.path}: damaged state file, {why}; restore it from a backup, or add --restart to "
+                          "recompute everything (results already written are discarded)")
 
     def load(self) -> dict[str, dict[int, ShardState]]:
-        raw = self._read_raw()
+        raw = self.read_raw()
         return {
             stage: {int(k): ShardState.from_dict(v) for k, v in shards.items()}
             for stage, shards in raw.get("stages", {}).items()
@@ -76,7 +88,7 @@ class StateFile:
     def transaction(self) -> Iterator[dict]:
         """Yield the raw state dict under the lock; it is written back atomically on success."""
         with exclusive_lock(self.lock_path):
-            raw = self._read_raw()
+            raw = self.read_raw()
             yield raw
             atomic_write_text(self.path, json.dumps(raw, indent=1, sort_keys=True) + "\n")
 

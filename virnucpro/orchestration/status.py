@@ -9,7 +9,6 @@ one pass, one sacct/squeue call.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -89,10 +88,9 @@ def summarise(state: dict[str, dict[int, ShardState | dict]], task_states: dict[
 
 def read_state(workdir) -> dict[str, dict[int, dict]]:
     """The state file as raw dicts (status reads it without the lock: writes are atomic renames)."""
-    try:
-        raw = json.loads(workdir.state.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
+    from .state import StateFile
+
+    raw = StateFile(workdir.state, workdir.state_lock).read_raw()  # checked: a damaged file is one line
     return {stage: {int(k): v for k, v in shards.items()} for stage, shards in raw.get("stages", {}).items()}
 
 
