@@ -209,3 +209,27 @@ def test_a_damaged_state_or_run_file_is_one_line_naming_it_and_restart_recovers(
         assert len(err.splitlines()) == 1 and str(target) in err and "--restart" in err, err
         assert "internal error" not in err
     assert main(["run", str(_inputs(tmp_path)), "-w", str(workdir), "--models", str(demo_models), "-q", "--restart"]) == 0
+
+
+@pytest.mark.parametrize("change", [["--shards", "3"], "other inputs"], ids=["other --shards", "other inputs"])
+def test_a_dry_run_refuses_what_submit_would_refuse(tmp_path, demo_models, capsys, change):
+    """Item 8: `submit --dry-run` on a workdir with work done ignored the new command ("nothing to submit")."""
+    workdir = tmp_path / "w"
+    _, _, state = plan_run(RunRequest(inputs_list=_inputs(tmp_path), workdir=workdir, models_dir=demo_models))
+    state.mark_running("prepare", 0)
+    state.mark_done("prepare", 0)
+    if change == "other inputs":
+        other = tmp_path / "other"
+        other.mkdir()
+        listing, extra = _inputs(other), []
+    else:
+        listing, extra = _inputs(tmp_path), change
+    capsys.readouterr()
+    base = [str(listing), "-w", str(workdir), "--models", str(demo_models), "--partition", "gpu", *extra]
+    outcomes = []
+    for dry in (["--dry-run"], []):
+        code = main(["submit", *base, *dry])
+        outcomes.append((code, capsys.readouterr().err.strip()))
+    (dry_code, dry_err), (real_code, real_err) = outcomes
+    assert dry_code == real_code == 2, outcomes
+    assert "holds a run with different" in dry_err and dry_err == real_err

@@ -65,19 +65,20 @@ def slurm_flags(args) -> dict:
 
 
 def preview_run(request):
-    """The run's configuration and state as `plan_run` would make them, without writing anything."""
-    from .orchestration.config import RunConfig
-    from .orchestration.plan import new_config
+    """The run's configuration and state as `plan_run` would make them (refusals included), writing nothing."""
+    from .orchestration.config import HashCache
+    from .orchestration.plan import check_is_workdir_or_empty, compare_with_workdir, new_config
     from .orchestration.state import StateFile
     from .paths import Workdir
 
     workdir = Workdir(request.workdir)
-    if workdir.config.exists() and not request.restart:
-        config, state = RunConfig.load(workdir), StateFile(workdir.state, workdir.state_lock).load()
-        for stage in pipeline.reset_by_options(config, request):  # as plan_run resets them
-            state.pop(stage, None)
-        return workdir, config, state
-    return workdir, new_config(request), {}
+    config = new_config(request)
+    check_is_workdir_or_empty(workdir)
+    discard, reset = compare_with_workdir(request, workdir, config, HashCache(workdir.hash_cache))
+    state = {} if discard else StateFile(workdir.state, workdir.state_lock).load()
+    for stage in reset:  # as plan_run resets them
+        state.pop(stage, None)
+    return workdir, config, state
 
 
 def cmd_submit(args) -> int:

@@ -138,16 +138,12 @@ def new_config(request: RunRequest) -> RunConfig:
                      shards=request.shards or auto_shards(inputs), models=models, **request.run_options())
 
 
-def plan_run(request: RunRequest) -> tuple[Workdir, RunConfig, StateFile]:
-    """Create or re-open a workdir for this request; refuse a workdir of a different run."""
-    workdir = Workdir(request.workdir)
-    config = new_config(request)
-    check_is_workdir_or_empty(workdir)
-    check_writable(workdir.root)  # only now: a request refused above leaves no empty workdir behind
-    with exclusive_lock(workdir.state_lock):  # state and provenance are only written under this lock
-        remove_stale_temp_files(workdir.run_files)
-    hashes = HashCache(workdir.hash_cache)
-    reset: list[str] = []
+def compare_with_workdir(request: RunRequest, workdir: Workdir, config: RunConfig,
+                         hashes: HashCache) -> tuple[bool, list[str]]:
+    """What this request means for the workdir's existing run, deciding and writing nothing:
+    (discard its results?, stages to reset). Refuses a request for a different run that would
+    lose work. Fills in config.fingerprint (and the run's shard count when not given). Shared by
+    `plan_run` and `submit --dry-run`, so the dry run plans and refuses exactly as submit does."""
     if workdir.config.exists() and not request.restart:
         previous = RunConfig.load(workdir)
         if request.shards is None:
@@ -157,13 +153,24 @@ def plan_run(request: RunRequest) -> tuple[Workdir, RunConfig, StateFile]:
         if differences and _holds_work(workdir):
             raise StateError(f"{workdir.root} holds a run with different {'; '.join(differences)}; "
                              "use a new --workdir, or add --restart to discard its results")
-        if differences:  # e.g. an input fixed after prepare refused it: nothing done, nothing to lose
-            discard_results(workdir)
-        reset = reset_by_options(previous, config)
-    else:
-        if request.restart:
-            discard_results(workdir)
-        config.fingerprint = compute_fingerprint(config, hashes)
+        # differences with nothing done (e.g. an input fixed after prepare refused it): nothing to lose
+        return bool(differences), ([] if differences else reset_by_options(previous, config))
+    config.fingerprint = compute_fingerprint(config, hashes)
+    return request.restart, []
+
+
+def plan_run(request: RunRequest) -> tuple[Workdir, RunConfig, StateFile]:
+    """Create or re-open a workdir for this request; refuse a workdir of a different run."""
+    workdir = Workdir(request.workdir)
+    config = new_config(request)
+    check_is_workdir_or_empty(workdir)
+    check_writable(workdir.root)  # only now: a request refused above leaves no empty workdir behind
+    with exclusive_lock(workdir.state_lock):  # state and provenance are only written under this lock
+        remove_stale_temp_files(workdir.run_files)
+    hashes = HashCache(workdir.hash_cache)
+    discard, reset = compare_with_workdir(request, workdir, config, hashes)
+    if discard:
+        discard_results(workdir)
     hashes.save()
     config.save(workdir)
     state = StateFile(workdir.state, workdir.state_lock)
