@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
-import threading
 from dataclasses import dataclass
 from itertools import chain
 from typing import Iterator, Optional, Sequence
@@ -56,6 +54,7 @@ import torch.nn.functional as F
 
 from ..errors import VirnucproError
 from . import dnabert_files as files
+from .prefetch import prefetched
 
 log = logging.getLogger("virnucpro.dnabert")
 
@@ -125,15 +124,6 @@ class _Pack:
         return _Pack(move(self.rows), move(self.ids), move(self.seg), move(self.lengths), move(self.cu_seqlens),
                      move(self.pad_index), move(self.unpad_index), move(self.key_valid),
                      self.batch, self.longest, self.tokens)
-
-
-class _End:
-    pass
-
-
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
 
 
 def group_by_length(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
@@ -336,40 +326,7 @@ class NativeDnabert:
 
     def _prefetched(self, seqs: Sequence[str]) -> Iterator[_Pack]:
         """`_host_packs` run in a background thread, at most two packs ahead."""
-        ready: queue.Queue = queue.Queue(maxsize=2)
-        stop = threading.Event()
-
-        def offer(item) -> bool:
-            while not stop.is_set():
-                try:
-                    ready.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce():
-            try:
-                for pack in self._host_packs(seqs):
-                    if not offer(pack):
-                        return
-                offer(_End())
-            except BaseException as exc:  # handed to the consumer, raised there
-                offer(_Failure(exc))
-
-        thread = threading.Thread(target=produce, name="dnabert-host", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = ready.get()
-                if isinstance(item, _End):
-                    return
-                if isinstance(item, _Failure):
-                    raise item.exc
-                yield item
-        finally:
-            stop.set()
-            thread.join()
+        return prefetched(self._host_packs(seqs), "dnabert-host")
 
     @torch.inference_mode()
     def embed(self, seqs: Sequence[str]) -> np.ndarray:

@@ -65,8 +65,6 @@ import inspect
 import logging
 import math
 import os
-import queue
-import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -76,6 +74,7 @@ import torch.nn.functional as F
 
 from .esm2_packing import DevicePack, HostPack, PackLayout, build_host_pack, ffd_pack, to_device
 from .esm2_tokens import Tokenized, Tokenizer
+from .prefetch import prefetched
 
 log = logging.getLogger("virnucpro.esm2")
 
@@ -191,15 +190,6 @@ def _varlen_kwargs(fn: Callable, scale: float) -> dict:
     if "is_causal" in params:
         kw["is_causal"] = False
     return kw
-
-
-class _End:
-    pass
-
-
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,42 +468,7 @@ class PackedESM2Engine:
             for p in packs:
                 yield self._build_host_pack(tok, p)
             return
-        q: queue.Queue = queue.Queue(maxsize=2)
-        stop = threading.Event()
-
-        def produce():
-            try:
-                for p in packs:
-                    item = self._build_host_pack(tok, p)
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                q.put(_End())
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer
-                q.put(_Failure(e))
-
-        worker = threading.Thread(target=produce, name="esm2-pack-prefetch", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = q.get()
-                if isinstance(item, _End):
-                    return
-                if isinstance(item, _Failure):
-                    raise item.exc
-                yield item
-        finally:
-            stop.set()
-            while worker.is_alive():
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    worker.join(timeout=0.05)
+        yield from prefetched((self._build_host_pack(tok, p) for p in packs), "esm2-pack-prefetch")
 
     def embed(self, proteins: Sequence[str]) -> np.ndarray:
         """float32 [N, dim] mean embeddings, rows in input order."""
