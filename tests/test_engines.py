@@ -351,3 +351,52 @@ def test_classify_probabilities(demo):
 )
 def test_chunk_length_from_name(name, expected):
     assert chunk_length_from_name(name) == expected
+
+
+def test_native_dnabert_reads_a_pytorch_bin_with_bert_prefix_and_mlm_head(demo, tmp_path):
+    """A BertForMaskedLM-style checkpoint (DNABERT-2 layout): `bert.` prefixes, a `cls.*` head,
+    weights in pytorch_model.bin instead of model.safetensors: the same embeddings."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from virnucpro.engines.dnabert_native import NativeDnabert
+
+    folder = tmp_path / "mlm-layout"
+    shutil.copytree(demo["dnabert"], folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    renamed = {f"bert.{name}": tensor for name, tensor in weights.items()}
+    renamed["cls.predictions.bias"] = torch.zeros(7)  # an MLM head the embedding never uses
+    torch.save(renamed, folder / "pytorch_model.bin")
+    seqs = ["ACGTACGTTTGACCA" * 5, "GGGCCCAAATTT", "ATG" * 40]
+    expected = NativeDnabert(str(demo["dnabert"])).embed(seqs)
+    got = NativeDnabert(str(folder)).embed(seqs)
+    assert np.array_equal(got, expected)
+
+
+class _Hostile:
+    """Unpickling this would run a shell command that creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def test_native_dnabert_refuses_a_hostile_pytorch_bin_without_running_it(demo, tmp_path):
+    import shutil
+
+    from virnucpro.engines.dnabert_native import NativeDnabert
+    from virnucpro.engines.safe_load import UnsafeModelFileError
+
+    folder, marker = tmp_path / "evil", tmp_path / "MARKER"
+    shutil.copytree(demo["dnabert"], folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"embeddings.word_embeddings.weight": torch.zeros(2), "x": _Hostile(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(UnsafeModelFileError) as refused:
+        NativeDnabert(str(folder))
+    assert str(folder / "pytorch_model.bin") in str(refused.value) and "--trust-model-pickles" in str(refused.value)
+    assert not marker.exists()

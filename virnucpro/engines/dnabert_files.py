@@ -126,10 +126,13 @@ def read_weights(folder: Path) -> tuple[Path, dict]:
             from safetensors.torch import load_file
             state = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            from .safe_load import load  # weights_only=True; a pickled global is refused, naming it
+            state = load(path, expected="a DNABERT-S state dict of tensors")
             if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
                 state = state["state_dict"]
-    except Exception as exc:  # truncated file, foreign pickle refused by weights_only, ...
+    except VirnucproError:
+        raise
+    except Exception as exc:  # truncated file, not a torch file, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise DnabertModelError(f"{path}: cannot read the weights ({type(exc).__name__}: {first})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
