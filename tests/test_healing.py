@@ -76,13 +76,31 @@ def outputs(workdir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted((workdir / "results").rglob("*")) if p.is_file()}
 
 
+def assert_same_results(got: dict[str, bytes], want: dict[str, bytes]) -> None:
+    """Same files, rows, ids and calls; scores equal to float32 print precision. A recomputed shard
+    runs in a new process, and CPU kernels may round the last printed digit differently there
+    (REFERENCE.md section 8: the default mode is not bit-reproducible across batch layouts)."""
+    assert sorted(got) == sorted(want)
+    for name in want:
+        rows_got, rows_want = got[name].decode().splitlines(), want[name].decode().splitlines()
+        assert len(rows_got) == len(rows_want), name
+        for a, b in zip(rows_got, rows_want):
+            fields_a, fields_b = a.split("\t"), b.split("\t")
+            assert len(fields_a) == len(fields_b), (name, a, b)
+            for x, y in zip(fields_a, fields_b):
+                try:
+                    assert abs(float(x) - float(y)) <= 1e-6, (name, a, b)
+                except ValueError:
+                    assert x == y, (name, a, b)
+
+
 def assert_rerun_heals(workdir: Path, demo_models, example_inputs, expected: list[tuple[str, int]], said: str) -> None:
     before, results = attempts(workdir), outputs(workdir)
     done = cli(*run_args(workdir, demo_models, example_inputs)[:-1])  # not --quiet: the note is a warning
     assert ran(before, attempts(workdir)) == expected
     (note,) = [line for line in done.stderr.splitlines() if said in line]
     assert note.endswith("recomputing " + pipeline.describe_pairs(expected))
-    assert outputs(workdir) == results  # byte-identical
+    assert_same_results(outputs(workdir), results)
     assert all(e["status"] == DONE for entries in json.loads((workdir / "state.json").read_text())["stages"].values()
                for e in entries.values())
 
