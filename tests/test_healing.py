@@ -16,7 +16,7 @@ import pytest
 
 from virnucpro import pipeline, storage
 from virnucpro.orchestration.config import ModelSpec, RunConfig
-from virnucpro.orchestration.state import DONE, FAILED, PENDING, ShardState
+from virnucpro.orchestration.state import DONE, FAILED, PENDING, ShardState, StateFile
 from virnucpro.paths import Workdir
 
 SHARDS = 3
@@ -136,11 +136,10 @@ def test_a_damaged_file_is_recomputed_with_what_is_made_from_it(finished, tmp_pa
 
 
 def edit_state(workdir: Path, changes: dict[tuple[str, int], dict]) -> None:
-    path = workdir / "state.json"
-    raw = json.loads(path.read_text())
+    """Through the per-pair records: they are the truth, state.json is folded from them."""
+    state = StateFile(Workdir(workdir).state, Workdir(workdir).state_lock)
     for (stage, shard), fields in changes.items():
-        raw["stages"][stage][str(shard)].update(fields)
-    path.write_text(json.dumps(raw))
+        state.update(stage, shard, **fields)
 
 
 @pytest.mark.parametrize("case", ["fresh", "partly done", "embedding failed and retried", "changed --min-score"])

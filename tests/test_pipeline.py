@@ -94,19 +94,18 @@ def test_resume_after_a_crash_redoes_only_unfinished_shards(tmp_path, reference_
     # shard 2 never started, nothing downstream done.
     paths.embeddings("esm2", 1).unlink()
     paths.embeddings("esm2", 2).unlink()
-    with state.transaction() as raw:
-        raw["stages"]["esm2"]["1"]["status"] = RUNNING
-        raw["stages"]["esm2"]["2"]["status"] = "pending"
-        for stage in ("predict", "consensus"):
-            for entry in raw["stages"][stage].values():
-                entry["status"] = "pending"
+    state.update("esm2", 1, status=RUNNING)
+    state.update("esm2", 2, status="pending")
+    for stage in ("predict", "consensus"):
+        for shard in state.load()[stage]:
+            state.update(stage, shard, status="pending")
     for p in (workdir / "results").rglob("*.txt"):
         p.unlink()
     # temp files a kill -9 leaves behind (a shard's can hold gigabytes): its next owner clears them
     stale = [paths.embeddings("esm2", 1).parent / ".00001.h5.k2j4.tmp",
              paths.embedding_parts("esm2", 2) / ".rows-000000000-000000004.h5.x9.tmp",
              paths.results / "sample_a" / ".prediction_results.txt.q1.tmp",
-             paths.root / ".state.json.a8.tmp"]
+             paths.root / ".state.json.a8.tmp", paths.state_records / "esm2" / ".1.json.b3.tmp"]
     for path in stale:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"partial")

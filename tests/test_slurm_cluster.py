@@ -328,6 +328,10 @@ def test_cancel_stops_every_job_of_the_run(cluster, profile, demo_models, exampl
     workdir = tmp_path / "w"
     cli(*submit_args(example_inputs, demo_models, workdir, profile))
     ids = [job["job_id"] for job in latest_submission(workdir)["stages"].values()]
+    # while its jobs are queued or running, the run's tasks write its state: a local run must not
+    local = cli("run", example_inputs, "--models", demo_models, "-w", workdir, "--shards", 3, check=False)
+    assert local.returncode == 2 and "still queued or running" in local.stderr and "cancel" in local.stderr, local.stderr
+    assert len(local.stderr.strip().splitlines()) == 1
     done = cli("cancel", "-w", workdir)
     assert all(job_id in done.stderr for job_id in ids)
     assert latest_submission(workdir)["cancelled"]

@@ -1,9 +1,15 @@
-"""Issue 13: the workdir is the user's data (a non-workdir folder is never emptied), SIGHUP stops a
-run like SIGTERM, and options that cannot work are refused when the command line is parsed."""
+"""Issue 13: the workdir is the user's data (a non-workdir folder is never emptied, a damaged state
+file is rebuilt, one writer at a time), SIGHUP stops a run like SIGTERM, and options that cannot
+work are refused when the command line is parsed."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,12 +200,11 @@ def test_report_clears_the_temp_files_of_a_killed_report(quiet_demo_run, tmp_pat
 @pytest.mark.parametrize("damage", [lambda text: text[: len(text) // 2], lambda text: "{not json", lambda text: "[1, 2]",
                                     lambda text: '{"stages": {"prepare": [1]}}'],
                          ids=["truncated", "invalid JSON", "a list", "wrong shape"])
-@pytest.mark.parametrize("name", ["state.json", "run.json"])
-def test_a_damaged_state_or_run_file_is_one_line_naming_it_and_restart_recovers(tmp_path, demo_models, capsys, name, damage):
-    """Item 7: a damaged state.json / run.json gave 'internal error: JSONDecodeError/AttributeError'."""
+def test_a_damaged_run_file_is_one_line_naming_it_and_restart_recovers(tmp_path, demo_models, capsys, damage):
+    """Item 7: a damaged run.json gave 'internal error: JSONDecodeError/AttributeError'."""
     workdir = tmp_path / "w"
     plan_run(RunRequest(inputs_list=_inputs(tmp_path), workdir=workdir, models_dir=demo_models))
-    target = workdir / name
+    target = workdir / "run.json"
     target.write_text(damage(target.read_text()))
     capsys.readouterr()
     for argv in (["status", "-w", str(workdir)],
@@ -209,6 +214,24 @@ def test_a_damaged_state_or_run_file_is_one_line_naming_it_and_restart_recovers(
         assert len(err.splitlines()) == 1 and str(target) in err and "--restart" in err, err
         assert "internal error" not in err
     assert main(["run", str(_inputs(tmp_path)), "-w", str(workdir), "--models", str(demo_models), "-q", "--restart"]) == 0
+
+
+@pytest.mark.parametrize("damage", [lambda text: text[: len(text) // 2], lambda text: "[1, 2]"], ids=["truncated", "a list"])
+def test_a_damaged_state_file_is_rebuilt_from_the_shard_records(tmp_path, demo_models, capsys, damage):
+    """Items 6 and 7: state.json is folded from state.d/, so a damaged one loses nothing."""
+    workdir = tmp_path / "w"
+    argv = ["run", str(_inputs(tmp_path)), "-w", str(workdir), "--models", str(demo_models), "-q"]
+    assert main(argv) == 0
+    results = {p: p.read_bytes() for p in (workdir / "results").rglob("*.*")}
+    target = workdir / "state.json"
+    target.write_text(damage(target.read_text()))
+    capsys.readouterr()
+    assert main(["status", "-w", str(workdir)]) == 0  # complete: every shard's record says done
+    err = capsys.readouterr().err
+    assert str(target) in "".join(err.split()) and "rebuilt" in err and "Traceback" not in err
+    assert main(argv) == 0  # nothing recomputed, state.json folded again
+    assert {p: p.read_bytes() for p in (workdir / "results").rglob("*.*")} == results
+    assert all(e["status"] == "done" for shards in json.loads(target.read_text())["stages"].values() for e in shards.values())
 
 
 @pytest.mark.parametrize("change", [["--shards", "3"], "other inputs"], ids=["other --shards", "other inputs"])
@@ -233,3 +256,92 @@ def test_a_dry_run_refuses_what_submit_would_refuse(tmp_path, demo_models, capsy
     (dry_code, dry_err), (real_code, real_err) = outcomes
     assert dry_code == real_code == 2, outcomes
     assert "holds a run with different" in dry_err and dry_err == real_err
+
+
+# ---------------------------------------------------------------- item 3 and 4: one writer, dead holders
+
+def _wait_for(predicate, process, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def _cli(*argv, timeout=300):
+    return subprocess.run([sys.executable, "-m", "virnucpro.cli", *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_frees_the_workdir(tmp_path, demo_models):
+    reads = tmp_path / "reads.fa"
+    reads.write_text("".join(f">r{i}\n{CODING}{'ACGT' * (i % 7)}\n" for i in range(400)))
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(f"{reads}\n")
+    workdir = tmp_path / "w"
+    argv = ["run", listing, "-w", workdir, "--models", demo_models, "--shards", "2", "--device", "cpu"]
+    first = subprocess.Popen([sys.executable, "-m", "virnucpro.cli", *map(str, argv)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: any('"running"' in p.read_text() for p in workdir.glob("state.d/*/*.json")), first)
+        first.send_signal(signal.SIGSTOP)  # holds the workdir, mid-shard, for as long as the test needs
+        for second in (argv, ["submit", *argv[1:], "--partition", "gpu", "--dry-run"]):
+            refused = _cli(*second)
+            assert refused.returncode == 2, refused
+            line = refused.stderr.strip()
+            assert len(line.splitlines()) == 1 and "in use by 'virnucpro-slurm run'" in line, line
+            assert f"pid {first.pid} on {socket.gethostname()}" in line and "Traceback" not in line
+        assert f"in use by 'virnucpro-slurm run' (pid {first.pid}" in _cli("status", "-w", workdir).stdout
+        first.kill()  # kill -9: the flock goes with it, the holder record and a "running" shard stay
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert (workdir / ".writer.json").exists()
+    status = _cli("status", "-w", workdir, "--json")
+    report = json.loads(status.stdout)
+    assert report["holder"] is None and not any(s["running"] for s in report["stages"])
+    gone = [f for s in report["stages"] for f in s["failures"]]
+    assert gone and all(f"pid {first.pid}" in f["error"] and "is gone" in f["error"] for f in gone)
+    watch = _cli("status", "-w", workdir, "--watch", "0.2", timeout=60)  # ends: nothing can progress
+    assert watch.returncode == 1
+    assert _cli(*argv).returncode == 0  # the dead holder does not lock the workdir
+    assert not (workdir / ".writer.json").exists()
+    assert json.loads(_cli("status", "-w", workdir, "--json").stdout)["complete"]
+
+
+@pytest.mark.parametrize("heartbeat_age, refused", [(5, True), (3600, False)], ids=["fresh", "stale"])
+def test_a_holder_on_another_node_counts_while_its_heartbeat_is_fresh(tmp_path, demo_models, heartbeat_age, refused):
+    """flock may not exclude another node (Lustre localflock): the holder record's heartbeat does."""
+    workdir = tmp_path / "w"
+    request = RunRequest(inputs_list=_inputs(tmp_path), workdir=workdir, models_dir=demo_models)
+    plan_run(request)
+    now = time.time()
+    (workdir / ".writer.json").write_text(json.dumps({
+        "command": "virnucpro-slurm run", "host": "login-node-2", "pid": 4242, "started": now - 7200,
+        "heartbeat": now - heartbeat_age}))
+    if refused:
+        with pytest.raises(StateError, match=r"in use by 'virnucpro-slurm run' \(pid 4242 on login-node-2"):
+            plan_run(request)
+    else:
+        plan_run(request)
+        assert not (workdir / ".writer.json").exists()  # taken over, then released
+
+
+def test_more_shards_than_frames_is_refused_before_any_shard_is_written(tmp_path, demo_models, capsys):
+    """Item 5: --shards 100000 on a few reads was accepted and ran 100,000 empty shards."""
+    workdir = tmp_path / "w"
+    listing = _inputs(tmp_path)  # one read: its stop-free frames are a handful
+    argv = ["run", str(listing), "-w", str(workdir), "--models", str(demo_models), "--device", "cpu"]
+    assert main([*argv, "--shards", "100000"]) != 0
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    line = errors[0]
+    frames = int(line.split("more than the ")[1].split()[0])
+    assert 1 <= frames < 10 and f"use --shards {frames} or fewer" in line, line
+    assert not (workdir / "shards").exists() or not any((workdir / "shards").iterdir())
+    assert main([*argv, "--shards", str(frames)]) == 0  # the suggested count works: nothing was done to lose

@@ -144,13 +144,17 @@ def cmd_run(args) -> int:
     from .orchestration.plan import plan_run
     from .orchestration.runner import StageContext, StopFlag, run_locally
 
+    from .orchestration.writer import WorkdirWriter
+
     stop = StopFlag().install()  # before anything is written: a SIGTERM now still ends cleanly
-    workdir, config, state = plan_run(run_request(args))
-    console.log_to_file(workdir.run_log())
-    console.info(f"workdir {workdir.root}: {len(config.inputs)} input(s), {config.shards} shard(s), "
-                 f"chunk length {config.chunk_length}")
-    ctx = StageContext(workdir=workdir, config=config, device=config.device, stop_requested=stop)
-    run_locally(ctx, state)
+    request = run_request(args)
+    with WorkdirWriter(request.workdir, "virnucpro-slurm run") as writer:  # held until the run ends
+        workdir, config, state = plan_run(request, writer)
+        console.log_to_file(workdir.run_log())
+        console.info(f"workdir {workdir.root}: {len(config.inputs)} input(s), {config.shards} shard(s), "
+                     f"chunk length {config.chunk_length}")
+        ctx = StageContext(workdir=workdir, config=config, device=config.device, stop_requested=stop)
+        run_locally(ctx, state)
     if config.models.demo:
         console.warn(DEMO_WARNING)
     console.info(f"[bold green]done[/bold green]: results in {workdir.results}")

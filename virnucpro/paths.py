@@ -34,6 +34,11 @@ class Workdir:
         return self.root / "state.json"
 
     @property
+    def state_records(self) -> Path:
+        """W/state.d/: one record per (stage, shard), the truth state.json is folded from."""
+        return self.root / "state.d"
+
+    @property
     def state_lock(self) -> Path:
         return self.root / ".state.lock"
 
@@ -172,8 +177,9 @@ class Workdir:
     # ownership, for clearing what a killed writer left behind
     @property
     def run_files(self) -> tuple[Path, ...]:
-        """Run-level files, written only by planning or under the state lock."""
-        return (self.config, self.state, self.provenance, self.hash_cache)
+        """Run-level files, written only by the workdir's one writer (planning) or under the state
+        lock; the state records of SLURM tasks too, which run only while no one plans."""
+        return (self.config, self.state, self.state_records, self.provenance, self.hash_cache)
 
     def written_by(self, stage: str, shard: int) -> tuple[Path, ...]:
         """Files, and folders written only by (stage, shard): whoever holds that shard may clear

@@ -67,13 +67,18 @@ def slurm_flags(args) -> dict:
 def preview_run(request):
     """The run's configuration and state as `plan_run` would make them (refusals included), writing nothing."""
     from .orchestration.config import HashCache
-    from .orchestration.plan import check_is_workdir_or_empty, compare_with_workdir, new_config
+    from .orchestration.plan import check_is_workdir_or_empty, compare_with_workdir, new_config, refuse_while_jobs_active
+    from .orchestration.writer import WorkdirWriter, current_holder
     from .orchestration.state import StateFile
     from .paths import Workdir
 
     workdir = Workdir(request.workdir)
     config = new_config(request)
     check_is_workdir_or_empty(workdir)
+    holder = current_holder(workdir.root)
+    if holder:
+        raise WorkdirWriter(workdir.root, "").busy(holder)
+    refuse_while_jobs_active(workdir)
     discard, reset = compare_with_workdir(request, workdir, config, HashCache(workdir.hash_cache))
     state = {} if discard else StateFile(workdir.state, workdir.state_lock).load()
     for stage in reset:  # as plan_run resets them
@@ -97,17 +102,19 @@ def cmd_submit(args) -> int:
         write_dry_run(workdir, jobs, options)
         return 0
 
-    from .errors import VirnucproError
     from .orchestration.plan import plan_run
-    from .orchestration.state import PENDING
+    from .orchestration.writer import WorkdirWriter
 
     slurm.require_slurm()
-    workdir = Workdir(request.workdir)
-    active = slurm.active_jobs(workdir)
-    if active:
-        raise VirnucproError(f"{workdir.root}: jobs {', '.join(active)} of this run are still queued or running; "
-                             f"wait for them, or 'virnucpro-slurm cancel --workdir {workdir.root}' first")
-    workdir, config, state = plan_run(request)
+    with WorkdirWriter(request.workdir, "virnucpro-slurm submit") as writer:  # until the jobs are recorded
+        return _submit_held(request, options, plan_run(request, writer))
+
+
+def _submit_held(request, options, planned) -> int:
+    from .orchestration import slurm
+    from .orchestration.state import PENDING
+
+    workdir, config, state = planned
     plan = pipeline.plan(config, state.load(), workdir)
     for note in pipeline.healing_notes(plan, config):
         console.warn(note)

@@ -3,6 +3,7 @@ compare the fingerprint with the workdir's, and create the state entries. No tor
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from ..fasta import read_inputs_list
 from .config import (HashCache, ModelSpec, RunConfig, RunOptions, auto_shards, check_writable, compute_fingerprint,
                      fingerprint_differences, input_names)
 from .state import DONE, RUNNING, StateFile, exclusive_lock
+from .writer import WorkdirWriter
 
 DEFAULT_ESM = "esm2_t36_3B_UR50D"
 DEFAULT_DNABERT = "zhihan1996/DNABERT-S"
@@ -99,7 +101,7 @@ def resolve_models(request: RunRequest) -> tuple[ModelSpec, int]:
 # What may be in a folder before it holds run.json: what planning writes before run.json (a plan
 # refused half-way) and the demo models `run --demo` writes into the workdir before planning.
 # `submit --dry-run` writes slurm/dry-run/ and changes no state, so a dry run may come first.
-PRE_CONFIG_ENTRIES = {".state.lock", ".hash-cache.json", "demo-models", "logs", "slurm"}
+PRE_CONFIG_ENTRIES = {".state.lock", ".hash-cache.json", ".writer.lock", ".writer.json", "demo-models", "logs", "slurm"}
 
 
 def check_is_workdir_or_empty(workdir: Workdir) -> None:
@@ -119,6 +121,7 @@ def discard_results(workdir: Workdir) -> None:
     check_is_workdir_or_empty(workdir)
     for folder in workdir.output_folders:
         shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(workdir.state_records, ignore_errors=True)
     for path in (workdir.state, workdir.config):
         path.unlink(missing_ok=True)
 
@@ -159,13 +162,36 @@ def compare_with_workdir(request: RunRequest, workdir: Workdir, config: RunConfi
     return request.restart, []
 
 
-def plan_run(request: RunRequest) -> tuple[Workdir, RunConfig, StateFile]:
-    """Create or re-open a workdir for this request; refuse a workdir of a different run."""
+def refuse_while_jobs_active(workdir: Workdir) -> None:
+    """A run's SLURM tasks write its state: nothing else may plan it while they are queued or running."""
+    if not workdir.jobs.exists():
+        return
+    from .slurm import active_jobs
+
+    active = active_jobs(workdir)
+    if active:
+        raise StateError(f"{workdir.root}: SLURM jobs {', '.join(active)} of this run are still queued or running; "
+                         f"wait for them, or 'virnucpro-slurm cancel --workdir {workdir.root}' first")
+
+
+def plan_run(request: RunRequest, writer: WorkdirWriter | None = None) -> tuple[Workdir, RunConfig, StateFile]:
+    """Create or re-open a workdir for this request; refuse a workdir of a different run, one
+    another process holds, and one whose SLURM jobs are still active. `writer` (held by the
+    caller for as long as it writes the run) is acquired here; without it, for planning only."""
     workdir = Workdir(request.workdir)
     config = new_config(request)
     check_is_workdir_or_empty(workdir)
     check_writable(workdir.root)  # only now: a request refused above leaves no empty workdir behind
-    with exclusive_lock(workdir.state_lock):  # state and provenance are only written under this lock
+    with contextlib.ExitStack() as planning:
+        if writer is None:
+            writer = planning.enter_context(WorkdirWriter(workdir.root, "plan"))
+        writer.acquire()
+        refuse_while_jobs_active(workdir)
+        return _plan_held(request, workdir, config)
+
+
+def _plan_held(request: RunRequest, workdir: Workdir, config: RunConfig) -> tuple[Workdir, RunConfig, StateFile]:
+    with exclusive_lock(workdir.state_lock):  # provenance is only written under this lock
         remove_stale_temp_files(workdir.run_files)
     hashes = HashCache(workdir.hash_cache)
     discard, reset = compare_with_workdir(request, workdir, config, hashes)

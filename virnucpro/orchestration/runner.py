@@ -13,6 +13,7 @@ pair: a file still bad after that is an error). This module knows nothing of tor
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import signal
@@ -97,7 +98,8 @@ def run_stage_shards(ctx: StageContext, state: StateFile, stage: str, shards: li
     outcome = StageOutcome()
     process = None
     for shard in shards:
-        if ctx.stop_requested():
+        if ctx.stop_requested():  # stopped between shards: the next one is where a requeue resumes
+            state.mark_interrupted(stage, shard)
             outcome.interrupted = True
             break
         state.mark_running(stage, shard, job_id=job_id, log=log_path)
@@ -156,7 +158,11 @@ def run_locally(ctx: StageContext, state: StateFile, stages: tuple[str, ...] = S
         for stage, shards in plan.reset.items():  # recorded done, made from what is recomputed
             for shard in shards:
                 state.update(stage, shard, status=PENDING)
-        stale = _run_stages(ctx, state, plan, stages)
+        try:
+            stale = _run_stages(ctx, state, plan, stages)
+        finally:
+            with contextlib.suppress(OSError, VirnucproError):  # never hide why the run stopped
+                state.fold()  # state.json shows where the run stopped, whatever stopped it
         if not stale:
             return
         for shard, exc in stale.items():
@@ -183,7 +189,7 @@ def _run_stages(ctx: StageContext, state: StateFile, plan, stages: tuple[str, ..
         outcome = run_stage_shards(ctx, state, stage, todo)
         if outcome.failed:
             shard, message = next(iter(outcome.failed.items()))
-            entry = state.load()[stage][shard]
+            entry = state.read_entry(stage, shard)
             more = f" (and {len(outcome.failed) - 1} more shard(s))" if len(outcome.failed) > 1 else ""
             raise VirnucproError(
                 f"stage {stage}, shard {shard} failed{more}: {message}"
@@ -196,5 +202,6 @@ def _run_stages(ctx: StageContext, state: StateFile, plan, stages: tuple[str, ..
             )
         if outcome.stale:
             return outcome.stale
+        state.fold()
         console.info(f"[green]{stage}[/green]: done in {time.time() - started:.1f} s")
     return {}

@@ -3,8 +3,9 @@ jobs when it was submitted (W/slurm/jobs.json; sacct, or `squeue -t all` without
 
 The state file is the truth about shards; SLURM only adds job ids and states, and catches the
 one thing the state file cannot know: a shard marked running whose task SLURM has ended (killed
-for memory, node failure, cancelled) is reported as failed. Work is O(shards): one JSON read,
-one pass, one sacct/squeue call.
+for memory, node failure, cancelled) is reported as failed. A shard running outside SLURM whose
+process is gone (see `mark_dead_local_shards`) is reported failed too. Work is O(shards): the
+folded state (state.json plus the records changed since), one pass, one sacct/squeue call.
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ def status_report(workdir) -> dict:
     if workdir.jobs.exists():
         slurm = slurm_view(workdir)
     state = read_state(workdir)
+    from .writer import current_holder
+
+    holder = current_holder(workdir.root)
+    mark_dead_local_shards(state, holder)
     summaries = summarise(state, slurm["task_states"])
     stages = []
     for s in summaries:
@@ -128,7 +133,31 @@ def status_report(workdir) -> dict:
                                           "error": f"SLURM task {crash['task']} ended {crash['state']}", "log": crash["log"]})
         stages.append(entry)
     return {"workdir": str(workdir.root), "complete": all_done(summaries), "slurm_source": slurm["source"],
-            "slurm_active": slurm["active"], "stages": stages}
+            "slurm_active": slurm["active"], "holder": holder, "stages": stages}
+
+
+def mark_dead_local_shards(state: dict[str, dict[int, dict]], holder: dict | None) -> None:
+    """A shard marked running outside SLURM whose process is gone (kill -9, terminal closed, node
+    lost) is shown failed, with how to resume: on this host its pid is checked; elsewhere, a
+    local run holds the workdir for its whole length, so no live holder means no live run."""
+    import socket
+
+    from .writer import holder_alive
+
+    here = socket.gethostname()
+    for stage, entries in state.items():
+        for entry in entries.values():
+            if entry.get("status") != RUNNING or entry.get("job_id"):
+                continue
+            pid, host = entry.get("pid"), entry.get("host")
+            if host == here and isinstance(pid, int):
+                alive = holder_alive({"host": host, "pid": pid})
+            else:
+                alive = holder is not None
+            if not alive:
+                entry["status"] = FAILED
+                entry["error"] = (f"the process running it (pid {pid} on {host}) is gone (killed, or its terminal "
+                                  "closed); run the same command again to resume")
 
 
 def render_status(report: dict):
@@ -149,6 +178,9 @@ def render_status(report: dict):
         table.add_column(column, justify="left" if column == "stage" or column.startswith("SLURM") else "right",
                          no_wrap=not column.startswith("SLURM"))
     lines = []
+    if report.get("holder"):
+        from .writer import describe_holder
+        lines.append(f"in use by {describe_holder(report['holder'])}")
     for s in report["stages"]:
         row = [s["stage"], str(s["shards"]), f"[green]{s['done']}[/green]", str(s["running"]), str(s["pending"]),
                f"[red]{s['failed']}[/red]" if s["failed"] else "0",
@@ -178,14 +210,15 @@ def status_console():
 
 def watch(workdir, interval: float, console) -> dict:
     """Redraw the status every `interval` seconds until the run is complete or nothing is left
-    that could change it (no SLURM job queued or running, no shard running)."""
+    that could change it: no SLURM job queued or running, no live process holding the workdir,
+    no shard running in a live process."""
     from rich.live import Live
 
     report = status_report(workdir)
     with Live(render_status(report), console=console, auto_refresh=False) as live:
         while True:
             running = any(s["running"] for s in report["stages"])
-            if report["complete"] or not (report["slurm_active"] or running):
+            if report["complete"] or not (report["slurm_active"] or running or report["holder"]):
                 return report
             time.sleep(interval)
             report = status_report(workdir)

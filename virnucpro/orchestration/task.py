@@ -97,11 +97,9 @@ def run_array_task(workdir: str, stage: str, shards: list[int], workers: int = 1
     job_id = slurm_task_id()
     array_job, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     log_path = str(wd.task_log(stage, array_job, index)) if array_job and index else None
-    current = state.load()
-    entries = current.get(stage, {})
-    unfinished = set(pipeline.unfinished(current, stage, config))
-    todo = [s for s in shards if s in unfinished]
-    stuck = [s for s in todo if entries.get(s) is not None and entries[s].requeues >= MAX_REQUEUES]
+    entries = state.entries(stage, shards)  # this task's records only: 10,000 tasks must not each read all
+    todo = [s for s in shards if not pipeline.is_done(entries[s])]
+    stuck = [s for s in todo if entries[s].requeues >= MAX_REQUEUES]
     if stuck:
         for shard in stuck:
             state.mark_failed(stage, shard, f"requeued {MAX_REQUEUES} times without finishing; raise this stage's --time")
@@ -117,11 +115,13 @@ def run_array_task(workdir: str, stage: str, shards: list[int], workers: int = 1
         failed, interrupted = sorted({*outcome.failed, *outcome.stale}), outcome.interrupted
 
     if failed:
-        after = state.load().get(stage, {})
+        after = state.entries(stage, failed)
         for shard in failed:
-            log.error("%s shard %d failed: %s", stage, shard, after[shard].error if shard in after else "worker crashed")
+            log.error("%s shard %d failed: %s", stage, shard, after[shard].error or "worker crashed")
         raise VirnucproError(f"{stage} shard(s) {failed} failed; fix the cause and submit again "
                              f"('virnucpro-slurm status --workdir {wd.root}' lists the errors)")
+    if stage == pipeline.STAGES[-1] and not interrupted:
+        state.fold()  # the run's last task: every other task of the job graph has ended
     if interrupted:
         if array_job and not is_cancelled(wd, array_job):
             requeue(job_id)
@@ -189,7 +189,7 @@ def run_workers(root: Path, stage: str, parts: list[list[int]], device: str, job
         time.sleep(0.1)
     codes = [child.returncode for child in children]
     _, _, state = open_run(root)
-    entries = state.load().get(stage, {})
+    entries = state.entries(stage, [s for part in parts for s in part])
     failed = set()
     for part, code in zip(parts, codes):
         marked = [s for s in part if entries.get(s) and entries[s].status == "failed"]

@@ -197,6 +197,7 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
                     run_index, run = next(runs, (None, iter(())))
                 summary["inputs"].append(totals.finish())
             advance(1)
+        check_shard_count(config.shards, len(costs) // 2)
         before_shards()  # inside: if it refuses the models, the spool is never committed
     token_costs = np.frombuffer(bytes(costs), np.uint16)
     summary["shards"] = split_spool(workdir, config.shards, token_costs)
@@ -207,6 +208,15 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
     workdir.frames_spool.unlink()
     return {"frames": summary["total_frames"], "tokens": summary["total_tokens"],
             "reads": sum(i["reads"] for i in summary["inputs"]), "workers": workers}
+
+
+def check_shard_count(shards: int, frames: int) -> None:
+    """More shards than frames would be empty array tasks, each loading a 3B model for nothing
+    (and 100,000 of them flood the scheduler). No frames at all still runs one shard: the
+    results are header-only."""
+    if shards > max(frames, 1):
+        raise InputError(f"--shards {shards} is more than the {frames} frame(s) these inputs yield; "
+                         f"use --shards {max(frames, 1)} or fewer")
 
 
 def shard_boundaries(token_costs: np.ndarray, shards: int) -> list[int]:
