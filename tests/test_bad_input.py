@@ -621,3 +621,30 @@ def test_rna_reads_translate_like_dna(tmp_path, capsys):
     assert outputs["rna"] == outputs["dna"] and outputs["dna"][1].startswith(">r1_chunk_1F1\nMAEKLAEKL")
     err = "".join(capsys.readouterr().err.split())  # the console wraps long lines
     assert err.count("areRNA") == 1 and f"{rna}:2record(s)areRNA(holdU)" in err, err
+
+
+def test_rna_in_prepare_workers_is_converted_and_warned_once(tmp_path, monkeypatch, capsys):
+    """The conversion lives in parse_block, so prepare's worker processes do it too, and the count
+    of RNA records travels back to one warning per input file however many blocks it spans."""
+    import virnucpro.stages.prepare as prepare
+    from virnucpro.orchestration.config import ModelSpec, RunConfig
+    from virnucpro.orchestration.runner import StageContext
+    from virnucpro.paths import Workdir
+
+    records = [(f"r{i}", CODING + "GCT" * i) for i in range(300)]
+    dna, rna = tmp_path / "dna.fa", tmp_path / "rna.fa"
+    dna.write_text(fasta(*records))
+    rna.write_text(fasta(*((name, seq.replace("T", "U")) if i % 3 else (name, seq)
+                           for i, (name, seq) in enumerate(records))))
+    monkeypatch.setattr(prepare, "BLOCK_BYTES", 5000)  # many blocks, spread over the workers
+    monkeypatch.setenv("VIRNUCPRO_PREPARE_WORKERS", "2")
+    shards = {}
+    for path in (dna, rna):
+        config = RunConfig(inputs_list="", inputs=[str(path)], input_names=[path.stem], chunk_length=500, shards=2,
+                           models=ModelSpec("esm", "dnabert", "classifier"))
+        ctx = StageContext(workdir=Workdir(tmp_path / path.stem), config=config)
+        prepare.prepare(ctx)
+        shards[path.stem] = [ctx.workdir.shard_frames(k).read_text() for k in range(2)]
+    assert shards["rna"] == shards["dna"]
+    err = "".join(capsys.readouterr().err.split())
+    assert err.count("areRNA") == 1 and f"{rna}:200record(s)areRNA" in err, err
