@@ -203,6 +203,23 @@ def disk_full(env: Env) -> Call:
     return call
 
 
+def long_header(env: Env) -> Call:
+    path = env.write("reads.fa", fasta(("ok", CODING), ("x" * 20_000, CODING)))
+    return fresh_run(env, env.listing(path), f"{path}: line 3")
+
+
+def fifo_input(env: Env) -> Call:
+    path = env.root / "reads.fa"
+    os.mkfifo(path)
+    return on_complete_run(env, env.listing(path), path)
+
+
+def symlink_loop(env: Env) -> Call:
+    (env.root / "a.fa").symlink_to(env.root / "b.fa")
+    (env.root / "b.fa").symlink_to(env.root / "a.fa")
+    return on_complete_run(env, env.listing(env.root / "a.fa"), env.root / "a.fa")
+
+
 def with_classifier(make: Callable[[Env], Path]) -> Callable[[Env], Call]:
     def setup(env: Env) -> Call:
         classifier = make(env)
@@ -316,6 +333,11 @@ def check_quoted_path(workdir: Path, folder: Path) -> None:
     frames_as_oracle("it's \"quoted\".fa")(workdir, folder)
 
 
+def check_rna(workdir: Path, folder: Path) -> None:
+    rna, dna = frames_of_input(workdir, "rna.fa"), frames_of_input(workdir, "rna-as-dna.fa")
+    assert rna and rna == dna and "U" not in "".join(line.split("\t")[1] for line in rna).upper()
+
+
 def check_gzip(workdir: Path, folder: Path) -> None:
     assert result_lines(workdir, "gzipped")[1:]
 
@@ -334,6 +356,8 @@ CASES = [
     Case("HTML input", bad_file("reads.fa", "<!DOCTYPE html>\n<html><body>Not Found</body></html>\n"),
          "looks like HTML"),
     Case("binary input", bad_file("reads.fa", bytes(range(256)) * 4), "binary data"),
+    Case("input is a FIFO", fifo_input, "is not a regular file (a FIFO)"),
+    Case("input is a symbolic link loop", symlink_loop, "is a symbolic link loop"),
     Case("sequence before any header", bad_file("reads.fa", "ACGT\n>r\nACGT\n"), "does not start with a '>' header"),
     # ---- problems found while reading the whole file (prepare stage, fresh workdir)
     Case("truncated gzip", truncated_gz, "truncated or corrupt"),
@@ -345,6 +369,7 @@ CASES = [
     Case("digits in a sequence", bad_record("numbered", fasta(("numbered", "ACGT12ACGT"))), "codes ('1', '2')"),
     Case("space inside a sequence", bad_record("spaced", fasta(("spaced", "ACGT ACGT"))),
          "not IUPAC nucleotide codes (' ')"),
+    Case("header longer than 10,000 characters", long_header, "longer than 10,000 characters (the limit)"),
     # ---- the workdir
     Case("workdir under a regular file", workdir_under_file, "cannot create the workdir"),
     Case("workdir is a regular file", workdir_is_file, "cannot create the workdir"),
@@ -381,6 +406,13 @@ CASES = [
          "", True, check_listing),
     Case("paths with spaces and quotes", accepted("it's \"quoted\".fa", fasta(("q", CODING))), "", True,
          check_quoted_path),
+    Case("RNA (U read as T, one warning per file)", lambda env: Call(list_lines=[
+        *accepted("rna.fa", fasta(("r1", CODING.replace("T", "U")), ("r2", CODING.replace("T", "u").lower()),
+                                  ("r3", CODING)))(env).list_lines,
+        *accepted("rna-as-dna.fa", fasta(("r1", CODING), ("r2", CODING.lower()), ("r3", CODING)))(env).list_lines]),
+         "rna.fa: 2 record(s) are RNA (hold U); read as DNA with U as T", True, check_rna),
+    Case("'#' inside a file name is part of it", accepted("run#1.fa", fasta(("hash", CODING))), "", True,
+         frames_as_oracle("run#1.fa")),
     Case("gzipped input", accepted("gzipped.fa.gz", gzip.compress(fasta(("gz", CODING)).encode())), "", True,
          check_gzip),
 ]
@@ -526,3 +558,93 @@ def test_prepare_failing_mid_write_keeps_previous_shards(tmp_path, monkeypatch):
     assert {k: v for k, v in after.items() if k.startswith(("shards", "prepare/summary"))} == \
         {k: v for k, v in before.items() if k.startswith(("shards", "prepare/summary"))}
     assert leftovers(ctx.workdir.root) == []
+
+
+@pytest.mark.parametrize("layout", ["UTF-8 BOM", "CRLF", "comments"])
+def test_inputs_list_layouts(tmp_path, layout):
+    """Item 10: a BOM made the first path "\ufeffreads.fa" (not found); '#' anywhere started a
+    comment, so run#1.fa was silently read as run."""
+    from virnucpro.fasta import read_inputs_list
+
+    for name in ("reads.fa", "run#1.fa", "run"):
+        (tmp_path / name).write_text(fasta((name, CODING)))
+    lines = {"UTF-8 BOM": "\ufeffreads.fa\nrun#1.fa\n", "CRLF": "reads.fa\r\nrun#1.fa\r\n",
+             "comments": "# a comment\n  # indented comment\nreads.fa  # after whitespace\nrun#1.fa\t# tab\n"}[layout]
+    listing = tmp_path / "inputs.txt"
+    listing.write_bytes(lines.encode("utf-8"))
+    assert read_inputs_list(listing) == [tmp_path / "reads.fa", tmp_path / "run#1.fa"]
+
+
+def test_a_huge_header_fails_before_it_is_read_into_memory(tmp_path):
+    """Item 10: a 200 MB id took 8.8 GB of memory and 7.1 GB of disk; now the reader stops once the
+    header line passes the limit (here 64 MB of header, gzipped, must fail within a few MB)."""
+    import tracemalloc
+
+    from virnucpro.errors import InputError
+    from virnucpro.fasta import read_records
+
+    path = tmp_path / "huge.fa.gz"
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(f">ok\n{CODING}\n>".encode())
+        for _ in range(64):
+            out.write(b"x" * (1 << 20))
+        out.write(f"\n{CODING}\n".encode())
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as refused:
+            list(read_records(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"{path}: line 3: the header of record 'xxxx" in str(refused.value)
+    assert "longer than 10,000 characters" in str(refused.value)
+    assert peak < 32 << 20, peak
+
+
+def test_rna_reads_translate_like_dna(tmp_path, capsys):
+    """Item 10: U was a valid letter but unknown to the codon rule, so AUG... gave other proteins than
+    ATG...; one reader converts it for prepare, `translate` and `embed dnabert` alike."""
+    from virnucpro.cli import main
+    from virnucpro.fasta import read_records
+
+    dna, rna = tmp_path / "dna.fa", tmp_path / "rna.fa"
+    dna.write_text(fasta(("r1", CODING), ("r2", CODING.lower())))
+    rna.write_text(fasta(("r1", CODING.replace("T", "U")), ("r2", CODING.lower().replace("t", "u"))))
+    assert list(read_records(rna)) == list(read_records(dna))
+    capsys.readouterr()
+    outputs = {}
+    for path in (dna, rna):
+        nucleotides, proteins = tmp_path / f"{path.stem}.nt.fa", tmp_path / f"{path.stem}.faa"
+        assert main(["translate", str(path), "--chunk-length", "500", "--nucleotide-out", str(nucleotides),
+                     "--protein-out", str(proteins)]) == 0
+        outputs[path.stem] = (nucleotides.read_text(), proteins.read_text())
+    assert outputs["rna"] == outputs["dna"] and outputs["dna"][1].startswith(">r1_chunk_1F1\nMAEKLAEKL")
+    err = "".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert err.count("areRNA") == 1 and f"{rna}:2record(s)areRNA(holdU)" in err, err
+
+
+def test_rna_in_prepare_workers_is_converted_and_warned_once(tmp_path, monkeypatch, capsys):
+    """The conversion lives in parse_block, so prepare's worker processes do it too, and the count
+    of RNA records travels back to one warning per input file however many blocks it spans."""
+    import virnucpro.stages.prepare as prepare
+    from virnucpro.orchestration.config import ModelSpec, RunConfig
+    from virnucpro.orchestration.runner import StageContext
+    from virnucpro.paths import Workdir
+
+    records = [(f"r{i}", CODING + "GCT" * i) for i in range(300)]
+    dna, rna = tmp_path / "dna.fa", tmp_path / "rna.fa"
+    dna.write_text(fasta(*records))
+    rna.write_text(fasta(*((name, seq.replace("T", "U")) if i % 3 else (name, seq)
+                           for i, (name, seq) in enumerate(records))))
+    monkeypatch.setattr(prepare, "BLOCK_BYTES", 5000)  # many blocks, spread over the workers
+    monkeypatch.setenv("VIRNUCPRO_PREPARE_WORKERS", "2")
+    shards = {}
+    for path in (dna, rna):
+        config = RunConfig(inputs_list="", inputs=[str(path)], input_names=[path.stem], chunk_length=500, shards=2,
+                           models=ModelSpec("esm", "dnabert", "classifier"))
+        ctx = StageContext(workdir=Workdir(tmp_path / path.stem), config=config)
+        prepare.prepare(ctx)
+        shards[path.stem] = [ctx.workdir.shard_frames(k).read_text() for k in range(2)]
+    assert shards["rna"] == shards["dna"]
+    err = "".join(capsys.readouterr().err.split())
+    assert err.count("areRNA") == 1 and f"{rna}:200record(s)areRNA" in err, err

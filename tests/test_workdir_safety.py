@@ -345,3 +345,44 @@ def test_more_shards_than_frames_is_refused_before_any_shard_is_written(tmp_path
     assert 1 <= frames < 10 and f"use --shards {frames} or fewer" in line, line
     assert not (workdir / "shards").exists() or not any((workdir / "shards").iterdir())
     assert main([*argv, "--shards", str(frames)]) == 0  # the suggested count works: nothing was done to lose
+
+
+def test_report_on_a_read_only_workdir_is_one_line_naming_the_folder(quiet_demo_run, tmp_path, capsys):
+    """Item 10: `report` on a read-only workdir was an internal error. Permission bits do not stop
+    root (CI), so root gets a read-only tmpfs where mounting is allowed, else a file where the
+    report folder must go (a folder that cannot be created either)."""
+    import os
+    import shutil
+    import subprocess
+
+    workdir = tmp_path / "w"
+    mounted = False
+    if os.geteuid() == 0:
+        workdir.mkdir()
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(workdir)],
+                                 capture_output=True).returncode == 0
+    shutil.copytree(quiet_demo_run.workdir, workdir, dirs_exist_ok=True)
+    shutil.rmtree(workdir / "report")
+    blocked = workdir / "report"
+    if mounted:
+        subprocess.run(["mount", "-o", "remount,ro", str(workdir)], check=True)
+        blocked = workdir / "logs"  # the first folder the report writes to
+    elif os.geteuid() == 0:
+        blocked.write_text("in the way\n")
+    else:
+        subprocess.run(["chmod", "-R", "a-w", str(workdir)], check=True)
+        blocked = workdir / "logs"
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    try:
+        code = main(["report", "--workdir", str(workdir)])
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error")]
+        assert code == 2 and len(errors) == 1 and "internal error" not in err and "Traceback" not in err, err
+        assert f"{blocked}: cannot write the report there" in errors[0] and "copy it somewhere writable" in errors[0]
+        assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(workdir)], check=True)
+        else:
+            subprocess.run(["chmod", "-R", "u+w", str(workdir)], check=True)

@@ -1,10 +1,12 @@
 """Reading FASTA input: plain or gzipped files, validated, in blocks of whole records.
 
 Input rules (README, "Input"): sequence letters are the IUPAC nucleotide codes in any case (a codon
-holding an ambiguity code is dropped by the codon rule); '-', '*', digits and spaces inside a
-sequence are an error naming the record; records without sequence or shorter than one codon
-yield no frame and are counted; headers that are not UTF-8 are read as Latin-1 (every byte kept);
-read ids must be unique within a file (the same id in two files is fine: results are per input).
+holding an ambiguity code is dropped by the codon rule); RNA is read as DNA (U as T, here, so every
+reader and every output sees T); '-', '*', digits and spaces inside a sequence are an error naming
+the record; records without sequence or shorter than one codon yield no frame and are counted;
+headers that are not UTF-8 are read as Latin-1 (every byte kept) and are at most
+MAX_HEADER_CHARACTERS long; read ids must be unique within a file (the same id in two files is
+fine: results are per input).
 The same reader, with the protein alphabet, reads the proteins `embed esm2` is given.
 
 Every FASTA the package reads goes through here: `fasta_blocks` + `parse_block` (what prepare's
@@ -16,10 +18,12 @@ reader is what lets prepare parse in parallel worker processes.
 from __future__ import annotations
 
 import array
+import errno
 import gzip
 import io
 import os
 import re
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +31,15 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from . import console
 from .errors import InputError
 from .sequences import Read, translate_stream
 
 # IUPAC nucleotide codes: kept in sequences, and any codon holding one is dropped by the codon rule.
-IUPAC_LETTERS = frozenset("ACGTUNRYSWKMBDHV")
+IUPAC_LETTERS = frozenset("ACGTNRYSWKMBDHV")
+# A header line longer than this is refused: ids are copied into every table and output, and a
+# 200 MB header once cost 8.8 GB of memory and 7.1 GB of disk before anything failed.
+MAX_HEADER_CHARACTERS = 10_000
 
 
 def _both_cases(letters: str) -> bytes:
@@ -46,10 +54,11 @@ class Alphabet:
     letters: bytes
     described: str
     advice: str
+    reads_rna: bool = False  # U is accepted and read as T
 
 
-NUCLEOTIDE = Alphabet(_both_cases("".join(IUPAC_LETTERS)), "IUPAC nucleotide codes",
-                      "remove gaps, stops, digits and spaces from the sequence")
+NUCLEOTIDE = Alphabet(_both_cases("".join(IUPAC_LETTERS) + "U"), "IUPAC nucleotide codes",
+                      "remove gaps, stops, digits and spaces from the sequence", reads_rna=True)
 # Protein letters for `embed esm2`: the ESM alphabet's one-letter residues (its tokenizer decides
 # what it can encode), plus '*' and '-' which it rejects with its own message.
 PROTEIN = Alphabet(_both_cases("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + b"*-.", "protein letters",
@@ -102,6 +111,7 @@ def fasta_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[B
     line, first = 1, True
     try:
         with handle:
+            header_open = False  # the pending record's header line has not ended yet
             while True:
                 data = handle.read(block_bytes)
                 if not data:
@@ -113,10 +123,19 @@ def fasta_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[B
                 elif data.startswith(b">") and parts and parts[-1].endswith(b"\n"):
                     rest = data
                 else:
-                    parts.append(data)  # inside a record longer than a block: keep reading
+                    # inside a record longer than a block: keep reading, unless it is all header
+                    header_open = (header_open or not parts) and b"\n" not in data
+                    parts.append(data)
+                    if header_open and sum(map(len, parts)) > 4 * MAX_HEADER_CHARACTERS:
+                        # fail now, not after reading a header of gigabytes into memory
+                        start = parts[0].find(b">")
+                        if start >= 0 and not parts[0][:start].strip():
+                            raise InputError(_long_header_message(path, line + parts[0][:start].count(b"\n"),
+                                                                  parts[0][start + 1:start + 41]))
                     continue
                 block = b"".join(parts)
                 parts = [rest]
+                header_open = b"\n" not in rest
                 yield Block(path, block, line, first)
                 line += block.count(b"\n")
                 first = False
@@ -145,6 +164,12 @@ def _not_fasta_message(path: Path, first_line: bytes) -> str:
     return f"{path}: not a FASTA file: {kind}"
 
 
+def _long_header_message(path: Path, line: int, start: bytes) -> str:
+    shown = _decode_header(start[:40])
+    return (f"{path}: line {line}: the header of record '{shown}...' is longer than {MAX_HEADER_CHARACTERS:,} "
+            f"characters (the limit); shorten the read ids and descriptions")
+
+
 def _bad_letters_message(path: Path, record_id: str, sequence: bytes, alphabet: Alphabet) -> str:
     bad = sorted(set(sequence.translate(None, alphabet.letters).decode("latin-1")))
     shown = ", ".join(repr(c) for c in bad[:8]) + (", ..." if len(bad) > 8 else "")
@@ -157,9 +182,16 @@ def _clean_lines(body: bytes) -> bytes:
     return b"".join(line.rstrip() for line in body.split(b"\n"))
 
 
-def parse_block(block: Block, alphabet: Alphabet = NUCLEOTIDE) -> list[tuple[str, str]]:
+class Records(list):
+    """parse_block's (id, sequence) pairs, and how many of those records were RNA (held U)."""
+
+    rna_records = 0
+
+
+def parse_block(block: Block, alphabet: Alphabet = NUCLEOTIDE) -> Records:
     """The validated records of a block as (id, sequence) pairs (the fields of a `Read`, without
-    the cost of building one per record); errors name the file and the record (or line)."""
+    the cost of building one per record); errors name the file and the record (or line). RNA is
+    turned into DNA here, the one place every reader goes through (U -> T, u -> t)."""
     path, data = block.path, block.data
     if b"\x00" in data:
         line = block.first_line + data[:data.index(b"\x00")].count(b"\n")
@@ -168,13 +200,36 @@ def parse_block(block: Block, alphabet: Alphabet = NUCLEOTIDE) -> list[tuple[str
     if not text.startswith(b">"):
         if text:
             raise InputError(_not_fasta_message(path, text.split(b"\n", 1)[0]))
-        return []
-    return _one_line_records(text, alphabet.letters) or _records(path, text, alphabet)
+        return Records()
+    records = Records(_one_line_records(text, alphabet.letters) or _records(block, text, alphabet))
+    if alphabet.reads_rna:
+        _rna_to_dna(records, data)
+    return records
+
+
+_U_TO_T = str.maketrans("Uu", "Tt")
+
+
+def _rna_to_dna(records: Records, data: bytes) -> None:
+    if b"U" not in data and b"u" not in data:
+        return  # DNA, the common case: two scans of the block, no copy
+    for index, (read_id, sequence) in enumerate(records):
+        if "U" in sequence or "u" in sequence:
+            records[index] = (read_id, sequence.translate(_U_TO_T))
+            records.rna_records += 1
+
+
+def rna_warning(path: Path, rna_records: int) -> None:
+    """One warning per input file that held RNA (called once the whole file has been read)."""
+    if rna_records:
+        console.warn(f"{path}: {rna_records} record(s) are RNA (hold U); read as DNA with U as T, "
+                     "so the outputs show T")
 
 
 def _one_line_records(text: bytes, letters: bytes) -> list[tuple[str, str]] | None:
-    """The common layout, fast: UTF-8, LF, one sequence line per record, valid letters; None
-    for anything else (then `_records` parses it one record at a time, and reports problems)."""
+    """The common layout, fast: UTF-8, LF, one sequence line per record, valid letters, short
+    headers; None for anything else (then `_records` parses it one record at a time, and reports
+    problems)."""
     if b"\r" in text:
         return None
     try:
@@ -185,6 +240,8 @@ def _one_line_records(text: bytes, letters: bytes) -> list[tuple[str, str]] | No
         lines.pop()
     headers, sequences = lines[0::2], lines[1::2]
     if len(headers) != len(sequences) or "".join([h[:1] for h in headers]) != ">" * len(headers):
+        return None
+    if max(map(len, headers)) > MAX_HEADER_CHARACTERS:
         return None
     joined = "".join(sequences)
     if not joined.isascii() or joined.encode("ascii").translate(None, letters):
@@ -204,11 +261,17 @@ def _one_line_records(text: bytes, letters: bytes) -> list[tuple[str, str]] | No
 _WHITESPACE = re.compile(r"\s")
 
 
-def _records(path: Path, text: bytes, alphabet: Alphabet) -> list[tuple[str, str]]:
+def _records(block: Block, text: bytes, alphabet: Alphabet) -> list[tuple[str, str]]:
+    path = block.path
     reads = []
+    offset = len(block.data) - len(text)  # of the record's '>' in the block
     for record in text[1:].split(b"\n>"):
         header, _, body = record.partition(b"\n")
         name = _decode_header(header)
+        if len(name) > MAX_HEADER_CHARACTERS:
+            line = block.first_line + block.data[:offset].count(b"\n")
+            raise InputError(_long_header_message(path, line, header[:40]))
+        offset += len(record) + 2
         record_id = name.split(maxsplit=1)[0] if name else ""
         if not record_id:
             raise InputError(f"{path}: a record has an empty header; give every record an id after '>'")
@@ -298,14 +361,17 @@ def read_records(path: str | Path, alphabet: Alphabet = NUCLEOTIDE) -> Iterator[
     path = Path(path)
     duplicates = DuplicateIds(path, alphabet)
     records = 0
+    rna_records = 0
     for block in fasta_blocks(path):
         reads = parse_block(block, alphabet)
         duplicates.add(id_hashes(read_id for read_id, _ in reads))
         records += len(reads)
+        rna_records += reads.rna_records
         yield from reads
     if not records:
         raise InputError(empty_file_message(path))
     duplicates.check()
+    rna_warning(path, rna_records)
 
 
 def empty_file_message(path: Path) -> str:
@@ -331,10 +397,12 @@ def sniff_fasta(path: Path) -> None:
 
 
 def read_inputs_list(list_path: str | Path) -> list[Path]:
-    """Paths listed one per line; relative ones resolve against the list's folder; '#' comments.
+    """Paths listed one per line (UTF-8, a leading BOM ignored, LF or CRLF); relative ones resolve
+    against the list's folder. '#' starts a comment at the start of a line or after whitespace, so
+    `run#1.fa` is a file name and `reads.fa  # old run` is `reads.fa`.
 
     Paths are kept as listed (made absolute, not resolved through symlinks) so messages name what
-    the user wrote; the same file listed twice (even through a symlink) is one input.
+    the user wrote; the same file listed twice (even through a symlink or a hard link) is one input.
     """
     list_path = Path(list_path)
     if list_path.is_dir():
@@ -342,38 +410,64 @@ def read_inputs_list(list_path: str | Path) -> list[Path]:
     if not list_path.is_file():
         raise InputError(f"{list_path}: inputs list not found; give a text file with one FASTA path per line")
     try:
-        text = list_path.read_text(encoding="utf-8")
+        text = list_path.read_text(encoding="utf-8-sig")  # -sig: a BOM (Windows editors) is not part of a path
     except (UnicodeDecodeError, OSError) as exc:
         raise InputError(f"{list_path}: cannot read the inputs list ({exc.__class__.__name__}); "
                          "give a UTF-8 text file") from None
     if text.startswith(">"):
         raise InputError(f"{list_path}: looks like a FASTA file, not an inputs list; write a text file that lists it")
-    paths: list[Path] = []
-    seen: set[Path] = set()
-    for line in text.splitlines():
-        entry = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
-        if not entry:
-            continue
-        path = Path(entry).expanduser()
-        if not path.is_absolute():
-            path = list_path.absolute().parent / path
-        path = Path(os.path.normpath(path))
-        key = path.resolve()
-        if key in seen:
-            continue  # listed twice: one input, never counted twice
-        seen.add(key)
-        paths.append(path)
-    if not paths:
+    listed = [path for path in map(_listed_path, text.splitlines()) if path is not None]
+    if not listed:
         raise InputError(f"{list_path}: the inputs list names no files; add one FASTA path per line")
+    paths: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for entry in listed:
+        path = entry if entry.is_absolute() else list_path.absolute().parent / entry
+        path = Path(os.path.normpath(path))
+        identity = _input_file_identity(path, list_path)
+        if identity in seen:
+            continue  # listed twice: one input, never counted twice
+        seen.add(identity)
+        paths.append(path)
     for path in paths:
-        if path.is_dir():
-            raise InputError(f"{path}: is a directory, not a FASTA file (listed in {list_path}); "
-                             "list the files inside it")
-        if not path.is_file():
-            broken = " (a broken symbolic link)" if path.is_symlink() else ""
-            raise InputError(f"{path}: input file not found{broken} (listed in {list_path}); fix the path")
         sniff_fasta(path)
     return paths
+
+
+_COMMENT = re.compile(r"(?:^|\s)#")
+
+
+def _listed_path(line: str) -> Path | None:
+    entry = _COMMENT.split(line, maxsplit=1)[0].strip()
+    return Path(entry).expanduser() if entry else None
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"))
+
+
+def _input_file_identity(path: Path, list_path: Path) -> tuple[int, int]:
+    """(device, inode) of a listed input, or a one-line error saying why it cannot be one; never
+    opens the file (a FIFO would block the run right here)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{path}: is a symbolic link loop (listed in {list_path}); point the link at the "
+                             "FASTA file") from None
+        if isinstance(exc, PermissionError):
+            raise InputError(f"{path}: cannot be reached (permission denied on a folder above it; listed in "
+                             f"{list_path}); fix the folder's permissions") from None
+        broken = " (a broken symbolic link)" if path.is_symlink() else ""
+        raise InputError(f"{path}: input file not found{broken} (listed in {list_path}); fix the path") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{path}: is a directory, not a FASTA file (listed in {list_path}); "
+                         "list the files inside it")
+    for is_kind, kind in _NOT_REGULAR:
+        if is_kind(info.st_mode):
+            raise InputError(f"{path}: is not a regular file ({kind}), listed in {list_path}; write the reads "
+                             "to a file and list that (inputs are read more than once)")
+    return info.st_dev, info.st_ino
 
 
 def write_translation(fasta: str | Path, chunk_length: int, nucleotide_out, protein_out) -> int:

@@ -35,7 +35,7 @@ from .. import console
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import InputError
 from ..orchestration.runner import StageContext
-from ..fasta import BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block
+from ..fasta import BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block, rna_warning
 from ..sequences import translate_stream
 from ..storage import FRAME_COLUMNS
 
@@ -43,7 +43,7 @@ log = logging.getLogger("virnucpro.prepare")
 
 READS_COLUMNS = ("read_id", "length", "chunks", "frames")
 COUNT_KEYS = ("reads", "bases", "chunks", "frames", "reads_without_frames", "reads_shorter_than_codon",
-              "records_without_sequence")
+              "records_without_sequence", "rna_records")
 TABLE_HEADER = ("\t".join(FRAME_COLUMNS) + "\n").encode()
 PARALLEL_MIN_BYTES = 16 << 20  # below this much input, worker start-up costs more than it saves
 
@@ -69,6 +69,7 @@ def prepare_block(task: tuple[Block, int, int]) -> BlockResult:
     block, input_index, chunk_length = task
     reads = parse_block(block)
     counts = dict.fromkeys(COUNT_KEYS, 0)
+    counts["rna_records"] = reads.rna_records
     spool, table, costs = [], [], []
     prefix = f"{input_index}\t"
     for batch in translate_stream(reads, chunk_length):
@@ -157,6 +158,7 @@ class InputTotals:
         if self.counts["reads"] == 0:
             raise InputError(empty_file_message(self.path))
         self.duplicates.check()
+        rna_warning(self.path, self.counts["rna_records"])
         short, empty = self.counts["reads_shorter_than_codon"], self.counts["records_without_sequence"]
         if short:
             console.warn(f"{self.path}: skipped {short} read(s) shorter than one codon"
