@@ -196,10 +196,11 @@ def different_run(env: Env) -> Call:
 
 
 def disk_full(env: Env) -> Call:
-    """Re-running the complete run rewrites run.json: with a 1-byte file-size limit that write
+    """Re-running the complete run rewrites run.json: with a 512-byte file-size limit (the holder
+    record .writer.json, written first, fits; run.json does not) that write
     fails half-way; the complete run.json (and everything else) must survive."""
     call = Call(["run", env.complete_list, "--workdir", env.complete, *env.models_args()],
-                str(env.complete / "run.json"), limit_file_size=1)
+                str(env.complete / "run.json"), limit_file_size=512)
     return call
 
 

@@ -214,10 +214,12 @@ class Interrupter:
     def __call__(self) -> None:
         if self.shard is not None:
             return
-        try:
-            entries = json.loads((self.workdir / "state.json").read_text())["stages"][self.stage]
-        except (FileNotFoundError, KeyError, ValueError):
-            return
+        entries = {}  # the tasks' own records: state.json is only folded at a stage's end
+        for record in (self.workdir / "state.d" / self.stage).glob("*.json"):
+            try:
+                entries[record.stem] = json.loads(record.read_text())
+            except (FileNotFoundError, ValueError):
+                continue
         for shard, entry in entries.items():
             progress = self.workdir / "embeddings" / self.stage / f"{int(shard):05d}.partial" / "progress.json"
             if entry["status"] == "running" and entry["job_id"] and progress.exists():
