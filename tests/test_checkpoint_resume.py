@@ -121,6 +121,24 @@ def test_sigterm_three_times_then_complete(tmp_path, many_reads, demo_models, un
     assert any(e.metrics.get("resumed_from", 0) > 0 for e in esm_metrics(workdir).values())
 
 
+def test_sighup_checkpoints_like_sigterm_and_leaves_nothing_running(tmp_path, many_reads, demo_models, uninterrupted):
+    """Issue 13 item 4: closing the terminal (SIGHUP) wrote no checkpoint and left the shard
+    "running" for good, so `status --watch` never returned."""
+    workdir = tmp_path / "w"
+    process = interrupt(many_reads, workdir, demo_models, signal.SIGHUP, random.Random(7))
+    assert process.returncode == EXIT_REQUEUE, process.stderr_text
+    assert "Traceback" not in process.stderr_text and "resume" in process.stderr_text
+    paths = Workdir(workdir)
+    state = StateFile(paths.state, paths.state_lock).load()
+    assert not [(stage, k) for stage, entries in state.items() for k, e in entries.items() if e.status == "running"]
+    assert sum(e.requeues for entries in state.values() for e in entries.values()) == 1
+    watch = subprocess.run([sys.executable, "-m", "virnucpro.cli", "status", "-w", str(workdir), "--watch", "0.2"],
+                           capture_output=True, text=True, timeout=60)
+    assert watch.returncode != 0 and "Traceback" not in watch.stderr  # ended: not complete, nothing running
+    subprocess.run(command(many_reads, workdir, demo_models), check=True, capture_output=True)
+    assert_identical(workdir, uninterrupted)
+
+
 def test_kill9_resumes_from_last_checkpoint(tmp_path, many_reads, demo_models, uninterrupted):
     rng = random.Random(11)
     workdir = tmp_path / "w"
