@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_path, atomic_write_text, fsync_dir
+from .direct_io import DirectReader, DirectWriter
 from .errors import ShardError, StaleInputError
 
 FRAME_COLUMNS = ("input_index", "read_id", "chunk_id", "frame_id", "nucleotide", "protein")
@@ -247,6 +248,39 @@ def read_matrix(path: Path, expected_ids: list[str] | None = None, name: str = "
             raise _refuse(f"{path}: unreadable rows ({exc}); the shard will be recomputed", producer) from None
 
 
+class RowReader:
+    """Rows of an open HDF5 matrix copied into a caller's float32 array (a block of columns of a
+    wider one is fine). A contiguous uncompressed dataset (what this package writes) is read
+    straight from its file, past the page cache (direct_io), a few MB at a time; any other layout
+    through HDF5. Use as a context manager."""
+
+    def __init__(self, matrix: h5py.Dataset):
+        self.matrix = matrix
+        offset = matrix.id.get_offset() if matrix.chunks is None and matrix.compression is None else None
+        self.offset = None if offset is None else int(offset)
+        self.source = DirectReader(matrix.file.filename) if self.offset is not None else None
+        self.row_bytes = matrix.shape[1] * matrix.dtype.itemsize
+        self.piece = np.empty((max(1, (8 << 20) // max(self.row_bytes, 1)), matrix.shape[1]), matrix.dtype)
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Rows [start, stop) into out[0:stop - start]."""
+        if self.source is None:  # (numpy widens float16: HDF5's own conversion is slow)
+            out[0:stop - start] = self.matrix[start:stop]
+            return
+        for a in range(start, stop, len(self.piece)):
+            b = min(a + len(self.piece), stop)
+            piece = self.piece[:b - a]
+            self.source.read_into(memoryview(piece).cast("B"), self.offset + a * self.row_bytes)
+            out[a - start:b - start] = piece
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.source is not None:
+            self.source.close()
+
+
 # ---------------------------------------------------------------- checkpointed embedding
 
 def _crc(data) -> int:
@@ -262,9 +296,10 @@ class ShardCheckpoint:
     recorded in `progress.json` (atomically, fsynced) with its row range and CRC-32; the record
     also holds the CRC-32 of the file's non-row bytes. On resume, a window that is not recorded,
     or whose bytes disagree with its CRC, is never trusted: resumption starts after the last good
-    window. Rows are not flushed window by window (a kill -9 leaves them in the page cache; after
-    a power loss a record may reach the disk before its rows, and then their CRC fails and they
-    are recomputed). `finish()` fsyncs the file and renames it to the final path (atomic), so the
+    window. Rows are written past the page cache where the file system allows (direct_io: most
+    of a window goes to the device, its unaligned ends to the page cache) but not flushed window by
+    window (a kill -9 leaves the ends in the page cache; after a power loss a record may reach the
+    disk before its rows, and then their CRC fails and they are recomputed). `finish()` fsyncs the file and renames it to the final path (atomic), so the
     final path only ever holds a complete file, written once: no piece files, no re-read and
     re-write of the rows at the end. The file's bytes are the same however often the shard was
     interrupted.
@@ -284,7 +319,7 @@ class ShardCheckpoint:
         self.name = name
         self.windows: list[dict] = []
         self.record: dict | None = None
-        self.fd: int | None = None
+        self.writer: DirectWriter | None = None
         self.hasher: ThreadPoolExecutor | None = None
 
     @property
@@ -390,14 +425,12 @@ class ShardCheckpoint:
             self._create()
         data = np.ascontiguousarray(matrix, dtype=self.dtype)  # float16 is cast here, off the GPU's thread
         view = memoryview(data).cast("B")
-        if self.fd is None:
-            self.fd = os.open(self.file_path, os.O_WRONLY)
+        if self.writer is None:
+            self.writer = DirectWriter(self.file_path)  # past the page cache: see direct_io
         if self.hasher is None:
             self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-crc")
         crc = self.hasher.submit(_crc, view)  # zlib releases the GIL: checksum while writing
-        position, written = self.record["offset"] + start * self.row_bytes, 0
-        while written < len(view):
-            written += os.pwrite(self.fd, view[written:], position + written)
+        self.writer.write(view, self.record["offset"] + start * self.row_bytes)
         # Not flushed here: a kill leaves the rows in the page cache, and after a power loss a
         # recorded window whose rows did not reach the disk fails its CRC and is recomputed.
         self.windows.append({"start": start, "rows": rows, "crc32": crc.result()})
@@ -410,9 +443,9 @@ class ShardCheckpoint:
 
     def close(self) -> None:
         """Release the file (a stopped shard keeps its folder for the next run)."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
         if self.hasher is not None:
             self.hasher.shutdown()
             self.hasher = None
@@ -420,8 +453,8 @@ class ShardCheckpoint:
     def finish(self) -> None:
         if self.rows_done != len(self.frame_ids):
             raise ShardError(f"{self.folder}: {self.rows_done} of {len(self.frame_ids)} rows embedded")
-        if self.fd is not None:
-            os.fsync(self.fd)  # every row on disk before the rename makes the file visible
+        if self.writer is not None:
+            os.fsync(self.writer.fd)  # every row on disk before the rename makes the file visible
         self.close()
         if not self.frame_ids:  # nothing to write window by window
             write_shard_matrix(self.final_path, self.frame_ids, np.zeros((0, self.dim), self.dtype), self.name,

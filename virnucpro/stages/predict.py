@@ -4,7 +4,8 @@ Rows are paired by position: both embedding files must refer to exactly the shar
 order (frame count and id digest, checked against the frame table); a file that does not is
 refused with a StaleInputError naming the stage and shard that wrote it (the original let ids
 drift from rows). Only the table's id column is read, not its nucleotides and proteins. Features
-are read straight from the two files into one reused block buffer (no concatenated copy).
+are read straight from the two files (past the page cache, storage.RowReader) into one reused block
+buffer (no concatenated copy).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 
 from ..errors import InputError, StaleInputError
 from ..orchestration.runner import StageContext
-from ..storage import open_matrix, read_frame_ids, write_shard_matrix
+from ..storage import RowReader, open_matrix, read_frame_ids, write_shard_matrix
 from .embedding import resolve_device
 
 ROWS_PER_BLOCK = 16_384  # a shard's features never sit in memory all at once (218 MB a block at 3328 wide)
@@ -44,20 +45,18 @@ def open_stage(ctx: StageContext):
         ids = read_frame_ids(workdir.shard_frames(shard), expected_frames(workdir, shard))
         scores = np.zeros((len(ids), 2), np.float32)
         with open_matrix(workdir.embeddings("dnabert", shard), ids, producer=("dnabert", shard)) as (_, dna), \
-                open_matrix(workdir.embeddings("esm2", shard), ids, producer=("esm2", shard)) as (_, protein):
+                open_matrix(workdir.embeddings("esm2", shard), ids, producer=("esm2", shard)) as (_, protein), \
+                RowReader(dna) as dna_rows, RowReader(protein) as protein_rows:
             left, width = dna.shape[1], dna.shape[1] + protein.shape[1]
             features = np.empty((min(ROWS_PER_BLOCK, max(len(ids), 1)), width), np.float32)
             for start in range(0, len(ids), ROWS_PER_BLOCK):
                 stop = min(start + ROWS_PER_BLOCK, len(ids))
                 rows = stop - start
-                # HDF5 copies (and widens float16) into the column ranges of the block buffer
-                for kind, matrix, columns in (("dnabert", dna, np.s_[0:rows, 0:left]),
-                                              ("esm2", protein, np.s_[0:rows, left:width])):
+                # each file's rows go into their column range of the block buffer
+                for kind, reader, columns in (("dnabert", dna_rows, np.s_[:, 0:left]),
+                                              ("esm2", protein_rows, np.s_[:, left:width])):
                     try:
-                        if matrix.dtype == np.float16:  # HDF5's own float16 -> float32 conversion is slow
-                            features[columns] = matrix[start:stop]
-                        else:
-                            matrix.read_direct(features, np.s_[start:stop], columns)
+                        reader.read(start, stop, features[columns])
                     except OSError as exc:
                         raise StaleInputError(f"{workdir.embeddings(kind, shard)}: unreadable rows ({exc}); the {kind} "
                                               f"stage will run again for shard {shard}", kind, shard) from None

@@ -1,0 +1,157 @@
+"""Bulk rows to and from files without the page cache (O_DIRECT), where the file system allows.
+
+Embedding rows are gigabytes per shard, written once and read once. Through the page cache every
+4 KiB page costs the kernel an allocation and a copy (measured on a 2-core VM: 0.36 GB/s buffered
+write plus the final fsync, 0.44 GB/s cold buffered read, against 2.0 / 1.7 GB/s direct), host time
+taken from the threads that feed the GPU. O_DIRECT wants file offsets, lengths and memory aligned
+to the logical block size, so the aligned middle of a range goes through a reused page-aligned
+staging buffer and the unaligned ends (shared with neighbouring ranges or HDF5's own bytes) go
+through the page cache. The kernel keeps the two coherent: a direct read first writes back dirty
+cached pages of its range, a direct write drops the cached pages it overlaps. A file system that
+refuses O_DIRECT (tmpfs, some FUSE) gets plain buffered I/O.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+
+ALIGN = 4096  # a multiple of every logical block size in use, so valid wherever O_DIRECT is
+PIECE = 8 << 20  # direct I/O goes through the staging buffer in pieces of this size
+_REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+
+
+def _open_direct(path, flags: int) -> int | None:
+    try:
+        return os.open(path, flags | os.O_DIRECT)
+    except AttributeError:  # no O_DIRECT on this platform
+        return None
+    except OSError as exc:
+        if exc.errno in _REFUSED:
+            return None
+        raise
+
+
+def _round_up(value: int) -> int:
+    return -(-value // ALIGN) * ALIGN
+
+
+class _Staging:
+    def __init__(self):
+        self.buffer = mmap.mmap(-1, PIECE)  # anonymous mmap: page-aligned, reused (no new page faults)
+        self.view = memoryview(self.buffer)
+
+    def close(self) -> None:
+        self.view.release()
+        self.buffer.close()
+
+
+class DirectWriter:
+    """pwrite of byte ranges into an existing file: the aligned middle direct, the ends buffered.
+    The caller still fsyncs `fd` before relying on the bytes (buffered ends, file metadata)."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_WRONLY)
+        self.direct = _open_direct(path, os.O_WRONLY)
+        self.staging = _Staging() if self.direct is not None else None
+
+    def write(self, data: memoryview, position: int) -> None:
+        data = memoryview(data).cast("B")
+        end = position + len(data)
+        first, last = _round_up(position), end // ALIGN * ALIGN
+        if self.direct is None or last - first < ALIGN:
+            _pwrite_all(self.fd, data, position)
+            return
+        _pwrite_all(self.fd, data[:first - position], position)
+        _pwrite_all(self.fd, data[last - position:], last)
+        for piece in range(first, last, PIECE):
+            size = min(PIECE, last - piece)
+            self.staging.view[:size] = data[piece - position:piece - position + size]
+            if self.direct is not None:
+                try:
+                    _pwrite_all(self.direct, self.staging.view[:size], piece)
+                    continue
+                except OSError as exc:
+                    if exc.errno not in _REFUSED:
+                        raise
+                    os.close(self.direct)
+                    self.direct = None  # accepted at open, refused at write: buffered from here on
+            _pwrite_all(self.fd, data[piece - position:piece - position + size], piece)
+
+    def close(self) -> None:
+        for fd in (self.direct, self.fd):
+            if fd is not None:
+                os.close(fd)
+        self.direct = self.fd = None
+        if self.staging is not None:
+            self.staging.close()
+            self.staging = None
+
+
+def _pwrite_all(fd: int, data: memoryview, position: int) -> None:
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], position + written)
+
+
+class DirectReader:
+    """pread of byte ranges of a file into a caller's buffer, the aligned part direct."""
+
+    def __init__(self, path):
+        self.path = path
+        self.direct = _open_direct(path, os.O_RDONLY)
+        self.fd = os.open(path, os.O_RDONLY)
+        self.staging = _Staging() if self.direct is not None else None
+
+    def read_into(self, out: memoryview, position: int) -> None:
+        out = memoryview(out).cast("B")
+        start, end = position // ALIGN * ALIGN, position + len(out)
+        for piece in range(start, end, PIECE):
+            size = min(PIECE, _round_up(end) - piece)
+            lo, hi = max(piece, position), min(piece + size, end)  # the caller's bytes in this piece
+            got = self._direct_read(size, piece, hi - piece) if self.direct is not None else None
+            if got is None:
+                _pread_exact(self.fd, out[lo - position:hi - position], lo, self.path)
+            else:
+                out[lo - position:hi - position] = got[lo - piece:hi - piece]
+
+    def _direct_read(self, size: int, piece: int, needed: int):
+        view, done = self.staging.view, 0
+        try:
+            while done < needed:
+                count = os.preadv(self.direct, [view[done:size]], piece + done)
+                if count == 0:
+                    raise OSError(errno.EIO, f"{self.path}: ends before byte {piece + needed}")
+                done += count
+        except OSError as exc:
+            if exc.errno not in _REFUSED:
+                raise
+            os.close(self.direct)
+            self.direct = None
+            return None
+        return view
+
+    def close(self) -> None:
+        for fd in (self.direct, self.fd):
+            if fd is not None:
+                os.close(fd)
+        self.direct = self.fd = None
+        if self.staging is not None:
+            self.staging.close()
+            self.staging = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _pread_exact(fd: int, out: memoryview, position: int, path) -> None:
+    done = 0
+    while done < len(out):
+        count = os.preadv(fd, [out[done:]], position + done)
+        if count == 0:
+            raise OSError(errno.EIO, f"{path}: ends before byte {position + len(out)}")
+        done += count
