@@ -77,19 +77,22 @@ def make_classifier(folder: Path) -> Path:
 # ---------------------------------------------------------------- null engines (child)
 
 class NullEngine:
-    """Forward of no cost: a view of one constant matrix (no per-call allocation)."""
+    """Forward of no cost: a view of one constant matrix, grown to the largest window asked for
+    (allocating 32K rows up front cost 0.8 s of page faults, charged to the stage)."""
 
-    def __init__(self, dim: int, rows: int = 1 << 15):
+    def __init__(self, dim: int):
         import numpy as np
 
         self.dim = dim
-        self.constant = np.tile(np.linspace(-1, 1, dim, dtype=np.float32), (rows, 1))
+        self.constant = np.zeros((0, dim), np.float32)
 
     def embed(self, sequences) -> "np.ndarray":
+        import numpy as np
+
         n = len(sequences)
-        while n > len(self.constant):
-            import numpy as np
-            self.constant = np.concatenate([self.constant, self.constant])
+        if n > len(self.constant):
+            self.constant = np.empty((max(n, 2 * len(self.constant)), self.dim), np.float32)
+            self.constant[:] = np.linspace(-1, 1, self.dim, dtype=np.float32)
         return self.constant[:n]
 
 

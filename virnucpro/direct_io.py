@@ -19,6 +19,9 @@ import os
 
 ALIGN = 4096  # a multiple of every logical block size in use, so valid wherever O_DIRECT is
 PIECE = 8 << 20  # direct I/O goes through the staging buffer in pieces of this size
+# A direct write waits for the device; below this it costs more than the page cache saves (and
+# small windows, as on CPU runs, keep the timing they always had)
+DIRECT_MIN_WRITE = 1 << 20
 _REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
 
 
@@ -43,8 +46,11 @@ class _Staging:
         self.view = memoryview(self.buffer)
 
     def close(self) -> None:
-        self.view.release()
-        self.buffer.close()
+        try:
+            self.view.release()
+            self.buffer.close()
+        except BufferError:  # a view of it still exists: the garbage collector frees it
+            pass
 
 
 class DirectWriter:
@@ -60,7 +66,7 @@ class DirectWriter:
         data = memoryview(data).cast("B")
         end = position + len(data)
         first, last = _round_up(position), end // ALIGN * ALIGN
-        if self.direct is None or last - first < ALIGN:
+        if self.direct is None or last - first < DIRECT_MIN_WRITE:
             _pwrite_all(self.fd, data, position)
             return
         _pwrite_all(self.fd, data[:first - position], position)
@@ -96,56 +102,47 @@ def _pwrite_all(fd: int, data: memoryview, position: int) -> None:
 
 
 class DirectReader:
-    """pread of byte ranges of a file into a caller's buffer, the aligned part direct."""
+    """Byte ranges of a file as views of one of two reused staging buffers (so one can be read
+    while the other is used), the aligned range around them read direct."""
+
+    LONGEST = PIECE - ALIGN  # the longest range one call gives
 
     def __init__(self, path):
         self.path = path
         self.direct = _open_direct(path, os.O_RDONLY)
         self.fd = os.open(path, os.O_RDONLY)
-        self.staging = _Staging() if self.direct is not None else None
+        self.stagings = [_Staging(), _Staging()] if self.direct is not None else []
 
-    def read_into(self, out: memoryview, position: int) -> None:
-        out = memoryview(out).cast("B")
-        start, end = position // ALIGN * ALIGN, position + len(out)
-        for piece in range(start, end, PIECE):
-            size = min(PIECE, _round_up(end) - piece)
-            lo, hi = max(piece, position), min(piece + size, end)  # the caller's bytes in this piece
-            got = self._direct_read(size, piece, hi - piece) if self.direct is not None else None
-            if got is None:
-                _pread_exact(self.fd, out[lo - position:hi - position], lo, self.path)
-            else:
-                out[lo - position:hi - position] = got[lo - piece:hi - piece]
-
-    def _direct_read(self, size: int, piece: int, needed: int):
-        view, done = self.staging.view, 0
-        try:
-            while done < needed:
-                count = os.preadv(self.direct, [view[done:size]], piece + done)
-                if count == 0:
-                    raise OSError(errno.EIO, f"{self.path}: ends before byte {piece + needed}")
-                done += count
-        except OSError as exc:
-            if exc.errno not in _REFUSED:
-                raise
-            os.close(self.direct)
-            self.direct = None
-            return None
-        return view
+    def read(self, position: int, length: int, staging: int) -> memoryview:
+        """Bytes [position, position + length) as a view of staging buffer 0 or 1 (valid until
+        the next read into that buffer); length <= LONGEST."""
+        if self.direct is not None:
+            first = position // ALIGN * ALIGN
+            view, done, needed = self.stagings[staging].view, 0, position + length - first
+            try:
+                while done < needed:
+                    count = os.preadv(self.direct, [view[done:_round_up(position + length) - first]], first + done)
+                    if count == 0:
+                        raise OSError(errno.EIO, f"{self.path}: ends before byte {position + length}")
+                    done += count
+                return view[position - first:position - first + length]
+            except OSError as exc:
+                if exc.errno not in _REFUSED:
+                    raise
+                os.close(self.direct)
+                self.direct = None  # accepted at open, refused at read: buffered from here on
+        out = memoryview(bytearray(length))
+        _pread_exact(self.fd, out, position, self.path)
+        return out
 
     def close(self) -> None:
         for fd in (self.direct, self.fd):
             if fd is not None:
                 os.close(fd)
         self.direct = self.fd = None
-        if self.staging is not None:
-            self.staging.close()
-            self.staging = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        for staging in self.stagings:
+            staging.close()
+        self.stagings = []
 
 
 def _pread_exact(fd: int, out: memoryview, position: int, path) -> None:

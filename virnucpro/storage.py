@@ -251,8 +251,9 @@ def read_matrix(path: Path, expected_ids: list[str] | None = None, name: str = "
 class RowReader:
     """Rows of an open HDF5 matrix copied into a caller's float32 array (a block of columns of a
     wider one is fine). A contiguous uncompressed dataset (what this package writes) is read
-    straight from its file, past the page cache (direct_io), a few MB at a time; any other layout
-    through HDF5. Use as a context manager."""
+    straight from its file, past the page cache (direct_io), a few MB at a time, the next piece
+    read by a helper thread while this one is copied; any other layout through HDF5. Use as a
+    context manager."""
 
     def __init__(self, matrix: h5py.Dataset):
         self.matrix = matrix
@@ -260,23 +261,37 @@ class RowReader:
         self.offset = None if offset is None else int(offset)
         self.source = DirectReader(matrix.file.filename) if self.offset is not None else None
         self.row_bytes = matrix.shape[1] * matrix.dtype.itemsize
-        self.piece = np.empty((max(1, (8 << 20) // max(self.row_bytes, 1)), matrix.shape[1]), matrix.dtype)
+        self.piece_rows = max(1, DirectReader.LONGEST // max(self.row_bytes, 1))
+        if self.source is not None and self.row_bytes > DirectReader.LONGEST:
+            self.source.close()
+            self.source = None  # rows wider than a piece: not worth a special case
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-reader") if self.source else None
 
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         """Rows [start, stop) into out[0:stop - start]."""
         if self.source is None:  # (numpy widens float16: HDF5's own conversion is slow)
             out[0:stop - start] = self.matrix[start:stop]
             return
-        for a in range(start, stop, len(self.piece)):
-            b = min(a + len(self.piece), stop)
-            piece = self.piece[:b - a]
-            self.source.read_into(memoryview(piece).cast("B"), self.offset + a * self.row_bytes)
-            out[a - start:b - start] = piece
+        pieces = [(a, min(a + self.piece_rows, stop)) for a in range(start, stop, self.piece_rows)]
+
+        def fetch(number: int):
+            a, b = pieces[number]
+            return self.reader.submit(self.source.read, self.offset + a * self.row_bytes, (b - a) * self.row_bytes,
+                                      number % 2)
+
+        pending = fetch(0) if pieces else None
+        for number, (a, b) in enumerate(pieces):
+            data = pending.result()
+            if number + 1 < len(pieces):
+                pending = fetch(number + 1)  # into the other staging buffer
+            out[a - start:b - start] = np.frombuffer(data, self.matrix.dtype).reshape(b - a, -1)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        if self.reader is not None:
+            self.reader.shutdown()
         if self.source is not None:
             self.source.close()
 

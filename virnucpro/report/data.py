@@ -7,6 +7,7 @@ its rows. Everything works on a run in progress: what is not there yet is report
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -74,16 +75,19 @@ def table_blocks(path: Path, columns: tuple[str, ...], block_rows: int = BLOCK_R
         if missing:
             raise StateError(f"{path}: no column {', '.join(missing)}; re-run its stage (or the run with --restart)")
         wanted = [header.index(c) for c in columns]
-        block: list[list[str]] = [[] for _ in columns]
-        for line in handle:
-            fields = line.rstrip("\r\n").split("\t")
-            for out, index in zip(block, wanted):
-                out.append(fields[index])
-            if len(block[0]) >= block_rows:
-                yield block
-                block = [[] for _ in columns]
-        if block[0]:
-            yield block
+        while True:
+            # whole blocks of lines split at once (one split per block, not one per line)
+            lines = list(itertools.islice(handle, block_rows))
+            if not lines:
+                return
+            if not lines[-1].endswith("\n"):
+                lines[-1] += "\n"
+            fields = "".join(lines).replace("\n", "\t").split("\t")[:-1]
+            if len(fields) == len(header) * len(lines):
+                yield [fields[index::len(header)] for index in wanted]
+            else:  # some line has more or fewer fields than the header: line by line, as written
+                rows = [line.rstrip("\r\n").split("\t") for line in lines]
+                yield [[row[index] for row in rows] for index in wanted]
 
 
 @dataclass
