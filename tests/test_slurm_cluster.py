@@ -83,8 +83,11 @@ class LocalRun:
 
     def __init__(self, workdir: Path, *args):
         self.workdir = workdir
+        # As many CPU threads as the profile's tasks get (cpus: 1): on some CPUs (AVX2 MKL GEMM)
+        # the thread count changes the order of float sums and with it the last printed digit.
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self.process = subprocess.Popen([sys.executable, "-m", "virnucpro.cli", "run", *map(str, args), "-w", str(workdir), "-q"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
     def results(self) -> Path:
         output, _ = self.process.communicate(timeout=600)
@@ -170,6 +173,9 @@ def test_a_submitted_run_completes_with_the_local_results(slurm_run, example_ref
     assert min(e["started"] for e in state["esm2"].values()) >= max(e["finished"] for e in state["dnabert"].values())
     status = cli("status", "-w", workdir)
     assert "COMPLETED" in status.stdout and f"({rep['slurm_source']})" in status.stdout
+    environments = json.loads((workdir / "provenance.json").read_text())["environments"]
+    for name in ("dnabert", "esm2"):  # threads follow the profile's cpus, not the node's cores
+        assert environments[f"stage:{name}"]["cpu_threads"] == 1
     assert_same_results(example_reference.results(), workdir / "results")
     resubmit = cli(*submit_args(example_inputs, demo_models, workdir, profile))
     assert "nothing to submit" in resubmit.stderr

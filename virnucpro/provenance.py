@@ -94,6 +94,12 @@ def visible_gpus() -> list[str]:
     return []
 
 
+def cpu_threads() -> int | None:
+    """torch's intra-op threads where this process loaded torch (a stage ran here), else None."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
 def environment() -> dict:
     return {
         "time": iso(time.time()),
@@ -103,6 +109,7 @@ def environment() -> dict:
         "cuda": torch_cuda_build(),
         "gpus": visible_gpus(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cpu_threads": cpu_threads(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     }
 

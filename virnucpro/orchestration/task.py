@@ -163,6 +163,9 @@ def worker_commands(root: Path, stage: str, parts: list[list[int]], device: str,
             del env["HF_MODULES_CACHE"]  # each worker makes its own: they run side by side
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = devices[i % len(devices)]
+        if env.get("SLURM_CPUS_PER_TASK", "").isdigit():  # the task's CPUs shared among its workers
+            threads = str(max(1, int(env["SLURM_CPUS_PER_TASK"]) // len(parts)))
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
         argv = [sys.executable, "-m", "virnucpro.orchestration.task", str(root), stage,
                 "--shards", ",".join(map(str, part)), "--device", device]
         if job_id:

@@ -70,7 +70,12 @@ def sbatch_parameters(workdir: Workdir, job: StageJob, options: SlurmOptions, de
 
 
 def setup_lines(preamble: str, origin: str) -> list[str]:
-    lines = ["set -euo pipefail"]
+    # CPU threads follow the task's allotment: without task binding (TaskPlugin=task/none, no
+    # cgroups) torch starts a thread per core of the whole node, and a login shell's exported
+    # OMP_NUM_THREADS would leak in through sbatch. The thread count also fixes the order of float
+    # sums in CPU kernels, so a run is reproducible given its profile. The preamble may override.
+    lines = ["set -euo pipefail",
+             'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}" MKL_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"']
     if preamble.strip():
         # Module and conda scripts read unset variables; errors in the preamble still stop the job.
         where = " ".join(origin.split())  # a comment line, whatever the profile's path holds
