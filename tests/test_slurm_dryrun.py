@@ -58,6 +58,7 @@ def test_dry_run_without_slurm_on_path_writes_quoted_scripts_and_changes_no_stat
         script = (workdir.dry_run_dir / f"{stage}.sh").read_text()
         assert script in result.stdout  # printed as written
         assert script.startswith("#!/bin/bash\n") and "\nset -euo pipefail\n" in script
+        assert '\nexport OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}" MKL_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"\n' in script
         assert "bashrc" not in script and "profile" not in script
         assert subprocess.run(["/bin/bash", "-n"], input=script, text=True).returncode == 0
         options = sbatch_options(script)
@@ -236,6 +237,9 @@ def test_each_worker_of_a_multi_gpu_task_sees_one_gpu(monkeypatch, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     commands = worker_commands(tmp_path, "esm2", [[0, 2], [1]], "auto", "9_0", "/l/9_0.err")
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in commands] == ["2", "5"]
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "13")  # the task's CPUs, shared: no oversubscription
+    commands = worker_commands(tmp_path, "esm2", [[0, 2], [1]], "auto", "9_0", "/l/9_0.err")
+    assert [(env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) for _, env in commands] == [("6", "6")] * 2
     assert [argv[argv.index("--shards") + 1] for argv, _ in commands] == ["0,2", "1"]
 
 
