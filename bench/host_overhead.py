@@ -9,10 +9,13 @@ Simulated 150-bp reads of coding genomes (bench/prepare_throughput.py's generato
 stop-free frames as real reads do: ~1.49 frames a read) go through the real pipeline: prepare ->
 dnabert -> esm2 -> predict -> consensus (with the report), real files, real checkpoints, the real
 local runner (`run_locally`, one stage at a time so each is timed). Only the model math is gone:
-  - DNABERT-S and ESM-2 are replaced by null engines of the real widths (768, 2560) whose forward
-    returns a constant matrix at once, through `virnucpro.stages.embedding.ENGINE_OVERRIDES`
-    (the one hook the stages consult before loading a model; a revision without it is patched
-    at its model loaders instead);
+  - DNABERT-S and ESM-2 are the real engines (native DNABERT-S, packed ESM-2) loaded from demo
+    models, with only their forward replaced by a constant matrix of the real width (768, 2560),
+    through `virnucpro.stages.embedding.ENGINE_OVERRIDES` (the one hook the stages consult before
+    loading a model). Tokenization, length grouping, pack building in the prefetch thread and the
+    scatter of pooled rows are timed as in a GPU run, with the GPU token budgets (65,536 each).
+    The demo DNABERT tokenizer (bases, dinucleotides, 24 4-mers) cuts a 150-nt frame into more
+    tokens than DNABERT-S's 4096-token BPE does, so its packs are more numerous than the real ones;
   - the classifier is a real demo classifier of width 3328 (loaded and width-checked), whose forward
     is replaced by scores made from each frame's position (varied and deterministic), since an MLP
     forward over 3328 features is GPU math that would dominate on this CPU.
@@ -74,50 +77,61 @@ def make_classifier(folder: Path) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- null engines (child)
+# ---------------------------------------------------------------- null forwards (child)
 
-class NullEngine:
-    """Forward of no cost: a view of one constant matrix, grown to the largest window asked for
-    (allocating 32K rows up front cost 0.8 s of page faults, charged to the stage)."""
+GPU_TOKEN_BUDGETS = {"dnabert": 65536, "esm2": 65536}  # what the engines pick on an 80 GB GPU
+
+
+class ConstantRows:
+    """A forward of no cost: a view of one constant [n, dim] tensor, grown to the largest pack
+    asked for (allocating 64K rows up front cost 0.8 s of page faults, charged to the stage)."""
 
     def __init__(self, dim: int):
-        import numpy as np
+        import torch
 
         self.dim = dim
-        self.constant = np.zeros((0, dim), np.float32)
+        self.rows = torch.zeros((0, dim), dtype=torch.float32)
 
-    def embed(self, sequences) -> "np.ndarray":
-        import numpy as np
+    def __call__(self, n: int):
+        import torch
 
-        n = len(sequences)
-        if n > len(self.constant):
-            self.constant = np.empty((max(n, 2 * len(self.constant)), self.dim), np.float32)
-            self.constant[:] = np.linspace(-1, 1, self.dim, dtype=np.float32)
-        return self.constant[:n]
+        if n > len(self.rows):
+            self.rows = torch.linspace(-1, 1, self.dim, dtype=torch.float32).repeat(max(n, 2 * len(self.rows)), 1)
+        return self.rows[:n]
 
 
-class NullDnabert(NullEngine):
-    def __init__(self, *args, **kwargs):
-        super().__init__(WIDTHS["dnabert"])
+def null_forward_engines(models: Path) -> dict:
+    """The real engines (native DNABERT-S, packed ESM-2) on the demo models, with only the model
+    math replaced: tokenization, length grouping, pack building, the prefetch thread, the scatter
+    of pooled rows into the output all run as in a GPU run. The widths are the real ones."""
+    from virnucpro.engines.dnabert import load_dnabert_engine
+    from virnucpro.stages import esm2 as esm2_stage
+
+    def dnabert(ctx):
+        engine = load_dnabert_engine(str(models / "dnabert-s-demo"), "cpu", token_budget=GPU_TOKEN_BUDGETS["dnabert"])
+        constant = ConstantRows(WIDTHS["dnabert"])
+        engine.dim = constant.dim
+        engine._forward = lambda pack: constant(pack.batch)
+        return engine
+
+    def esm2(ctx):
+        engine = esm2_stage.load_engine(str(models / "esm2_t2_demo.pt"), "cpu", "fp32", True, GPU_TOKEN_BUDGETS["esm2"])
+        constant = ConstantRows(WIDTHS["esm2"])
+        engine.dim = constant.dim
+        engine._forward_pack = lambda pk: constant(pk.B)
+        return engine
+
+    return {"dnabert": dnabert, "esm2": esm2}
 
 
-def install_null_engines() -> str:
+def install_null_engines(models: Path) -> str:
     import numpy as np
 
     from virnucpro.engines import classifier
     from virnucpro.stages import embedding
 
-    if hasattr(embedding, "ENGINE_OVERRIDES"):
-        for kind, dim in WIDTHS.items():
-            embedding.ENGINE_OVERRIDES[kind] = lambda ctx, dim=dim: NullEngine(dim)
-        how = "ENGINE_OVERRIDES hook"
-    else:  # an older revision: patch its model loaders
-        from virnucpro.engines import dnabert
-        from virnucpro.stages import esm2
-
-        dnabert.DnabertEmbedder = NullDnabert
-        esm2.load_engine = lambda *args, **kwargs: NullEngine(WIDTHS["esm2"])
-        how = "patched loaders"
+    embedding.ENGINE_OVERRIDES.update(null_forward_engines(models))
+    how = "real engines, null forward"
     seen = [0]
 
     def null_classify(model, features):
@@ -159,8 +173,8 @@ def child(args) -> None:
     from virnucpro.orchestration.runner import StageContext, run_locally
     from virnucpro.paths import Workdir
 
-    how = install_null_engines()
     folder = Path(args.child)
+    how = install_null_engines(folder / "models")
     request = dict(inputs_list=folder / "inputs.txt", workdir=Path(args.workdir), esm_model="esm2_t36_3B_UR50D",
                    dnabert_model="zhihan1996/DNABERT-S", classifier=str(folder / "300_model.pth"),
                    chunk_length=300, shards=args.shards, device="cpu", checkpoint_tokens=None)
@@ -240,6 +254,8 @@ def main() -> int:
         make_inputs(tmp / "in", args.reads, files, args.read_length)
         sys.path.insert(0, str(here))
         make_classifier(tmp / "in")
+        from virnucpro.engines.demo import write_demo_models
+        write_demo_models(tmp / "in" / "models")
         print(f"{args.reads:,} reads of {args.read_length} bp in {files:,} input file(s) "
               f"(made in {time.perf_counter() - started:.0f} s); {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
               flush=True)
