@@ -400,3 +400,25 @@ def test_native_dnabert_refuses_a_hostile_pytorch_bin_without_running_it(demo, t
         NativeDnabert(str(folder))
     assert str(folder / "pytorch_model.bin") in str(refused.value) and "--trust-model-pickles" in str(refused.value)
     assert not marker.exists()
+
+
+def test_every_engine_embeds_into_a_given_buffer_with_the_same_rows(demo, esm_model, dnabert):
+    """embed_shard hands each window one of two reused buffers: an engine must fill exactly that
+    buffer (every row, stale bytes overwritten) and give the rows it gives without one."""
+    from virnucpro.engines.dnabert_native import NativeDnabert
+    from virnucpro.engines.esm2_packed import PackedESM2Engine
+
+    rng = random.Random(7)
+    dna = _dna(5, (150, 12, 300, 77, 150, 35))
+    proteins = ["".join(rng.choice(AMINO) for _ in range(n)) for n in (50, 3, 99, 17, 50, 8)]
+    engines = [(NativeDnabert(str(demo["dnabert"]), token_budget=256), dna), (dnabert, dna),
+               (PackedESM2Engine(esm_model.model, esm_model.alphabet), proteins), (ESM2Reference(esm_model), proteins)]
+    for engine, seqs in engines:
+        fresh = engine.embed(seqs)
+        buffer = np.full((len(seqs) + 3, engine.dim), np.nan, np.float32)  # stale contents, longer than needed
+        got = engine.embed(seqs, out=buffer[:len(seqs)])
+        assert np.shares_memory(got, buffer) and np.isfinite(buffer[:len(seqs)]).all()
+        np.testing.assert_array_equal(got, fresh)
+        assert np.isnan(buffer[len(seqs):]).all()  # nothing written past the rows asked for
+        with pytest.raises(ValueError, match="output buffer"):
+            engine.embed(seqs, out=np.empty((len(seqs), engine.dim + 1), np.float32))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import output_rows
+
 
 def load_dnabert(spec: str, device: str | torch.device = "cpu", allow_download: bool = False):
     """The remote-code FALLBACK: (tokenizer, model) built from the model folder's own code, fp32, eval.
@@ -102,9 +104,9 @@ class DnabertEmbedder:
         return batches
 
     @torch.inference_mode()
-    def embed(self, seqs: list[str]) -> np.ndarray:
-        """float32 [N, hidden] in input order."""
-        out = np.zeros((len(seqs), self.dim), dtype=np.float32)
+    def embed(self, seqs: list[str], out: np.ndarray | None = None) -> np.ndarray:
+        """float32 [N, hidden] in input order (into `out` when given)."""
+        out = output_rows(out, len(seqs), self.dim)
         if not seqs:
             return out
         ids = self.tokenizer(list(seqs))["input_ids"]  # [CLS] ... [SEP], unpadded

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VirnucproError
+from . import output_rows
 from . import dnabert_files as files
 from .prefetch import prefetched
 
@@ -329,20 +330,25 @@ class NativeDnabert:
         return prefetched(self._host_packs(seqs), "dnabert-host")
 
     @torch.inference_mode()
-    def embed(self, seqs: Sequence[str]) -> np.ndarray:
-        """float32 [N, hidden], rows in input order."""
+    def embed(self, seqs: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
+        """float32 [N, hidden], rows in input order (into `out` when given)."""
         seqs = list(seqs)
+        result = output_rows(out, len(seqs), self.dim)
         if not seqs:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        out = torch.zeros((len(seqs), self.dim), dtype=torch.float32, device=self.device)
+            return result
+        # on the CPU the rows go straight into the host buffer; on a GPU into a device one, copied once
+        rows = torch.from_numpy(result) if self.device.type == "cpu" else \
+            torch.empty((len(seqs), self.dim), dtype=torch.float32, device=self.device)
         done = torch.zeros(len(seqs), dtype=torch.int64)
         tokens = 0
         for host in self._prefetched(seqs):
             done[host.rows] += 1
             pack = host.to(self.device)
-            out.index_copy_(0, pack.rows, self._forward(pack))
+            rows.index_copy_(0, pack.rows, self._forward(pack))
             tokens += host.tokens
         if not bool((done == 1).all()):
             raise RuntimeError("DNABERT-S engine: a sequence was embedded zero or several times")
         self.tokens_embedded += tokens
-        return out.cpu().numpy()
+        if self.device.type != "cpu":
+            torch.from_numpy(result).copy_(rows)
+        return result

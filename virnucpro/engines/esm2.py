@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import output_rows
 from . import safe_load
 
 ESM_DOWNLOAD_ROOT = "https://dl.fbaipublicfiles.com/fair-esm"
@@ -128,9 +129,10 @@ class ESM2Reference:
         return dataset.get_batch_indices(self.toks_per_batch, extra_toks_per_seq=1)
 
     @torch.inference_mode()
-    def embed(self, proteins: list[str]) -> np.ndarray:
-        """Mean final-layer representation per protein, float32 [N, dim], in input order."""
-        out = np.zeros((len(proteins), self.dim), dtype=np.float32)
+    def embed(self, proteins: list[str], out: np.ndarray | None = None) -> np.ndarray:
+        """Mean final-layer representation per protein, float32 [N, dim], in input order (into `out`
+        when given)."""
+        out = output_rows(out, len(proteins), self.dim)
         for i, protein in enumerate(proteins):
             if not protein:
                 raise ValueError(f"protein {i} is empty: ESM-2 mean pooling is undefined for 0 residues")

@@ -72,6 +72,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import output_rows
 from .esm2_packing import DevicePack, HostPack, PackLayout, build_host_pack, ffd_pack, to_device
 from .esm2_tokens import Tokenized, Tokenizer
 from .prefetch import prefetched
@@ -470,11 +471,11 @@ class PackedESM2Engine:
             return
         yield from prefetched((self._build_host_pack(tok, p) for p in packs), "esm2-pack-prefetch")
 
-    def embed(self, proteins: Sequence[str]) -> np.ndarray:
-        """float32 [N, dim] mean embeddings, rows in input order."""
+    def embed(self, proteins: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
+        """float32 [N, dim] mean embeddings, rows in input order (into `out` when given)."""
         proteins = list(proteins)
         N = len(proteins)
-        out = np.empty((N, self.dim), dtype=np.float32)
+        out = output_rows(out, N, self.dim)
         if N == 0:
             return out
         tok = self._tokenizer(proteins)

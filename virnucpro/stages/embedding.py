@@ -28,7 +28,7 @@ from ..storage import ShardCheckpoint, read_shard_frames
 
 
 # Engine replacements by stage kind ("dnabert", "esm2"): kind -> factory(ctx) returning an object with
-# `.dim` and `.embed(list[str]) -> float32 [n, dim]`. Each embedding stage asks `engine_override`
+# `.dim` and `.embed(list[str], out=None) -> float32 [n, dim]` (into `out` when given). Each embedding stage asks `engine_override`
 # before it loads its model. Only bench/host_overhead.py fills it (null engines, to time everything
 # but the model math); it is empty in every run a user starts.
 ENGINE_OVERRIDES: dict[str, Callable] = {}
@@ -59,7 +59,7 @@ def default_costs(sequences: Sequence[str]) -> np.ndarray:
     return np.fromiter(map(len, sequences), np.int64, len(sequences)) + 2
 
 
-def embed_shard(ctx: StageContext, kind: str, shard: int, sequences_of: Callable, embed: Callable[[list[str]], np.ndarray],
+def embed_shard(ctx: StageContext, kind: str, shard: int, sequences_of: Callable, embed: Callable[..., np.ndarray],
                 dim: int, window_tokens: int, attrs: dict | None = None,
                 cost_of: Optional[Callable[[list[str]], Sequence[int]]] = None) -> dict:
     """Embed one shard window by window. `cost_of(sequences)` gives each sequence's token count
@@ -85,12 +85,19 @@ def embed_shard(ctx: StageContext, kind: str, shard: int, sequences_of: Callable
             ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{kind}-checkpoint") as writer:
         advance(start)
         pending = None
-        for a, b in windows(costs, start, window_tokens):
+        # Two window buffers, reused: window k is computed into one while window k-1 is written
+        # from the other (a fresh array per window page-faults ~10 KB a frame of new memory).
+        buffers: list[np.ndarray] = []
+        for number, (a, b) in enumerate(windows(costs, start, window_tokens)):
             if ctx.stop_requested():
                 if pending is not None:
                     pending.result()
                 raise ShardInterrupted({"resume_row": checkpoint.rows_done})
-            matrix = embed(sequences[a:b])
+            if len(buffers) < 2:
+                buffers.append(np.empty((0, dim), np.float32))
+            if len(buffers[number % 2]) < b - a:
+                buffers[number % 2] = np.empty((b - a, dim), np.float32)
+            matrix = embed(sequences[a:b], out=buffers[number % 2][:b - a])
             if matrix.shape != (b - a, dim):
                 raise RuntimeError(f"{kind} engine returned {matrix.shape} for {b - a} sequences")
             if pending is not None:

@@ -4,20 +4,22 @@ Rows are paired by position: both embedding files must refer to exactly the shar
 order (frame count and id digest, checked against the frame table); a file that does not is
 refused with a StaleInputError naming the stage and shard that wrote it (the original let ids
 drift from rows). Only the table's id column is read, not its nucleotides and proteins. Features
-are read straight from the two files (past the page cache, storage.RowReader) into one reused block
-buffer (no concatenated copy).
+are read straight from the two files (past the page cache, storage.RowReader) into two reused block
+buffers (no concatenated copy): the next block is read from both files at once while the classifier
+scores this one.
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import InputError, StaleInputError
 from ..orchestration.runner import StageContext
 from ..storage import RowReader, open_matrix, read_frame_ids, write_shard_matrix
 from .embedding import resolve_device
 
-ROWS_PER_BLOCK = 16_384  # a shard's features never sit in memory all at once (218 MB a block at 3328 wide)
+ROWS_PER_BLOCK = 8_192  # a shard's features never sit in memory all at once (two 109 MB blocks at 3328 wide)
 
 
 def expected_frames(workdir, shard: int) -> int:
@@ -46,22 +48,32 @@ def open_stage(ctx: StageContext):
         scores = np.zeros((len(ids), 2), np.float32)
         with open_matrix(workdir.embeddings("dnabert", shard), ids, producer=("dnabert", shard)) as (_, dna), \
                 open_matrix(workdir.embeddings("esm2", shard), ids, producer=("esm2", shard)) as (_, protein), \
-                RowReader(dna) as dna_rows, RowReader(protein) as protein_rows:
+                RowReader(dna) as dna_rows, RowReader(protein) as protein_rows, \
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict-read") as readers:
             left, width = dna.shape[1], dna.shape[1] + protein.shape[1]
-            features = np.empty((min(ROWS_PER_BLOCK, max(len(ids), 1)), width), np.float32)
-            for start in range(0, len(ids), ROWS_PER_BLOCK):
-                stop = min(start + ROWS_PER_BLOCK, len(ids))
-                rows = stop - start
+            # two block buffers: block k+1 is read (both files at once) while block k is classified
+            buffers = [np.empty((min(ROWS_PER_BLOCK, max(len(ids), 1)), width), np.float32) for _ in range(2)]
+            blocks = [(start, min(start + ROWS_PER_BLOCK, len(ids))) for start in range(0, len(ids), ROWS_PER_BLOCK)]
+
+            def read_block(number: int) -> list:
+                start, stop = blocks[number]
+                features = buffers[number % 2]
                 # each file's rows go into their column range of the block buffer
-                for kind, reader, columns in (("dnabert", dna_rows, np.s_[:, 0:left]),
-                                              ("esm2", protein_rows, np.s_[:, left:width])):
+                return [(kind, readers.submit(reader.read, start, stop, features[columns]))
+                        for kind, reader, columns in (("dnabert", dna_rows, np.s_[:, 0:left]),
+                                                      ("esm2", protein_rows, np.s_[:, left:width]))]
+
+            pending = read_block(0) if blocks else []
+            for number, (start, stop) in enumerate(blocks):
+                for kind, read in pending:
                     try:
-                        reader.read(start, stop, features[columns])
+                        read.result()
                     except OSError as exc:
                         raise StaleInputError(f"{workdir.embeddings(kind, shard)}: unreadable rows ({exc}); the {kind} "
                                               f"stage will run again for shard {shard}", kind, shard) from None
+                pending = read_block(number + 1) if number + 1 < len(blocks) else []
                 try:
-                    scores[start:stop] = classifier.classify(model, features[:rows])
+                    scores[start:stop] = classifier.classify(model, buffers[number % 2][:stop - start])
                 except ValueError as exc:
                     raise InputError(f"{config.models.classifier}: {exc} (DNABERT-S {dna.shape[1]} + ESM-2 "
                                      f"{protein.shape[1]}); use the classifier that matches these models") from None
