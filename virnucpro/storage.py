@@ -22,7 +22,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -253,10 +253,12 @@ class RowReader:
     wider one is fine). A contiguous uncompressed dataset (what this package writes) is read
     straight from its file, past the page cache (direct_io), a few MB at a time, the next piece
     read by a helper thread while this one is copied; any other layout through HDF5. Use as a
-    context manager."""
+    context manager. `copy(destination, source)` moves each piece into `out` (default numpy's;
+    predict passes torch's, which widens float16 about 4x as fast)."""
 
-    def __init__(self, matrix: h5py.Dataset):
+    def __init__(self, matrix: h5py.Dataset, copy: Callable[[np.ndarray, np.ndarray], None] | None = None):
         self.matrix = matrix
+        self.copy = copy or np.copyto
         offset = matrix.id.get_offset() if matrix.chunks is None and matrix.compression is None else None
         self.offset = None if offset is None else int(offset)
         self.source = DirectReader(matrix.file.filename) if self.offset is not None else None
@@ -284,7 +286,7 @@ class RowReader:
             data = pending.result()
             if number + 1 < len(pieces):
                 pending = fetch(number + 1)  # into the other staging buffer
-            out[a - start:b - start] = np.frombuffer(data, self.matrix.dtype).reshape(b - a, -1)
+            self.copy(out[a - start:b - start], np.frombuffer(data, self.matrix.dtype).reshape(b - a, -1))
 
     def __enter__(self):
         return self
