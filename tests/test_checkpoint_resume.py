@@ -161,7 +161,7 @@ def test_corrupt_checkpoint_piece_is_recomputed(tmp_path, many_reads, demo_model
     victim = progress.parent / "embeddings.h5"
     data = bytearray(victim.read_bytes())
     row_bytes = record["dim"] * 4
-    # one flipped byte in the middle of the first recorded window's rows: its CRC no longer matches
+    # one flipped byte in the middle of the first recorded window's rows: its checksum no longer matches
     data[record["offset"] + windows[0]["rows"] * row_bytes // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     subprocess.run(command(many_reads, workdir, demo_models), check=True, capture_output=True)

@@ -181,7 +181,7 @@ def check_after_kill(workdir: Path, reference: Reference) -> list[str]:
                 json.loads((workdir / name).read_text())
             except ValueError:
                 problems.append(f"{name} does not parse after the kill")
-    # checkpoint windows recorded as done must be whole (their CRCs check) and be of the right frames
+    # checkpoint windows recorded as done must be whole (their checksums check) and be of the right frames
     for progress in workdir.glob("embeddings/*/*.partial/progress.json"):
         record = json.loads(progress.read_text())
         shard = int(progress.parent.name.split(".")[0])

@@ -1,9 +1,11 @@
 """Storage written once and referred to: stale or shifted files refused naming their producer,
 the float16 path, and a checkpoint file that resumes bitwise-identically after a kill."""
 
+import json
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import h5py
@@ -147,3 +149,27 @@ def test_checkpoint_after_a_kill_resumes_bitwise_identically(tmp_path):
     # another shard's record (different ids) is never resumed
     embed(folder, final, stop_after=1)
     assert ShardCheckpoint(folder, final, ShardIds(ids[1:]), 24, attrs={"model": "m"}).resume() == 0
+
+
+def test_a_partial_shard_of_the_crc32_format_is_recomputed_not_trusted(tmp_path):
+    """Format 3 checksums windows with XXH3-64 (7x as fast as CRC-32 here); a partial shard left by
+    a format-2 run (CRC-32 fields) is started again from row 0, and ends byte-identical."""
+    ids = ShardIds(f"r{i}_chunk_1F1" for i in range(600))
+    rows = np.random.default_rng(9).random((len(ids), 24), dtype=np.float32)
+    folder, final = tmp_path / "s.partial", tmp_path / "s.h5"
+    checkpoint = ShardCheckpoint(folder, final, ids, 24)
+    checkpoint.resume()
+    checkpoint.append(0, rows[:300])
+    checkpoint.close()
+    progress = folder / "progress.json"
+    record = json.loads(progress.read_text())
+    assert record["format"] == 3 and set(record["windows"][0]) == {"start", "rows", "xxh3_64"}
+    old = {key: value for key, value in record.items() if key != "skeleton_xxh3_64"}
+    old.update(format=2, skeleton_crc32=0, windows=[{"start": 0, "rows": 300, "crc32": zlib.crc32(rows[:300].tobytes())}])
+    progress.write_text(json.dumps(old))
+    again = ShardCheckpoint(folder, final, ids, 24)
+    assert again.resume() == 0
+    again.append(0, rows[:300])
+    again.append(300, rows[300:])
+    again.finish()
+    assert read_matrix(final, ids, dim=24)[1].tobytes() == rows.tobytes()

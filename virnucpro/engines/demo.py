@@ -153,12 +153,13 @@ def dnabert_random_weights(config: dict, seed: int) -> dict:
 
 
 def write_dnabert_demo(target: Path, hidden: int = DNABERT_HIDDEN, layers: int = 2, heads: int = 4,
-                       intermediate: int = 64, seed: int = 3) -> Path:
-    """A DNABERT-S folder in the real layout: config.json, model.safetensors, tokenizer files, model code."""
+                       intermediate: int = 64, seed: int = 3, tokenizer: str | None = None) -> Path:
+    """A DNABERT-S folder in the real layout: config.json, model.safetensors, tokenizer files, model code.
+    `tokenizer`: another tokenizer.json text (bench/host_overhead.py's BPE of DNABERT-S's size)."""
     from safetensors.torch import save as safetensors_bytes
 
     target = Path(target)
-    tokenizer = _dnabert_tokenizer_json()
+    tokenizer = tokenizer or _dnabert_tokenizer_json()
     config = dnabert_config(len(json.loads(tokenizer)["model"]["vocab"]), hidden, layers, heads, intermediate)
     state = dnabert_random_weights(config, seed)
     atomic_write_bytes(target / "model.safetensors", safetensors_bytes(state, metadata={"format": "pt"}))
