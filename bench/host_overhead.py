@@ -14,7 +14,7 @@ local runner (`run_locally`, one stage at a time so each is timed). Only the mod
     through `virnucpro.stages.embedding.ENGINE_OVERRIDES` (the one hook the stages consult before
     loading a model). Tokenization, length grouping, pack building in the prefetch thread and the
     scatter of pooled rows are timed as in a GPU run, with the GPU token budgets (65,536 each).
-    the DNABERT-S folder gets a tokenizer.json made the way DNABERT-2/S made theirs (the
+    The DNABERT-S folder gets a tokenizer.json made the way DNABERT-2/S made theirs (the
     `tokenizers` BpeTrainer on genome text, Whitespace pre-tokenizer, 4096 tokens, their five
     special tokens, [CLS] $A [SEP]), trained on another simulated genome: ~33 tokens per 150-nt
     frame, so the packs are as many as the real tokenizer's. (The demo's 45-token one cuts a frame
@@ -94,11 +94,10 @@ def dnabert_s_sized_tokenizer() -> str:
 
 
 def make_models(folder: Path) -> None:
-    """The demo models, with the DNABERT-S folder's tokenizer replaced by one of the real size."""
-    from virnucpro.engines import demo
+    """The demo models, the DNABERT-S folder with a tokenizer of the real size (its manifest too)."""
+    from virnucpro.engines.demo import write_demo_models
 
-    demo.write_demo_models(folder)
-    demo.write_dnabert_demo(folder / demo.DNABERT_DIR, tokenizer=dnabert_s_sized_tokenizer())
+    write_demo_models(folder, dnabert_tokenizer=dnabert_s_sized_tokenizer())
 
 
 def make_classifier(folder: Path) -> Path:
@@ -213,10 +212,10 @@ def child(args) -> None:
                    chunk_length=300, shards=args.shards, device="cpu", checkpoint_tokens=None)
     if args.embedding_dtype != "float32":
         request["embedding_dtype"] = args.embedding_dtype
-    seconds = {}
-    started = time.perf_counter()
+    seconds, cpu = {}, {}
+    started, started_cpu = time.perf_counter(), time.process_time()
     workdir, config, state = plan_run(RunRequest(**request))
-    seconds["plan"] = time.perf_counter() - started
+    seconds["plan"], cpu["plan"] = time.perf_counter() - started, time.process_time() - started_cpu
     ctx = StageContext(workdir=workdir, config=config, device="cpu")
     # GPU checkpoint windows; the CPU defaults would checkpoint 20x as often as a GPU run does
     from virnucpro.stages import dnabert as dnabert_stage, esm2 as esm2_stage  # noqa: F401
@@ -234,7 +233,6 @@ def child(args) -> None:
 
     report_module.write_report = timed_report
     windows = {"dnabert": 1_000_000, "esm2": 400_000}
-    cpu = {}
     for stage in STAGE_NAMES:
         config.checkpoint_tokens = windows.get(stage)
         t, c = time.perf_counter(), time.process_time()
@@ -328,12 +326,12 @@ def show(runs: dict, reads: int, files: int) -> None:
     print(header)
     print("|---|" + "---:|---:|---:|---:|" * len(names) + ("---:|" if len(names) > 1 else ""))
     totals = {n: sum(runs[n]["seconds"].values()) for n in names}
-    cpu_totals = {n: sum(runs[n].get("cpu", {}).values()) for n in names}
+    cpu_totals = {n: sum(runs[n]["cpu"].values()) for n in names}
     for row in rows + ["total"]:
         line = f"| {row} |"
         for n in names:
             s = totals[n] if row == "total" else runs[n]["seconds"].get(row, 0.0)
-            c = cpu_totals[n] if row == "total" else runs[n].get("cpu", {}).get(row, 0.0)
+            c = cpu_totals[n] if row == "total" else runs[n]["cpu"].get(row, 0.0)
             line += f" {s:.2f} | {s * 1e6 / reads:.1f} | {100 * s / totals[n]:.0f}% | {c:.1f} |"
         if len(names) > 1:
             a = totals[names[0]] if row == "total" else runs[names[0]]["seconds"].get(row, 0.0)

@@ -252,7 +252,8 @@ class RowReader:
     """Rows of an open HDF5 matrix copied into a caller's float32 array (a block of columns of a
     wider one is fine). A contiguous uncompressed dataset (what this package writes) is read
     straight from its file, past the page cache (direct_io), a few MB at a time, the next piece
-    read by a helper thread while this one is copied; any other layout through HDF5. Use as a context manager. `copy(destination, source)` moves each piece into `out` (default numpy's;
+    read by a helper thread while this one is copied; any other layout through HDF5. Use as a
+    context manager. `copy(destination, source)` moves each piece into `out` (default numpy's;
     predict passes torch's, which widens float16 about 4x as fast)."""
 
     def __init__(self, matrix: h5py.Dataset, copy: Callable[[np.ndarray, np.ndarray], None] | None = None):
@@ -313,8 +314,8 @@ class ShardCheckpoint:
     refer to the frame table. Each window of rows is written in place at its offset and then
     recorded in `progress.json` (atomically, fsynced) with its row range and XXH3-64 checksum; the
     record also holds the checksum of the file's non-row bytes. On resume, a window that is not
-    recorded, or whose bytes disagree with its checksum, is never trusted: resumption starts after the last good
-    window. Rows are written past the page cache where the file system allows (direct_io: most
+    recorded, or whose bytes disagree with its checksum, is never trusted: resumption starts
+    after the last good window. Rows are written past the page cache where the file system allows (direct_io: most
     of a window goes to the device, its unaligned ends to the page cache) but not flushed window by
     window (a kill -9 leaves the ends in the page cache; after a power loss a record may reach the
     disk before its rows, and then their checksum fails and they are recomputed). `finish()` fsyncs the file and renames it to the final path (atomic), so the

@@ -180,8 +180,8 @@ def write_dnabert_demo(target: Path, hidden: int = DNABERT_HIDDEN, layers: int =
     return target
 
 
-def _write_dnabert(directory: Path) -> Path:
-    return write_dnabert_demo(directory / DNABERT_DIR)
+def _write_dnabert(directory: Path, tokenizer: str | None = None) -> Path:
+    return write_dnabert_demo(directory / DNABERT_DIR, tokenizer=tokenizer)
 
 
 def _classifier_pickle(seed: int, input_dim: int) -> bytes:
@@ -211,15 +211,16 @@ def _classifier_pickle(seed: int, input_dim: int) -> bytes:
                 main.MLPClassifier = previous
 
 
-def write_demo_models(directory: str | Path) -> dict[str, Path]:
-    """Write the demo models into `directory`; return their paths by role.
+def write_demo_models(directory: str | Path, dnabert_tokenizer: str | None = None) -> dict[str, Path]:
+    """Write the demo models into `directory`; return their paths by role. `dnabert_tokenizer`:
+    another tokenizer.json text for the DNABERT-S folder (see write_dnabert_demo).
 
     Keys: esm2 (the .pt), esm2_regression, dnabert (directory), classifier_300, classifier_500, readme.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     esm_path, regression_path = _write_esm2(directory)
-    dnabert_path = _write_dnabert(directory)
+    dnabert_path = _write_dnabert(directory, dnabert_tokenizer)
     paths = {"esm2": esm_path, "esm2_regression": regression_path, "dnabert": dnabert_path}
     for seed, chunk in ((300, 300), (500, 500)):
         path = directory / f"{chunk}_model.pth"
