@@ -17,7 +17,7 @@ from virnucpro.orchestration.config import RunConfig
 from virnucpro.orchestration.runner import StageContext
 from virnucpro.paths import Workdir
 from virnucpro.stages import consensus, predict
-from virnucpro.stages.embedding import windows
+from virnucpro.stages.embedding import embed_shard, windows
 from virnucpro.storage import ShardCheckpoint, ShardIds, read_matrix, read_shard_frames
 
 CLI = [sys.executable, "-m", "virnucpro.cli"]
@@ -92,13 +92,39 @@ def test_consensus_refuses_shifted_predictions_naming_predict(copy):
     assert (caught.value.stage, caught.value.shard) == ("predict", 1)
 
 
-def test_float16_embeddings(finished, tmp_path, demo_models, example_inputs):
+def test_float16_stage_stores_the_float32_rows_rounded(copy):
+    """The stage's float16 path on known float32 rows (the finished run's), in several windows:
+    the stored bytes are numpy's round-to-nearest-even of those rows, whatever the window order."""
+    ctx = context(copy)
+    ctx.config.embedding_dtype = "float16"
+    for kind in ("dnabert", "esm2"):
+        for shard in range(3):
+            _, rows = read_matrix(copy.embeddings(kind, shard))
+            copy.embeddings(kind, shard).unlink()
+            given = []
+
+            def embed(sequences, out):
+                start = sum(len(g) for g in given)
+                given.append(sequences)
+                out[:] = rows[start:start + len(sequences)]
+                return out
+
+            metrics = embed_shard(ctx, kind, shard, lambda f: f.proteins if kind == "esm2" else f.nucleotides, embed,
+                                  rows.shape[1], window_tokens=200)
+            assert len(given) > 1 and metrics["frames"] == len(rows)
+            with h5py.File(copy.embeddings(kind, shard)) as h5:
+                assert h5["embeddings"].dtype == np.float16
+                assert h5["embeddings"][:].tobytes() == rows.astype(np.float16).tobytes()
+
+
+def test_float16_run_scores_like_float32(finished, tmp_path, demo_models, example_inputs):
     half = run(example_inputs, tmp_path / "w16", demo_models, "--embedding-dtype", "float16")
     for kind in ("dnabert", "esm2"):
         for shard in range(3):
             with h5py.File(half.embeddings(kind, shard)) as h5, h5py.File(finished.embeddings(kind, shard)) as full:
-                assert h5["embeddings"].dtype == np.float16
-                assert h5["embeddings"][:].tobytes() == full["embeddings"][:].astype(np.float16).tobytes()
+                assert h5["embeddings"].dtype == np.float16 and h5["embeddings"].shape == full["embeddings"].shape
+                # float16 keeps 11 significant bits (the exact rounding is the test above)
+                np.testing.assert_allclose(h5["embeddings"][:], full["embeddings"][:], rtol=2 ** -10, atol=1e-6)
     for name in ("sample_a", "sample_b"):
         lines = [(half.result_dir(name) / "prediction_results.txt").read_text().splitlines()[1:],
                  (finished.result_dir(name) / "prediction_results.txt").read_text().splitlines()[1:]]
@@ -173,3 +199,4 @@ def test_a_partial_shard_of_the_crc32_format_is_recomputed_not_trusted(tmp_path)
     again.append(300, rows[300:])
     again.finish()
     assert read_matrix(final, ids, dim=24)[1].tobytes() == rows.tobytes()
+
