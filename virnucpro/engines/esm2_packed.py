@@ -309,7 +309,8 @@ class PackedESM2Engine:
             self._lnf_eps = float(ln.eps)
 
     def _ensure_rope(self, n: int) -> None:
-        """fp32 cos/sin tables indexed by position, built as fair-esm's RotaryEmbedding does."""
+        """fp32 cos/sin tables indexed by position: fair-esm's RotaryEmbedding angles, each cos/sin
+        rounded once from float64."""
         if n <= self._rope_len:
             return
         size = max(2048, 1 << (int(n) - 1).bit_length())
@@ -320,7 +321,8 @@ class PackedESM2Engine:
         # cos/sin in float64 by numpy, rounded once to float32: torch's CPU cos splits a table this
         # size across threads (MKL VML), and in about one process in 35 under the test suite the
         # worker thread's half came out up to 1.5e-4 off, which moved every ESM-2 embedding of the
-        # run by ~1e-5. numpy is single-threaded, and float64 then one rounding gives the float32 nearest the true value.
+        # run by ~1e-5. numpy is single-threaded, and float64 then one rounding gives the float32
+        # nearest the true value.
         angles = freqs.numpy().astype(np.float64)
         self._cos = torch.from_numpy(np.cos(angles).astype(np.float32)).to(self.device)
         self._sin = torch.from_numpy(np.sin(angles).astype(np.float32)).to(self.device)
