@@ -55,8 +55,8 @@ Overlap (CUDA)
 The host work for pack i+1 (token gather, BOS/EOS, positions, cu_seqlens, pooling indices,
 copies into pinned memory) runs in a background thread while the GPU computes pack i; inputs go
 to the device with ``non_blocking`` copies; max_seqlen comes from host-side lengths, so the hot
-loop has no ``.item()`` or other synchronisation; pooled rows are copied back asynchronously into
-pinned buffers and gathered (event-synchronised) two packs later.
+loop has no ``.item()`` or other synchronisation; pooled rows are scattered on the device into one
+buffer for the whole ``embed`` call (a checkpoint window), copied to the host once at its end.
 """
 
 from __future__ import annotations
@@ -384,7 +384,7 @@ class PackedESM2Engine:
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # strided like the real call
         cu = torch.tensor([0, 5, 14, 17], dtype=torch.int32, device=self.device)
         pk = DevicePack(B=3, T=T, max_len=9, uniform=False, cu_host=[0, 5, 14, 17], tokens=None,
-                         pos=None, keep=None, seg=None, flat=None, cu=cu, counts=None, scale=None,
+                         pos=None, keep=None, seg=None, rows=None, flat=None, cu=cu, counts=None, scale=None,
                          key_mask=None)
         fn = self._attn_flash if name == "flash_attn" else self._attn_varlen
         ref = self._attn_sdpa_loop(q.float(), k.float(), v.float(), pk)
@@ -495,38 +495,20 @@ class PackedESM2Engine:
         n_in = sum(len(p) for p in packs)
         if n_in != N:
             raise AssertionError(f"packer lost proteins: {N} in, {n_in} packed")
-        filled = np.zeros(N, dtype=bool)
-        n_out = 0
+        # Pooled rows are scattered on the device into one buffer (on the CPU: `out` itself) and
+        # copied to the host once per call, not pack by pack: no host scatter, one D2H transfer.
         cuda = self.device.type == "cuda"
-        pending: list = []  # (event, pinned result, index)
-
-        def drain(keep: int):
-            nonlocal n_out
-            while len(pending) > keep:
-                ev, buf, idx = pending.pop(0)
-                ev.synchronize()
-                out[idx] = buf.numpy()
-                filled[idx] = True
-                n_out += len(idx)
-
+        rows = torch.empty((N, self.dim), dtype=torch.float32, device=self.device) if cuda else torch.from_numpy(out)
+        done = np.zeros(N, dtype=np.int64)
         with torch.inference_mode():
             for hp in self._host_packs(tok, packs):
                 pk = to_device(hp, self.device)
-                pooled = self._forward_pack(pk)
-                if cuda:
-                    buf = torch.empty(pooled.shape, dtype=torch.float32, pin_memory=True)
-                    buf.copy_(pooled, non_blocking=True)
-                    ev = torch.cuda.Event()
-                    ev.record()
-                    pending.append((ev, buf, hp.index))
-                    drain(2)
-                else:
-                    out[hp.index] = pooled.numpy()
-                    filled[hp.index] = True
-                    n_out += hp.B
-            drain(0)
-        if n_out != N or not filled.all():
-            raise AssertionError(f"ESM-2 packed engine: {N} proteins in, {n_out} embeddings out")
+                rows.index_copy_(0, pk.rows, self._forward_pack(pk))
+                done[hp.index] += 1
+            if cuda:
+                torch.from_numpy(out).copy_(rows)
+        if not (done == 1).all():
+            raise AssertionError(f"ESM-2 packed engine: {N} proteins in, {int(done.sum())} embeddings out")
         return out
 
     __call__ = embed
