@@ -319,10 +319,10 @@ class PackedESM2Engine:
         t = torch.arange(size, dtype=torch.float32)
         freqs = torch.einsum("i,j->ij", t, inv_freq)  # [size, dh/2] (exact products); fair-esm duplicates it
         # cos/sin in float64 by numpy, rounded once to float32: torch's CPU cos splits a table this
-        # size across threads (MKL VML), and in about one process in 35 under the test suite the
-        # worker thread's half came out up to 1.5e-4 off, which moved every ESM-2 embedding of the
-        # run by ~1e-5. numpy is single-threaded, and float64 then one rounding gives the float32
-        # nearest the true value.
+        # size across threads (MKL VML), and as a process's first such call the worker thread's half
+        # sometimes came out up to 1.5e-4 off (see engines.warm_up_cpu_math), moving every ESM-2
+        # embedding of the run by ~1e-5. numpy is single-threaded, and float64 then one rounding
+        # gives the float32 nearest the true value.
         angles = freqs.numpy().astype(np.float64)
         self._cos = torch.from_numpy(np.cos(angles).astype(np.float32)).to(self.device)
         self._sin = torch.from_numpy(np.sin(angles).astype(np.float32)).to(self.device)

@@ -134,8 +134,13 @@ def narrowing_append(checkpoint: ShardCheckpoint) -> Callable[[int, np.ndarray],
 
 
 def resolve_device(requested: str) -> str:
+    """The device a stage runs on. Called before a stage loads its engine, so it also warms up the
+    CPU math library (engines.warm_up_cpu_math) before any threaded torch op runs."""
     import torch
 
+    from ..engines import warm_up_cpu_math
+
+    warm_up_cpu_math()
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
