@@ -14,7 +14,8 @@ def output_rows(out: np.ndarray | None, rows: int, dim: int) -> np.ndarray:
 
 
 def warm_up_cpu_math() -> None:
-    """One small cos on the calling thread before any threaded torch math (once per process).
+    """One small cos on the calling thread before any threaded torch math (needed once per process,
+    cheap to repeat: every stage calls it through resolve_device).
 
     torch's CPU cos/sin/exp/... call MKL VML on chunks split across OpenMP threads. When the first
     such call of a process is a threaded one, the worker thread's chunk sometimes comes out wrong:

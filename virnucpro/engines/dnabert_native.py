@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from ..errors import VirnucproError
 from . import output_rows
 from . import dnabert_files as files
+from .pooled_rows import PooledRows
 from .prefetch import prefetched
 
 log = logging.getLogger("virnucpro.dnabert")
@@ -336,19 +337,12 @@ class NativeDnabert:
         result = output_rows(out, len(seqs), self.dim)
         if not seqs:
             return result
-        # on the CPU the rows go straight into the host buffer; on a GPU into a device one, copied once
-        rows = torch.from_numpy(result) if self.device.type == "cpu" else \
-            torch.empty((len(seqs), self.dim), dtype=torch.float32, device=self.device)
-        done = torch.zeros(len(seqs), dtype=torch.int64)
+        pooled = PooledRows(result, self.device)
         tokens = 0
         for host in self._prefetched(seqs):
-            done[host.rows] += 1
             pack = host.to(self.device)
-            rows.index_copy_(0, pack.rows, self._forward(pack))
+            pooled.put(host.rows.numpy(), pack.rows, self._forward(pack))
             tokens += host.tokens
-        if not bool((done == 1).all()):
-            raise RuntimeError("DNABERT-S engine: a sequence was embedded zero or several times")
+        pooled.finish("DNABERT-S engine")
         self.tokens_embedded += tokens
-        if self.device.type != "cpu":
-            torch.from_numpy(result).copy_(rows)
         return result

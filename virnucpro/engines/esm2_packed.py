@@ -75,6 +75,7 @@ import torch.nn.functional as F
 from . import output_rows
 from .esm2_packing import DevicePack, HostPack, PackLayout, build_host_pack, ffd_pack, to_device
 from .esm2_tokens import Tokenized, Tokenizer
+from .pooled_rows import PooledRows
 from .prefetch import prefetched
 
 log = logging.getLogger("virnucpro.esm2")
@@ -495,20 +496,11 @@ class PackedESM2Engine:
         n_in = sum(len(p) for p in packs)
         if n_in != N:
             raise AssertionError(f"packer lost proteins: {N} in, {n_in} packed")
-        # Pooled rows are scattered on the device into one buffer (on the CPU: `out` itself) and
-        # copied to the host once per call, not pack by pack: no host scatter, one D2H transfer.
-        cuda = self.device.type == "cuda"
-        rows = torch.empty((N, self.dim), dtype=torch.float32, device=self.device) if cuda else torch.from_numpy(out)
-        done = np.zeros(N, dtype=np.int64)
+        pooled = PooledRows(out, self.device)
         with torch.inference_mode():
             for hp in self._host_packs(tok, packs):
                 pk = to_device(hp, self.device)
-                rows.index_copy_(0, pk.rows, self._forward_pack(pk))
-                done[hp.index] += 1
-            if cuda:
-                torch.from_numpy(out).copy_(rows)
-        if not (done == 1).all():
-            raise AssertionError(f"ESM-2 packed engine: {N} proteins in, {int(done.sum())} embeddings out")
-        return out
+                pooled.put(hp.index, pk.rows, self._forward_pack(pk))
+        return pooled.finish("ESM-2 packed engine")
 
     __call__ = embed
