@@ -22,7 +22,8 @@ Architecture (MosaicBERT, eval mode: every dropout is the identity)
 Packing
 -------
 Sequences are tokenized with the ``tokenizers`` library's batch encoder (the Rust tokenizer
-under transformers' PreTrainedTokenizerFast, without its per-call wrapper) in blocks of
+under transformers' PreTrainedTokenizerFast, without its per-call wrapper), 64 sequences to a
+joined string where the tokenizer allows it (``dnabert_tokens``: the same ids), in blocks of
 ``BLOCK_SEQUENCES``; each block is grouped by ascending token count into packs of at most
 ``token_budget`` padded tokens (count x longest; a longer sequence gets a pack of its own), so
 packs hold sequences of nearly equal length. The dense parts (Wqkv, output projection, MLP,
@@ -45,7 +46,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from itertools import chain
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from ..errors import VirnucproError
 from . import output_rows
 from . import dnabert_files as files
+from .dnabert_tokens import BatchTokenizer
 from .pooled_rows import PooledRows
 from .prefetch import prefetched
 
@@ -161,7 +162,7 @@ class NativeDnabert:
         self._load(files.encoder_weights(path, state, self.arch))
         del state
         self.tokenizer = files.read_tokenizer(self.folder)
-        self._encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        self.tokenize = BatchTokenizer(self.tokenizer)
         self.dim = self.arch.hidden_size
         if token_budget is not None and token_budget < 1:
             raise ValueError(f"DNABERT-S token budget must be >= 1, got {token_budget}")
@@ -303,13 +304,6 @@ class NativeDnabert:
             pack = _Pack(*(pin(getattr(pack, f)) for f in ("rows", "ids", "seg", "lengths", "cu_seqlens", "pad_index",
                                                            "unpad_index", "key_valid")), batch, longest, total)
         return pack
-
-    def tokenize(self, seqs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(flat token ids int64, per-sequence token counts int64), [CLS] ... [SEP] each."""
-        encoded = [e.ids for e in self._encode(list(seqs))]
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        flat = np.fromiter(chain.from_iterable(encoded), dtype=np.int64, count=int(lengths.sum()))
-        return flat, lengths
 
     def count_tokens(self, seqs: Sequence[str]) -> np.ndarray:
         """Token count of each sequence ([CLS] and [SEP] included)."""
