@@ -95,16 +95,18 @@ def prepare_block(task: tuple[Block, int, int]) -> BlockResult:
 # ---------------------------------------------------------------- the stage
 
 def prepare_workers(total_bytes: int) -> int:
-    """Worker processes for this much input: none for small inputs or fewer than 3 CPUs (the
-    parent is busy too: it reads the blocks and writes the results), else one per other CPU
-    (SLURM_CPUS_PER_TASK on a cluster; VIRNUCPRO_PREPARE_WORKERS overrides)."""
+    """Worker processes for this much input: none for small inputs or one CPU, else one per CPU
+    but the parent's (it reads the blocks and writes the results), and two on 2 or 3 CPUs: the
+    parent mostly waits on the disk, and on 2 CPUs two workers took prepare from 9.1 to 5.4 s per
+    1M reads (bench/host_overhead.py) where one process did everything before.
+    (SLURM_CPUS_PER_TASK on a cluster; VIRNUCPRO_PREPARE_WORKERS overrides.)"""
     forced = os.environ.get("VIRNUCPRO_PREPARE_WORKERS")
     if forced:
         return max(1, int(forced))
     cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or len(os.sched_getaffinity(0))
-    if total_bytes < PARALLEL_MIN_BYTES or cpus < 3:
+    if total_bytes < PARALLEL_MIN_BYTES or cpus < 2:
         return 1
-    return min(cpus - 1, 32)
+    return min(max(cpus - 1, 2), 32)
 
 
 def ordered_map(function: Callable, tasks: Iterable, workers: int) -> Iterator:
