@@ -170,8 +170,9 @@ class NativeDnabert:
         self.tokens_embedded = 0  # real tokens ([CLS] and [SEP] included) of every sequence embedded so far
         self._alibi = alibi_table(self.arch.num_heads, ALIBI_STARTING_SIZE, self.device, self.dtype)
         self.backend = self._select_backend(backend)
-        log.info("DNABERT-S native engine: %s, %s, %s attention, token budget %d",
-                 self.folder, precision, self.backend, self.token_budget)
+        log.info("DNABERT-S native engine: %s, %s, %s attention, token budget %d, tokenized %s",
+                 self.folder, precision, self.backend, self.token_budget,
+                 "64 sequences at a time" if self.tokenize.joins_sequences else "one sequence at a time")
 
     # ------------------------------------------------------------------ weights
 
