@@ -18,8 +18,8 @@ local runner (`run_locally`, one stage at a time so each is timed). Only the mod
     `tokenizers` BpeTrainer on genome text, Whitespace pre-tokenizer, 4096 tokens, their five
     special tokens, [CLS] $A [SEP]), trained on another simulated genome: ~33 tokens per 150-nt
     frame, so the packs are as many as the real tokenizer's. (The demo's 45-token one cuts a frame
-    into ~83 tokens; its cost per frame measured the same, ~19 us on 2 cores: the BPE's cost is
-    per nucleotide, not per token.)
+    into ~83 tokens. One Encoding per sequence, both cost ~20 us a frame on 2 cores; grouped
+    (engines.dnabert_tokens), ~13 us with this one and ~17 us with the demo's.)
   - the classifier is a real demo classifier of width 3328 (loaded and width-checked), whose forward
     is replaced by scores made from each frame's position (varied and deterministic), since an MLP
     forward over 3328 features is GPU math that would dominate on this CPU.

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from ..errors import VirnucproError
 from . import output_rows
 from . import dnabert_files as files
-from .dnabert_tokens import BatchTokenizer
+from .dnabert_tokens import GROUP, BatchTokenizer
 from .pooled_rows import PooledRows
 from .prefetch import prefetched
 
@@ -172,7 +172,7 @@ class NativeDnabert:
         self.backend = self._select_backend(backend)
         log.info("DNABERT-S native engine: %s, %s, %s attention, token budget %d, tokenized %s",
                  self.folder, precision, self.backend, self.token_budget,
-                 "64 sequences at a time" if self.tokenize.joins_sequences else "one sequence at a time")
+                 f"{GROUP} sequences at a time" if self.tokenize.joins_sequences else "one sequence at a time")
 
     # ------------------------------------------------------------------ weights
 

@@ -9,10 +9,10 @@ and that always becomes one token of its own, encoded in groups, and cut again a
 
 Why the ids are the same: BPE merges within a pre-token only. A tokenizer qualifies when it has no
 normalizer, a deterministic BPE model (no dropout) and no pre-tokenizer or the Whitespace one, under
-which a sequence of ASCII letters is exactly one pre-token; the joined copy splits on the separator
-alone (isolated), so every sequence is still exactly one pre-token, merged as before. Only letters
-that are tokens of their own take this path, so no sequence yields the separator's token ([UNK]
-or its own). The special tokens the post-processor adds around a sequence are found by encoding
+which a sequence of ASCII letters is exactly one pre-token; the joined copy pre-tokenizes with
+Whitespace, which cuts "ACG,TTA" into "ACG" "," "TTA", so every sequence is still exactly one
+pre-token, merged as before. Only letters that are tokens of their own take this path, so no
+sequence yields the separator's token ([UNK] or its own). The special tokens the post-processor adds around a sequence are found by encoding
 probes both ways, and the whole construction is checked at load on probe sequences against the
 tokenizer itself; a tokenizer that does not qualify or fails the check, and every sequence with
 another character (N where the vocabulary lacks it, lowercase, punctuation), or empty, goes
@@ -40,7 +40,8 @@ class BatchTokenizer:
         letters, self.joined = _joined_tokenizer(tokenizer)
         if self.joined is not None:
             self._encode_joined = getattr(self.joined, "encode_batch_fast", self.joined.encode_batch)
-            self.prefix, self.suffix, self.separator_id = _specials(tokenizer, self.joined, letters[0] * 5)
+            self.prefix, self.suffix = _specials(tokenizer, self.joined, letters[0] * 5)
+            self.separator_id = self.joined.encode(SEPARATOR, add_special_tokens=False).ids[0]
             self._outside = re.compile(f"[^{re.escape(letters)}]")
             if not self._agrees_on_probes(letters):
                 self.joined = None
@@ -100,17 +101,13 @@ class BatchTokenizer:
         lengths = core + before + after
         ends = np.cumsum(lengths)
         starts = ends - lengths
+        head = starts[:, None] + np.arange(before)
+        tail = (ends - after)[:, None] + np.arange(after)
         flat = np.empty(int(ends[-1]), dtype=np.int64)
-        if before:
-            flat[starts[:, None] + np.arange(before)] = self.prefix
-        if after:
-            flat[(ends - after)[:, None] + np.arange(after)] = self.suffix
+        flat[head], flat[tail] = self.prefix, self.suffix
         inner = np.ones(len(flat), dtype=bool)
-        inner[starts[:, None] + np.arange(before)] = False
-        inner[(ends - after)[:, None] + np.arange(after)] = False
-        keep = np.ones(len(ids), dtype=bool)
-        keep[cuts] = False
-        flat[inner] = ids[keep]
+        inner[head] = inner[tail] = False
+        flat[inner] = np.delete(ids, cuts)
         return flat, lengths
 
     def _agrees_on_probes(self, letters: str) -> bool:
@@ -125,10 +122,11 @@ class BatchTokenizer:
 
 
 def _joined_tokenizer(tokenizer):
-    """(the letters that are tokens of their own, a copy splitting on SEPARATOR) or ("", None)."""
+    """(the letters that are tokens of their own, the copy that encodes joined sequences) or ("", None)."""
     from tokenizers import Tokenizer, pre_tokenizers
 
-    config = json.loads(tokenizer.to_str())
+    text = tokenizer.to_str()
+    config = json.loads(text)
     model = config.get("model") or {}
     pre = config.get("pre_tokenizer")
     if (model.get("type") != "BPE" or model.get("dropout") not in (None, 0, 0.0) or config.get("normalizer") is not None
@@ -139,7 +137,7 @@ def _joined_tokenizer(tokenizer):
     letters = "".join(sorted(t for t in vocab if len(t) == 1 and t.isascii() and t.isalpha()))
     if not letters:
         return "", None
-    joined = Tokenizer.from_str(tokenizer.to_str())
+    joined = Tokenizer.from_str(text)
     joined.pre_tokenizer = pre_tokenizers.Whitespace()  # letters | "," | letters ...
     joined.no_truncation()
     joined.no_padding()
@@ -148,13 +146,12 @@ def _joined_tokenizer(tokenizer):
     return letters, joined
 
 
-def _specials(tokenizer, joined, probe: str) -> tuple[list[int], list[int], int]:
-    """(ids before a sequence, ids after it, the separator's id), from a probe encoded both ways."""
-    separator = joined.encode(SEPARATOR, add_special_tokens=False).ids[0]
+def _specials(tokenizer, joined, probe: str) -> tuple[list[int], list[int]]:
+    """(ids before a sequence, ids after it), from a probe encoded both ways."""
     empty = tokenizer.encode("").ids
     full = tokenizer.encode(probe).ids
     core = joined.encode(probe, add_special_tokens=False).ids
     for split in range(len(empty) + 1):
         if empty[:split] + core + empty[split:] == full:
-            return empty[:split], empty[split:], separator
-    return [], [], separator  # the probe check then fails and the tokenizer is used one by one
+            return empty[:split], empty[split:]
+    return [], []  # the probe check then fails and the tokenizer is used one by one
