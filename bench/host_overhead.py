@@ -305,7 +305,9 @@ def main() -> int:
                 subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(base)], capture_output=True)
             print(f"{args.compare}: done ({runs[args.compare]['hook']})", flush=True)
         runs["this tree"] = run_child(here, tmp / "in", tmp / "w-now", args)
+        disk = disk_speed(tmp / "disk-probe.bin")
     show(runs, args.reads, files)
+    show_disk_floor(runs["this tree"], disk, args.reads)
     digests = {(r["results"], r["report"]) for r in runs.values()}
     if len(digests) > 1:
         print("OUTPUTS DIFFER between the revisions (results files or report numbers)")
@@ -313,6 +315,41 @@ def main() -> int:
     if len(runs) > 1:
         print("outputs identical: the three result files of every input and the report's numbers")
     return 0
+
+
+def disk_speed(path: Path, size: int = 2 << 30) -> dict:
+    """GB/s of this file system for what the embedding stages and predict do, the way they do it
+    (direct_io: rows laid out as in the file written straight, reads through the staging buffers)."""
+    from virnucpro.direct_io import CongruentBuffers, DirectReader, DirectWriter
+
+    window = 64 << 20
+    with open(path, "wb") as handle:
+        os.posix_fallocate(handle.fileno(), 0, size)
+    rows = CongruentBuffers().array(0, window // 4096, 1024, "float32", 2048)
+    rows[:] = 1.0
+    writer, started = DirectWriter(path), time.perf_counter()
+    for position in range(2048, size - window, window):
+        writer.write(memoryview(rows), position)
+    os.fsync(writer.fd)
+    written = time.perf_counter() - started
+    writer.close()
+    reader, started, done = DirectReader(path), time.perf_counter(), 0
+    for number, position in enumerate(range(0, size - DirectReader.LONGEST, DirectReader.LONGEST)):
+        done += len(reader.read(position, DirectReader.LONGEST, number % 2))
+    read = time.perf_counter() - started
+    reader.close()
+    path.unlink()
+    return {"write": (size - window - 2048) / written / 1e9, "read": done / read / 1e9}
+
+
+def show_disk_floor(run: dict, disk: dict, reads: int) -> None:
+    """What the disk alone costs: every embedding byte is written once (dnabert, esm2) and read
+    once (predict); no host work can go below that on this machine."""
+    total = sum(run["embedding_bytes"].values()) / 1e9
+    floor = total / disk["write"] + total / disk["read"]
+    print(f"disk: {disk['write']:.2f} GB/s direct write, {disk['read']:.2f} GB/s direct read; the embeddings "
+          f"({total:.1f} GB) written once and read once take {floor:.1f} s, {floor * 1e6 / reads:.1f} s per 1M reads "
+          f"of the host seconds")
 
 
 def show(runs: dict, reads: int, files: int) -> None:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from virnucpro import direct_io
-from virnucpro.direct_io import ALIGN, PIECE, DirectReader, DirectWriter
-from virnucpro.storage import RowReader
+from virnucpro.direct_io import ALIGN, DIRECT_MIN_WRITE, PIECE, CongruentBuffers, DirectReader, DirectWriter
+from virnucpro.storage import RowReader, ShardCheckpoint
 
 
 def ranges(size: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -50,6 +50,55 @@ def test_writes_in_any_order_give_the_buffered_bytes(tmp_path, mode):
     os.fsync(writer.fd)
     writer.close()
     assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("refused_at_write", [False, True])
+def test_rows_laid_out_as_in_the_file_are_written_without_staging(tmp_path, mode, refused_at_write, monkeypatch):
+    """A CongruentBuffers array goes to the device straight from its memory (the staging buffer is
+    never touched), at any unaligned file position, with the bytes a buffered write gives."""
+    rng = np.random.default_rng(6)
+    size = 3 * DIRECT_MIN_WRITE + 5 * PIECE
+    path = tmp_path / "rows.bin"
+    path.write_bytes(b"\0" * size)
+    expected = bytearray(size)
+    buffers = CongruentBuffers()
+    writer = DirectWriter(path)
+    staging = writer.staging.view if writer.staging is not None else None
+    if staging is not None:
+        writer.staging.view = None  # a staged write would fail on this
+    if refused_at_write and writer.direct is not None:  # accepted at open, refused at write (some FUSE)
+        real_pwrite, direct = os.pwrite, writer.direct
+
+        def pwrite(fd, data, position):
+            if fd == direct:
+                raise OSError(22, "Invalid argument")
+            return real_pwrite(fd, data, position)
+        monkeypatch.setattr(os, "pwrite", pwrite)
+    position = 2048 + 12  # a dataset offset, then rows of awkward width
+    for slot, rows in enumerate([700, 3, 2500, 1800]):
+        array = buffers.array(slot % 2, rows, 1031, np.float32, position)
+        assert array.flags.c_contiguous and array.shape == (rows, 1031)
+        assert (array.ctypes.data - position) % ALIGN == 0
+        array[:] = rng.standard_normal(array.shape, dtype=np.float32)
+        writer.write(memoryview(array), position)
+        expected[position:position + array.nbytes] = array.tobytes()
+        position += array.nbytes
+    assert refused_at_write == (writer.direct is None) or mode == "refused"
+    os.fsync(writer.fd)
+    if staging is not None:
+        writer.staging.view = staging
+    writer.close()
+    assert path.read_bytes() == bytes(expected)
+
+
+def test_a_checkpoint_window_lies_in_memory_as_in_its_file(tmp_path):
+    checkpoint = ShardCheckpoint(tmp_path / "parts", tmp_path / "final.h5", [f"f{i}" for i in range(5000)], 2560)
+    first, again = checkpoint.window(0, 0, 1000), checkpoint.window(0, 1000, 900)
+    offset = checkpoint.record["offset"]
+    for start, window in [(0, first), (1000, again), (77, checkpoint.window(1, 77, 3))]:
+        assert (window.ctypes.data - (offset + start * checkpoint.row_bytes)) % ALIGN == 0
+    assert np.shares_memory(first, again)  # one slot's memory is reused, not allocated per window
+    checkpoint.close()
 
 
 def test_reads_at_any_offset_give_the_file_bytes(tmp_path, mode):

@@ -28,7 +28,7 @@ import numpy as np
 import xxhash
 
 from .atomic import atomic_path, atomic_write_text, fsync_dir
-from .direct_io import DirectReader, DirectWriter
+from .direct_io import CongruentBuffers, DirectReader, DirectWriter
 from .errors import ShardError, StaleInputError
 
 FRAME_COLUMNS = ("input_index", "read_id", "chunk_id", "frame_id", "nucleotide", "protein")
@@ -340,6 +340,7 @@ class ShardCheckpoint:
         self.record: dict | None = None
         self.writer: DirectWriter | None = None
         self.hasher: ThreadPoolExecutor | None = None
+        self.buffers = CongruentBuffers()
 
     @property
     def progress_path(self) -> Path:
@@ -432,6 +433,13 @@ class ShardCheckpoint:
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
         dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
         return dcpl
+
+    def window(self, slot, start: int, rows: int) -> np.ndarray:
+        """A reused buffer (one per slot) for rows [start, start + rows) in the stored dtype, laid
+        out in memory as they lie in the file: append() writes it without a staging copy."""
+        if self.record is None:
+            self._create()
+        return self.buffers.array(slot, rows, self.dim, self.dtype, self.record["offset"] + start * self.row_bytes)
 
     def append(self, start: int, matrix: np.ndarray) -> None:
         """Write rows [start, start + len(matrix)) in place, make them durable, then record them."""
