@@ -5,6 +5,7 @@ work are refused when the command line is parsed."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -157,17 +158,35 @@ def test_an_input_rewritten_with_its_mtime_restored_is_seen(tmp_path, demo_model
         plan_run(request)
 
 
-@pytest.mark.parametrize("case", ["missing model", "stop in a protein"])
-def test_embed_errors_are_one_line(tmp_path, demo_models, capsys, case):
-    """Item 10: `embed` with a missing model or a '*' in a protein was an internal error."""
-    proteins = tmp_path / "p.faa"
-    proteins.write_text(">ok\nMKVLA\n>bad\nMKV*LA\n" if case == "stop in a protein" else ">ok\nMKVLA\n")
-    model = tmp_path / "esm2_t2_nope.pt" if case == "missing model" else demo_models / "esm2_t2_demo.pt"
-    code = main(["embed", "esm2", str(proteins), "--model", str(model), "--out", str(tmp_path / "o.h5"), "--device", "cpu"])
+@pytest.fixture
+def empty_model_caches(tmp_path, monkeypatch):
+    """No hub model is cached: an empty torch hub dir and Hugging Face cache."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+
+
+EMBED_CASES = {  # case: (kind, FASTA text, model (relative to the demo models), what the one error line names)
+    "missing model": ("esm2", ">ok\nMKVLA\n", "esm2_t2_nope.pt", "esm2_t2_nope.pt: --model not found"),
+    "stop in a protein": ("esm2", ">ok\nMKVLA\n>bad\nMKV*LA\n", "esm2_t2_demo.pt", "'bad' contains '*'"),
+    "letter ESM-2 cannot encode": ("esm2", ">ok\nMKVLA\n>bad\nMKVLLJJ\n", "esm2_t2_demo.pt", "p.faa: protein 'bad' contains 'J'"),
+    "hub name not cached": ("esm2", ">ok\nMKVLA\n", "esm2_t36_3B_UR50D", "not on this machine"),
+    "a folder as ESM-2 model": ("esm2", ">ok\nMKVLA\n", "dnabert-s-demo", "dnabert-s-demo: a folder; ESM-2 needs"),
+    "hub id not cached": ("dnabert", ">ok\nACGTACGTAC\n", "zhihan1996/DNABERT-S", "--model DIR/DNABERT-S, or add --allow-download"),
+}
+
+
+@pytest.mark.parametrize("case", list(EMBED_CASES))
+def test_embed_errors_are_one_line(tmp_path, demo_models, capsys, case, empty_model_caches, monkeypatch):
+    """Item 10: `embed` with a missing, uncached or wrong-kind model or a protein ESM-2 cannot encode
+    was an internal error (or advised options `embed` does not have)."""
+    kind, text, model, named = EMBED_CASES[case]
+    monkeypatch.chdir(demo_models)  # hub names stay names; files are relative to the demo models
+    (tmp_path / "p.faa").write_text(text)
+    code = main(["embed", kind, str(tmp_path / "p.faa"), "--model", model, "--out", str(tmp_path / "o.h5"), "--device", "cpu"])
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error")]
     assert code == 2 and len(errors) == 1 and "internal error" not in err, err
-    assert (str(model) if case == "missing model" else "'bad'") in errors[0]
+    assert named in errors[0] and "--dnabert-model" not in errors[0], errors[0]
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -175,14 +194,37 @@ def test_embed_errors_are_one_line(tmp_path, demo_models, capsys, case):
     ["run", "x.txt", "--device", "cpu", "--precision", "fp16"],
     ["run", "x.txt", "--device", "cpu", "--dnabert-precision", "fp16"],
     ["embed", "esm2", "p.faa", "--model", "m", "--out", "o.h5", "--device", "cpu", "--precision", "fp16"],
+    ["run", "x.txt", "--precision", "fp16"],  # --device auto on a machine without CUDA
+    ["run", "x.txt", "--precision", "bf16"],
+    ["run", "--demo", "-w", "w", "--dnabert-precision", "fp16"],
+    ["embed", "esm2", "p.faa", "--model", "m", "--out", "o.h5", "--precision", "fp16"],
+    ["run", "x.txt", "--device", "cuda"],
 ])
 def test_fp16_on_cpu_is_refused_before_any_work(tmp_path, capsys, argv, monkeypatch):
-    """Item 10: --precision fp16 with --device cpu was accepted silently."""
+    """Item 10: --precision fp16 with --device cpu, or with --device auto where there is no CUDA
+    GPU, was accepted silently (and --dnabert-precision fp16 failed in the dnabert stage, after
+    run.json had recorded it)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.chdir(tmp_path)
     code = main(argv)
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
-    assert code == 2 and len(errors) == 1 and "fp16 needs a CUDA GPU" in errors[0], errors
+    assert code == 2 and len(errors) == 1 and re.search("16 needs a CUDA GPU|--device cuda: no CUDA GPU", errors[0]), errors
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("models", [["--esm-model", "esm2_t99_bogus"], ["--esm-model", "esm2_t36_3B_UR50D"],
+                                    ["--dnabert-model", "zhihan1996/DNABERT-S"]],
+                         ids=["unknown fair-esm name", "ESM-2 not cached", "DNABERT-S not cached"])
+def test_run_checks_model_references_before_any_work(tmp_path, demo_models, capsys, models, empty_model_caches):
+    """Item 10: a typo in --esm-model failed at the esm2 stage, after dnabert, with URLError, and the
+    run without the typo was then refused (models changed)."""
+    code = main(["run", str(_inputs(tmp_path)), "-w", str(tmp_path / "w"), "--models", str(demo_models), *models])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith(f"error: {models[1]}: "), errors
+    assert ("esm2_t36_3B_UR50D" in errors[0]) if "bogus" in models[1] else ("models download" in errors[0])
+    assert not (tmp_path / "w").exists()
 
 
 def test_report_clears_the_temp_files_of_a_killed_report(quiet_demo_run, tmp_path):

@@ -100,18 +100,30 @@ def _score(text: str) -> float:
     return value
 
 
-def check_cpu_precision(device: str, **precisions: str) -> None:
-    """fp16 needs CUDA: with --device cpu it is refused before any work (auto stays auto)."""
-    for flag, value in precisions.items():
-        if device == "cpu" and value == "fp16":
-            raise VirnucproError(f"--{flag.replace('_', '-')} fp16 needs a CUDA GPU, but --device is cpu; "
-                                 "use fp32 (or auto) on CPU, or --device cuda")
+def check_device(device: str, here: bool, **precisions: str) -> None:
+    """fp16/bf16 need CUDA: refused before any work with --device cpu and, where the work runs on
+    this machine (run, embed), with --device auto or cuda when it has no CUDA GPU. `submit` plans for
+    GPU nodes, where auto means CUDA: it passes here=False. torch is imported only to decide that."""
+    reduced = next((f"--{flag.replace('_', '-')} {value}" for flag, value in precisions.items()
+                    if value in ("fp16", "bf16")), None)
+    if device == "cpu" and reduced:
+        raise VirnucproError(f"{reduced} needs a CUDA GPU, but --device is cpu; use fp32 (or auto) on CPU, or --device cuda")
+    if not here or device == "cpu" or (device == "auto" and not reduced):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if device == "auto":
+        raise VirnucproError(f"{reduced} needs a CUDA GPU, but this machine has none (--device auto would run on the "
+                             "CPU); use fp32 (or auto) here, or run on a GPU machine (e.g. virnucpro-slurm submit)")
+    raise VirnucproError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu or auto")
 
 
 def run_request(args: argparse.Namespace):
     from .orchestration.plan import RunRequest
 
-    check_cpu_precision(args.device, precision=args.precision, dnabert_precision=args.dnabert_precision)
+    check_device(args.device, args.command == "run", precision=args.precision, dnabert_precision=args.dnabert_precision)
 
     inputs = args.inputs
     models_dir = args.models
@@ -148,6 +160,8 @@ def cmd_run(args) -> int:
 
     stop = StopFlag().install()  # before anything is written: a SIGTERM now still ends cleanly
     request = run_request(args)
+    from .modelstore.resolve import check_for_run
+    check_for_run(request)
     with WorkdirWriter(request.workdir, "virnucpro-slurm run") as writer:  # held until the run ends
         workdir, config, state = plan_run(request, writer)
         console.log_to_file(workdir.run_log())
@@ -203,24 +217,32 @@ def cmd_translate(args) -> int:
 
 def cmd_embed(args) -> int:
     from .errors import InputError
-    from .fasta import NUCLEOTIDE, PROTEIN, read_records
+    from .fasta import ESM_LETTERS, NUCLEOTIDE, PROTEIN, read_records
+    from .modelstore.resolve import require_here
     from .stages.embedding import resolve_device
     from .storage import write_matrix
 
-    check_cpu_precision(args.device, precision=args.precision)
+    check_device(args.device, True, precision=args.precision)
     spec = str(args.model)
     if (spec.startswith(("/", ".", "~")) or spec.endswith(".pt")) and not Path(spec).expanduser().exists():
         raise InputError(f"{spec}: --model not found; give an existing {'.pt file' if args.kind == 'esm2' else 'model folder'} "
                          "or a hub name")
+    require_here("esm" if args.kind == "esm2" else "dnabert", spec, args.allow_download,
+                 f"pass --model {'DIR/esm2_t36_3B_UR50D.pt' if args.kind == 'esm2' else 'DIR/DNABERT-S'}")
     if not Path(args.fasta).is_file():
         raise InputError(f"{args.fasta}: FASTA file not found; check the path")
     # proteins for ESM-2, nucleotides for DNABERT-S: the one FASTA reader, validating either
     records = list(read_records(args.fasta, PROTEIN if args.kind == "esm2" else NUCLEOTIDE))
     if args.kind == "esm2":
-        starred = next((name for name, seq in records if "*" in seq), None)
-        if starred is not None:
-            raise InputError(f"{args.fasta}: protein '{starred}' contains '*' (a stop); ESM-2 has no token for it "
+        encodable = frozenset(ESM_LETTERS)
+        unknown = next(((name, sorted(set(seq) - encodable)) for name, seq in records if not encodable.issuperset(seq)), None)
+        if unknown and "*" in unknown[1]:
+            raise InputError(f"{args.fasta}: protein '{unknown[0]}' contains '*' (a stop); ESM-2 has no token for it "
                              "and VirNucPro embeds only stop-free frames: remove the '*' and run again")
+        if unknown:
+            raise InputError(f"{args.fasta}: protein '{unknown[0]}' contains {', '.join(map(repr, unknown[1]))}, which ESM-2 cannot "
+                             f"encode (its alphabet: {ESM_LETTERS}, upper case only); replace those letters "
+                             "(X for an unknown residue) and run again")
     ids = [r[0] for r in records]
     seqs = [r[1] for r in records]
     device = resolve_device(args.device)
@@ -232,7 +254,8 @@ def cmd_embed(args) -> int:
     else:
         from .engines.dnabert import load_dnabert_engine
         embedder = load_dnabert_engine(args.model, device, precision="fp32" if args.precision == "auto" else args.precision,
-                                       remote_code=args.dnabert_remote_code, token_budget=args.token_budget)
+                                       remote_code=args.dnabert_remote_code, token_budget=args.token_budget,
+                                       allow_download=args.allow_download)
         matrix = embedder.embed(seqs)
     write_matrix(args.out, ids, matrix, attrs={"model": args.model, "kind": args.kind})
     console.info(f"wrote {len(ids)} embeddings of dimension {matrix.shape[1]} to {args.out}")
@@ -309,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--token-budget", type=_positive_int)
     embed.add_argument("--dnabert-remote-code", action="store_true",
                        help="dnabert: run the model folder's own code (trust_remote_code) instead of the native engine")
+    embed.add_argument("--allow-download", action="store_true", help="fetch a hub model this machine has not cached")
     _add_common(embed)
     embed.set_defaults(func=cmd_embed)
 

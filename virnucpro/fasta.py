@@ -63,6 +63,7 @@ NUCLEOTIDE = Alphabet(_both_cases("".join(IUPAC_LETTERS) + "U"), "IUPAC nucleoti
 # what it can encode), plus '*' and '-' which it rejects with its own message.
 PROTEIN = Alphabet(_both_cases("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + b"*-.", "protein letters",
                    "remove digits and spaces from the sequence")
+ESM_LETTERS = "ABCDEFGHIKLMNOPQRSTUVWXYZ.-"  # what fair-esm's ESM-2 alphabet encodes one letter at a time
 
 
 BLOCK_BYTES = 4 << 20  # FASTA is read in blocks of whole records of about this size

@@ -22,8 +22,12 @@ from .. import console
 from ..errors import InputError
 from .sources import DNABERT_WEIGHTS
 
+# fair-esm's pretrained ESM-2 models (esm.pretrained) and their embedding widths
+FAIR_ESM2_WIDTHS = {"esm2_t6_8M_UR50D": 320, "esm2_t12_35M_UR50D": 480, "esm2_t30_150M_UR50D": 640,
+                    "esm2_t33_650M_UR50D": 1280, "esm2_t36_3B_UR50D": 2560, "esm2_t48_15B_UR50D": 5120}
 ESM_HUB_NAME = re.compile(r"esm2_t\d+_\w+")
 HF_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+LABELS = {"esm": "ESM-2", "dnabert": "DNABERT-S"}
 
 
 def torch_hub_dir() -> Path:
@@ -67,14 +71,39 @@ def locate(kind: str, spec: str) -> tuple[str | None, str]:
     return None, str(path)
 
 
+def check_reference(kind: str, spec: str) -> None:
+    """Refuse a model reference that names no model it could be: for ESM-2 a folder or a name
+    fair-esm does not publish (and the torch hub cache does not hold), for DNABERT-S a file or
+    something neither a folder nor a hub id."""
+    path = Path(spec).expanduser()
+    if kind == "esm" and (path.is_dir() or not (path.exists() or spec in FAIR_ESM2_WIDTHS or locate(kind, spec)[0])):
+        raise InputError(f"{spec}: {'a folder' if path.is_dir() else 'no such file and not a fair-esm model name'}; "
+                         f"ESM-2 needs an esm2_*.pt file or one of {', '.join(FAIR_ESM2_WIDTHS)}")
+    if kind == "dnabert" and (path.is_file() or not (path.exists() or HF_REPO_ID.fullmatch(spec))):
+        raise InputError(f"{spec}: {'a file' if path.is_file() else 'no such folder and not a hub id'}; DNABERT-S needs "
+                         "a model folder (config.json, tokenizer.json, weights) or a hub id like zhihan1996/DNABERT-S")
+
+
+def require_here(kind: str, spec: str, allow_download: bool, pass_it: str) -> None:
+    """Before a run or an embed starts here: refuse a reference that names no model, and a hub model
+    this machine has not cached when no download is allowed. `pass_it` says how to give a fetched one."""
+    check_reference(kind, spec)
+    local, where = locate(kind, spec)
+    if local is None and not allow_download:
+        raise InputError(f"{spec}: the {LABELS[kind]} model is not on this machine (not in {where}); fetch it with "
+                         f"'virnucpro-slurm models download DIR' where there is internet and {pass_it}, "
+                         "or add --allow-download to fetch it now")
+
+
 def resolve_for_submit(request, warn_only: bool) -> None:
     """Replace the request's ESM-2 and DNABERT-S models by local paths, or refuse (warn with
     --dry-run; let tasks download with --allow-download). Same model choice as the run makes."""
     from ..orchestration.plan import resolve_models
 
     models, _ = resolve_models(request)  # --models DIR, defaults and path checks, as the run resolves them
-    for kind, label, spec, attribute in (("esm", "ESM-2", models.esm, "esm_model"),
-                                         ("dnabert", "DNABERT-S", models.dnabert, "dnabert_model")):
+    for kind, spec, attribute in (("esm", models.esm, "esm_model"), ("dnabert", models.dnabert, "dnabert_model")):
+        check_reference(kind, spec)
+        label = LABELS[kind]
         local, where = locate(kind, spec)
         if local is not None:
             setattr(request, attribute, local)
@@ -90,3 +119,12 @@ def resolve_for_submit(request, warn_only: bool) -> None:
             console.warn(message)
         else:
             raise InputError(message)
+
+
+def check_for_run(request) -> None:
+    """`run`: the ESM-2 and DNABERT-S models it will load exist here (or may be downloaded), before any work."""
+    from ..orchestration.plan import resolve_models
+
+    models, _ = resolve_models(request)
+    for kind, spec in (("esm", models.esm), ("dnabert", models.dnabert)):
+        require_here(kind, spec, request.allow_download, "pass --models DIR")

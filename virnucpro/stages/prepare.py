@@ -35,6 +35,7 @@ from .. import console
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import InputError
 from ..orchestration.runner import StageContext
+from ..modelstore.resolve import FAIR_ESM2_WIDTHS
 from ..fasta import BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block, rna_warning
 from ..sequences import translate_stream
 from ..storage import FRAME_COLUMNS
@@ -256,10 +257,7 @@ def split_spool(workdir, shards: int, token_costs: np.ndarray) -> list[dict]:
 # ---------------------------------------------------------------- do the models fit together?
 
 # Embedding widths of the models that are known by name, so no 11 GB file is opened to check them.
-KNOWN_WIDTHS = {
-    "zhihan1996/DNABERT-S": 768, "esm2_t6_8M_UR50D": 320, "esm2_t12_35M_UR50D": 480, "esm2_t30_150M_UR50D": 640,
-    "esm2_t33_650M_UR50D": 1280, "esm2_t36_3B_UR50D": 2560, "esm2_t48_15B_UR50D": 5120,
-}
+KNOWN_WIDTHS = {"zhihan1996/DNABERT-S": 768, **FAIR_ESM2_WIDTHS}
 
 
 def dnabert_width(spec: str) -> int | None:
