@@ -3,8 +3,8 @@
     python bench/status_speed.py [--shards 10000] [--repeat 5]
 
 Builds a synthetic workdir laid out as a real run's (run.json, one record per (stage, shard) in
-state.d/, state.d/shards.json) in a temp folder, then times the whole command as a user runs it
-(new Python process, imports included) and the in-process work alone (fold the records, summarise,
+state.d/, state.d/shards.json, the done pairs' files, which status stats) in a temp folder, then
+times the whole command as a user runs it (new Python process, imports included) and the in-process work alone (fold the records, summarise,
 render): once with no state.json (every record read: the first status after a SLURM run, or
 state.json deleted) and then with state.json folded (what a re-run or `status` normally finds).
 Also times one state update (mark a shard done), which must not grow with the shard count.
@@ -43,9 +43,22 @@ def build(root: Path, shards: int) -> None:
     (root / "run.json").write_text(json.dumps({
         "inputs_list": "inputs.txt", "inputs": ["a.fa"], "input_names": ["a"], "chunk_length": 500, "shards": shards,
         "models": {"esm": "esm2_t36_3B_UR50D", "dnabert": "zhihan1996/DNABERT-S", "classifier": "500_model.pth"}}))
+    # the files the done pairs wrote (empty: status only stats them to find missing ones)
+    from virnucpro.orchestration.config import RunConfig
+    from virnucpro.paths import Workdir
+    from virnucpro.pipeline import STAGE
+
+    workdir = Workdir(root)
+    config = RunConfig.load(workdir)
+    for stage, by_shard in entries.items():
+        for shard in by_shard:
+            for path in STAGE[stage].outputs(workdir, shard, config):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
 
 
 def time_status(root: Path, repeat: int, fold_before) -> tuple[float, float]:
+    from virnucpro.orchestration.config import RunConfig
     from virnucpro.orchestration.status import render_status, status_report
     from virnucpro.paths import Workdir
 
@@ -53,7 +66,7 @@ def time_status(root: Path, repeat: int, fold_before) -> tuple[float, float]:
     for _ in range(repeat):
         fold_before()
         started = time.perf_counter()
-        render_status(status_report(Workdir(root)))
+        render_status(status_report(Workdir(root), RunConfig.load(Workdir(root))))
         inner.append(time.perf_counter() - started)
         fold_before()
         started = time.perf_counter()

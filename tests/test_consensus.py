@@ -1,7 +1,9 @@
 """Output files byte for byte, from hand-chosen scores (ties included), through the real stages."""
 
 import numpy as np
+import pytest
 
+from virnucpro.errors import StaleInputError
 from virnucpro.orchestration.config import ModelSpec, RunConfig
 from virnucpro.orchestration.runner import StageContext
 from virnucpro.paths import Workdir
@@ -47,7 +49,8 @@ EXPECTED_READS = (
 )
 
 
-def _run(tmp_path, shards, scores=SCORES):
+def _prepared(tmp_path, shards, scores=SCORES) -> StageContext:
+    """prepare run for real, predictions from `scores`: what consensus reads."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "a.fa").write_text(FASTA_A)
     (tmp_path / "b.fa").write_text(FASTA_B)
@@ -59,6 +62,11 @@ def _run(tmp_path, shards, scores=SCORES):
         ids = read_shard_frames(ctx.workdir.shard_frames(shard)).frame_ids
         matrix = np.array([scores[i] for i in ids], dtype=np.float32).reshape(len(ids), 2)
         write_matrix(ctx.workdir.predictions(shard), ids, matrix, name="scores")
+    return ctx
+
+
+def _run(tmp_path, shards, scores=SCORES):
+    ctx = _prepared(tmp_path, shards, scores)
     consensus.consensus(ctx)
     return ctx.workdir
 
@@ -84,6 +92,26 @@ def test_chunk_tie_is_virus(tmp_path):
     assert lines[2] == "r3_chunk_1\tTrue"
     reads = (workdir.result_dir("a") / "reads.tsv").read_text().splitlines()
     assert reads[3] == "r3\t10\t1\t6\t1\t0.5\tvirus"
+
+
+# prepare's read table of input a: header, r1 (3 frames), r2 (none), r3 (6 frames)
+@pytest.mark.parametrize("damage", [
+    lambda lines: ["junk\n"],
+    lambda lines: lines[1:],  # no header
+    lambda lines: [lines[0], lines[1], lines[3]],  # a read without frames lost
+    lambda lines: [*lines[:3], lines[3][:-3]],  # cut inside the last line
+    lambda lines: [lines[0], lines[1].replace("\t", "\t\t", 1), *lines[2:]],  # a column too many
+    lambda lines: [lines[0], lines[3], lines[2], lines[1]],  # reads out of order
+    lambda lines: [lines[0], lines[1].replace("24", "2x"), *lines[2:]],  # not a number
+], ids=["garbage", "no header", "row missing", "cut short", "wrong column count", "out of order", "not a number"])
+def test_a_damaged_read_table_is_prepares_to_redo(tmp_path, damage):
+    ctx = _prepared(tmp_path, 2)
+    table = ctx.workdir.reads_table(0)
+    table.write_text("".join(damage(table.read_text().splitlines(True))))
+    with pytest.raises(StaleInputError, match=f"^{table}: prepare's read table is damaged") as refused:
+        consensus.consensus(ctx)
+    assert (refused.value.stage, refused.value.shard) == ("prepare", 0)
+    assert not [path for path in ctx.workdir.results.rglob("*") if path.is_file()]  # no result half-written
 
 
 def test_shards_are_token_balanced_and_contiguous(tmp_path):

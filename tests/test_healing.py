@@ -94,8 +94,11 @@ def assert_same_results(got: dict[str, bytes], want: dict[str, bytes]) -> None:
                     assert x == y, (name, a, b)
 
 
-def assert_rerun_heals(workdir: Path, demo_models, example_inputs, expected: list[tuple[str, int]], said: str) -> None:
-    before, results = attempts(workdir), outputs(workdir)
+def assert_rerun_heals(workdir: Path, demo_models, example_inputs, expected: list[tuple[str, int]], said: str,
+                       results: dict[str, bytes] | None = None) -> None:
+    """The next plain run recomputes `expected`, says so, and ends with `results` (default: the
+    workdir's results before it)."""
+    before, results = attempts(workdir), results or outputs(workdir)
     done = cli(*run_args(workdir, demo_models, example_inputs)[:-1])  # not --quiet: the note is a warning
     assert ran(before, attempts(workdir)) == expected
     (note,) = [line for line in done.stderr.splitlines() if said in line]
@@ -133,6 +136,36 @@ def test_a_damaged_file_is_recomputed_with_what_is_made_from_it(finished, tmp_pa
     path = Workdir(workdir).embeddings(stage, shard) if stage != "predict" else Workdir(workdir).predictions(shard)
     path.write_bytes(b"not an HDF5 file\n" * 100)
     assert_rerun_heals(workdir, demo_models, example_inputs, expected, str(path))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_read_table_reruns_prepare_and_consensus(damage, finished, tmp_path, demo_models, example_inputs):
+    """The read tables are read by consensus alone, so consensus must have to run again: here
+    because --min-score changes back to the default after a run with 0.5."""
+    workdir = copy_of(finished, tmp_path)
+    cli(*run_args(workdir, demo_models, example_inputs, "--min-score", "0.5"))
+    table = Workdir(workdir).reads_table(0)
+    table.write_text("junk\n" if damage == "garbage" else "".join(table.read_text().splitlines(True)[:5]))
+    assert_rerun_heals(workdir, demo_models, example_inputs, [("prepare", 0), ("consensus", 0)], str(table),
+                       results=outputs(finished))
+
+
+def test_status_counts_a_done_pair_whose_file_is_missing_as_the_next_run_plans_it(finished, tmp_path, demo_models,
+                                                                                  example_inputs):
+    workdir = copy_of(finished, tmp_path)
+    gone = Workdir(workdir).embeddings("esm2", 1)
+    gone.unlink()
+    status = cli("status", "--workdir", workdir, "--json", check=False)
+    report = json.loads(status.stdout)
+    assert status.returncode == 1 and not report["complete"]
+    planned = dry_run_pairs(cli("submit", example_inputs, "--models", demo_models, "--workdir", workdir, "--shards", SHARDS,
+                                "--partition", "gpu", "--dry-run").stdout)
+    assert planned == [("esm2", 1), ("predict", 1), ("consensus", 0)]
+    assert {s["stage"]: s["pending"] for s in report["stages"]} == {s: sum(p == s for p, _ in planned) for s in pipeline.STAGES}
+    assert report["missing"] == [{"stage": "esm2", "shard": 1, "path": str(gone),
+                                  "recomputed": "esm2 shard 1, predict shard 1 and consensus"}]
+    shown = cli("status", "--workdir", workdir, check=False).stdout
+    assert f"{gone} is missing: will be recomputed by the next run/submit (esm2 shard 1, predict shard 1 and consensus)" in shown
 
 
 def edit_state(workdir: Path, changes: dict[tuple[str, int], dict]) -> None:

@@ -188,6 +188,19 @@ def test_demo_run_report_counts_agree_with_reads_tsv(quiet_demo_run):
         assert stats.frame_scores.total == len(frames_rows) == stats.frames
 
 
+@pytest.mark.parametrize("damage", ["truncated", "cut short"])
+def test_report_of_a_damaged_read_table_is_one_line_naming_it(quiet_demo_run, tmp_path, damage):
+    workdir = Workdir(shutil.copytree(quiet_demo_run.workdir, tmp_path / "w"))
+    table = workdir.reads_table(1)
+    lines = table.read_text().splitlines(True)
+    table.write_text("".join(lines[:5]) if damage == "truncated" else "".join(lines)[:-8])
+    done = subprocess.run([sys.executable, "-m", "virnucpro.cli", "report", "--workdir", str(workdir.root)],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "1000"})
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if str(table) in line]
+    assert "prepare's read table is damaged; delete it and run" in line
+
+
 def test_demo_run_provenance(quiet_demo_run, demo_models, example_inputs):
     workdir = Workdir(quiet_demo_run.workdir)
     record = json.loads(workdir.provenance.read_text())

@@ -184,11 +184,11 @@ def cmd_status(args) -> int:
     from .paths import Workdir
 
     workdir = Workdir(args.workdir)
-    RunConfig.load(workdir)  # refuses a folder that is not a workdir (and imports no numpy: status is fast)
+    config = RunConfig.load(workdir)  # refuses a folder that is not a workdir (and imports no numpy: status is fast)
     if args.watch:
-        report = watch(workdir, args.watch, status_console())
+        report = watch(workdir, args.watch, status_console(), config)
     else:
-        report = status_report(workdir)
+        report = status_report(workdir, config)
         if args.json:
             print(json.dumps(report, indent=1))
         else:

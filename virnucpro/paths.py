@@ -86,7 +86,7 @@ class Workdir:
         return self.root / "shards"
 
     def shard_frames(self, shard: int) -> Path:
-        return self.shards_dir / f"{shard:05d}.frames.tsv"
+        return self.root / f"shards/{shard:05d}.frames.tsv"  # one join: status builds one per shard
 
     # embeddings and predictions
     @property
@@ -94,7 +94,7 @@ class Workdir:
         return self.root / "embeddings"
 
     def embeddings(self, kind: str, shard: int) -> Path:
-        return self.embeddings_dir / kind / f"{shard:05d}.h5"
+        return self.root / f"embeddings/{kind}/{shard:05d}.h5"  # one join: status builds two per shard
 
     def embedding_parts(self, kind: str, shard: int) -> Path:
         """Folder of checkpointed pieces of a shard still being embedded."""
@@ -105,7 +105,7 @@ class Workdir:
         return self.root / "predictions"
 
     def predictions(self, shard: int) -> Path:
-        return self.predictions_dir / f"{shard:05d}.h5"
+        return self.root / f"predictions/{shard:05d}.h5"
 
     # results
     @property

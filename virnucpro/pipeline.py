@@ -148,15 +148,16 @@ def unfinished(state: dict, stage_name: str, config) -> list[int]:
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def missing_output(stage_name: str, shard: int, config, workdir) -> Path | None:
+def missing_output(stage_name: str, shard: int, config, workdir, signatures: bool = True) -> Path | None:
     """The first declared output of a pair that is missing or plainly damaged, or None.
 
     A cheap look (a stat, and the 8-byte signature of an HDF5 file) so that a finished run whose
     files a scratch purge deleted, or someone overwrote, heals even when no later stage would read
-    them again; deeper damage is found by the readers (StaleInputError) when they run."""
+    them again; deeper damage is found by the readers (StaleInputError) when they run. Without
+    `signatures` a stat alone (`status`: opening 10,000 files would make it slow)."""
     for path in STAGE[stage_name].outputs(workdir, shard, config):
         try:
-            if path.suffix == ".h5":
+            if signatures and path.suffix == ".h5":
                 with open(path, "rb") as handle:
                     if handle.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
                         return path
@@ -204,17 +205,17 @@ class Plan:
         return any(self.todo.values())
 
 
-def plan(config, state: dict, workdir=None) -> Plan:
+def plan(config, state: dict, workdir=None, signatures: bool = True) -> Plan:
     """The (stage, shard) pairs that finish this run, given its config and state
     ({stage: {shard: ShardState or raw dict}}). With `workdir`, a done pair whose declared output
-    is missing runs again (a stat per output; `status` does not pass one)."""
+    is missing (or, with `signatures`, not HDF5) runs again: see `missing_output`."""
     redo = {s: set(unfinished(state, s, config)) for s in STAGES}
     missing: dict[tuple[str, int], Path] = {}
     if workdir is not None:
         for s in STAGE_TABLE:
             for shard in range(s.shard_count(config)):
                 if shard not in redo[s.name]:
-                    gone = missing_output(s.name, shard, config, workdir)
+                    gone = missing_output(s.name, shard, config, workdir, signatures)
                     if gone is not None:
                         missing[(s.name, shard)] = gone
                         redo[s.name].add(shard)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from .. import pipeline
 from ..pipeline import STAGES
 from .state import DONE, FAILED, PENDING, RUNNING, ShardState
 
@@ -105,8 +106,10 @@ def format_seconds(seconds: float | None) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} d"
 
 
-def status_report(workdir) -> dict:
-    """Everything `status` shows, as plain data (also the --json output)."""
+def status_report(workdir, config=None) -> dict:
+    """Everything `status` shows, as plain data (also the --json output). With the run's `config`,
+    a done pair whose output is gone counts as pending, as the next run/submit plans it
+    (`pipeline.plan`, a stat per file), and `missing` says which file and what it recomputes."""
     slurm = {"source": None, "stages": {}, "task_states": {}, "active": False}
     from .slurm import slurm_view
 
@@ -117,6 +120,7 @@ def status_report(workdir) -> dict:
 
     holder = current_holder(workdir.root)
     mark_dead_local_shards(state, holder)
+    missing = mark_missing_outputs(state, config, workdir) if config is not None else []
     summaries = summarise(state, slurm["task_states"])
     stages = []
     for s in summaries:
@@ -133,7 +137,19 @@ def status_report(workdir) -> dict:
                                           "error": f"SLURM task {crash['task']} ended {crash['state']}", "log": crash["log"]})
         stages.append(entry)
     return {"workdir": str(workdir.root), "complete": all_done(summaries), "slurm_source": slurm["source"],
-            "slurm_active": slurm["active"], "holder": holder, "stages": stages}
+            "slurm_active": slurm["active"], "holder": holder, "stages": stages, "missing": missing}
+
+
+def mark_missing_outputs(state: dict[str, dict[int, dict]], config, workdir) -> list[dict]:
+    """Mark pending the done pairs the next run/submit recomputes because a file is missing (and
+    those made from it); one entry per missing file."""
+    plan = pipeline.plan(config, state, workdir, signatures=False)
+    for stage, shards in plan.reset.items():
+        for shard in shards:
+            state[stage][shard]["status"] = PENDING
+    return [{"stage": stage, "shard": shard, "path": str(path),
+             "recomputed": pipeline.describe_pairs(pipeline.dependents(stage, shard, config))}
+            for (stage, shard), path in plan.missing.items()]
 
 
 def mark_dead_local_shards(state: dict[str, dict[int, dict]], holder: dict | None) -> None:
@@ -196,6 +212,11 @@ def render_status(report: dict):
         if len(s["failures"]) > MAX_LISTED_FAILURES:
             lines.append(f"[red]{s['stage']}: {len(s['failures']) - MAX_LISTED_FAILURES} more failed shard(s)[/red] "
                          "(--json lists them all)")
+    for gone in report.get("missing", [])[:MAX_LISTED_FAILURES]:
+        lines.append(f"[yellow]{gone['path']} is missing[/yellow]: will be recomputed by the next run/submit "
+                     f"({gone['recomputed']})")
+    if len(report.get("missing", [])) > MAX_LISTED_FAILURES:
+        lines.append(f"[yellow]{len(report['missing']) - MAX_LISTED_FAILURES} more missing file(s)[/yellow] (--json lists them all)")
     return Group(table, *lines)
 
 
@@ -208,18 +229,18 @@ def status_console():
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
-def watch(workdir, interval: float, console) -> dict:
+def watch(workdir, interval: float, console, config=None) -> dict:
     """Redraw the status every `interval` seconds until the run is complete or nothing is left
     that could change it: no SLURM job queued or running, no live process holding the workdir,
     no shard running in a live process."""
     from rich.live import Live
 
-    report = status_report(workdir)
+    report = status_report(workdir, config)
     with Live(render_status(report), console=console, auto_refresh=False) as live:
         while True:
             running = any(s["running"] for s in report["stages"])
             if report["complete"] or not (report["slurm_active"] or running or report["holder"]):
                 return report
             time.sleep(interval)
-            report = status_report(workdir)
+            report = status_report(workdir, config)
             live.update(render_status(report), refresh=True)

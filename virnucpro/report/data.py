@@ -142,14 +142,25 @@ def read_prepare(workdir: Workdir, stats: InputStats, block_rows: int) -> None:
     stats.reads, stats.bases = summary["reads"], summary["bases"]
     stats.chunks, stats.frames = summary["chunks"], summary["frames"]
     stats.reads_without_frames = summary["reads_without_frames"]
-    for lengths, chunks, frames in table_blocks(workdir.reads_table(stats.index), ("length", "chunks", "frames"), block_rows):
-        lengths = np.asarray(lengths, dtype=np.int64)
-        chunks = np.asarray(chunks, dtype=np.int64)
-        stats.chunks_per_read.add(chunks)
-        stats.frames_per_read.add(np.asarray(frames, dtype=np.int64))
-        translatable = lengths >= 3
-        stats.reads_too_short += int((~translatable).sum())
-        stats.possible_frames += int(chunks[translatable].sum()) * FRAMES_PER_CHUNK
+    table, rows = workdir.reads_table(stats.index), 0
+    try:
+        for lengths, chunks, frames in table_blocks(table, ("length", "chunks", "frames"), block_rows):
+            lengths = np.asarray(lengths, dtype=np.int64)
+            chunks = np.asarray(chunks, dtype=np.int64)
+            stats.chunks_per_read.add(chunks)
+            stats.frames_per_read.add(np.asarray(frames, dtype=np.int64))
+            translatable = lengths >= 3
+            stats.reads_too_short += int((~translatable).sum())
+            stats.possible_frames += int(chunks[translatable].sum()) * FRAMES_PER_CHUNK
+            rows += len(lengths)
+    except FileNotFoundError:
+        rows = None
+    except (StateError, ValueError, IndexError):  # a bad header, a malformed line
+        rows = -1
+    if rows != stats.reads:  # planning recomputes a missing prepare file; consensus refuses a damaged one
+        fix = "run" if rows is None else "delete it and run"
+        raise StateError(f"{table}: prepare's read table is {'missing' if rows is None else 'damaged'}; {fix} the same "
+                         "run/submit command again (prepare and consensus are recomputed)")
 
 
 def as_printed(scores: np.ndarray) -> np.ndarray:

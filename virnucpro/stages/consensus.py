@@ -23,6 +23,7 @@ from ..errors import OutputError, ShardError, StaleInputError
 from ..orchestration.runner import StageContext
 from ..paths import HIGHEST_SCORE, PREDICTION_RESULTS, READS_TABLE
 from ..storage import read_frame_ids, read_matrix
+from .prepare import READS_COLUMNS
 
 PREDICTION_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
 HIGHEST_HEADER = "Modified_ID\tIs_Virus\n"
@@ -257,7 +258,7 @@ def write_input_results(ctx: StageContext, index: int, tally: InputTally, min_sc
         for block in blocks(order):
             handle.writelines(f"{tally.chunk_ids[i]}\t{virus[i]}\n" for i in block.tolist())
     viral = write_reads_table(workdir.reads_table(index), out / READS_TABLE, tally.chunk_ids, new_read, max_virus,
-                              chunk_is_virus, min_score, files.open)
+                              chunk_is_virus, min_score, summary["inputs"][index]["reads"], files.open)
     if tally.rows == 0:
         console.warn(f"{config.inputs[index]}: no stop-free frame; wrote header-only results in {out}")
     totals["frames"] += tally.rows
@@ -299,12 +300,14 @@ class PerInputWriter(contextlib.ExitStack):
 
 def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new_read: np.ndarray,
                       chunk_max_virus: np.ndarray, chunk_is_virus: np.ndarray, min_score: float | None,
-                      opener=atomic_open) -> int:
+                      expected_reads: int, opener=atomic_open) -> int:
     """reads.tsv: per read, the best virus score of any of its frames and the call.
 
     Default call (the original's rule lifted to reads): 'virus' when at least one chunk of the
     read is viral by the per-chunk rule. With `min_score`: 'virus' when max_virus_score >= it.
     Reads with frames come in the order of prepare's read table, which also lists the others.
+    A damaged read table (bad header, a malformed or cut line, rows missing or out of order, not
+    the `expected_reads` prepare recorded) is prepare's to redo: a StaleInputError.
     """
     starts = np.flatnonzero(new_read)
     best = np.maximum.reduceat(chunk_max_virus, starts)
@@ -318,25 +321,37 @@ def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new
     def read_with_frames(j: int) -> str | None:
         return read_of_chunk(chunk_ids[starts[j]]) if j < len(starts) else None
 
-    found, expected = 0, read_with_frames(0)
+    def damaged(what: str) -> StaleInputError:
+        return StaleInputError(f"{reads_in}: prepare's read table is damaged ({what}); the prepare stage will run again",
+                               "prepare", 0)
+
+    found, expected, rows = 0, read_with_frames(0), 0
     try:
-        source = open(reads_in, encoding="utf-8")
+        source = open(reads_in, encoding="utf-8", newline="")
     except OSError as exc:
         raise StaleInputError(f"{reads_in}: prepare's read table is missing or unreadable ({exc.strerror or exc}); "
                               "the prepare stage will run again", "prepare", 0) from None
     with source, opener(reads_out) as out:
-        source.readline()
-        out.write("\t".join(READS_HEADER) + "\n")
-        for line in source:
-            read_id, length, chunks, frames = line.rstrip("\n").split("\t")
-            if read_id != expected:
-                out.write(f"{read_id}\t{length}\t{chunks}\t0\t0\tNA\tno_frames\n")
-                continue
-            call = "virus" if is_virus[found] else "others"
-            out.write(f"{read_id}\t{length}\t{chunks}\t{frames}\t{viral_chunks[found]}\t{next(best_text)}\t{call}\n")
-            found += 1
-            expected = read_with_frames(found)
+        try:
+            if source.readline() != "\t".join(READS_COLUMNS) + "\n":
+                raise damaged("not its header")
+            out.write("\t".join(READS_HEADER) + "\n")
+            for rows, line in enumerate(source, start=1):
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) != len(READS_COLUMNS) or not line.endswith("\n") or not all(map(str.isdigit, fields[1:])):
+                    raise damaged(f"line {rows + 1} is malformed or cut short")
+                read_id, length, chunks, frames = fields
+                if read_id != expected:
+                    out.write(f"{read_id}\t{length}\t{chunks}\t0\t0\tNA\tno_frames\n")
+                    continue
+                call = "virus" if is_virus[found] else "others"
+                out.write(f"{read_id}\t{length}\t{chunks}\t{frames}\t{viral_chunks[found]}\t{next(best_text)}\t{call}\n")
+                found += 1
+                expected = read_with_frames(found)
+        except UnicodeDecodeError:
+            raise damaged("not UTF-8 text") from None
     if found != len(starts):
-        raise ShardError(f"{reads_in}: read {expected!r} has frames but is not in prepare's read table (in order); "
-                         "re-run with --restart")
+        raise damaged(f"read {expected!r} has frames but is not in it, in order")
+    if rows != expected_reads:
+        raise damaged(f"{rows} reads, prepare recorded {expected_reads}")
     return sum(is_virus)
