@@ -31,21 +31,27 @@ def _inputs(tmp_path: Path) -> Path:
     return listing
 
 
+@pytest.mark.parametrize("marker", [None, '{"name": "my other tool"}', "not json", "[1, 2]"],
+                         ids=["no run.json", "another tool's run.json", "a run.json not JSON", "a run.json list"])
 @pytest.mark.parametrize("restart", [True, False], ids=["--restart", "plain"])
-def test_a_folder_that_is_not_a_workdir_is_refused_and_kept(tmp_path, demo_models, restart):
-    """Item 1: `--restart` on a folder without run.json deleted results/, report/, ... inside it."""
+def test_a_folder_that_is_not_a_workdir_is_refused_and_kept(tmp_path, demo_models, restart, marker):
+    """Item 1: `--restart` on a folder without run.json deleted results/, report/, ... inside it;
+    so it did on a folder whose run.json was any other file of that name."""
     folder = tmp_path / "P"
     (folder / "results").mkdir(parents=True)
     (folder / "results" / "mine.csv").write_text("x\n")
     (folder / "report").mkdir()
     (folder / "report" / "notes.txt").write_text("mine too\n")
+    if marker is not None:
+        (folder / "run.json").write_text(marker)
     request = RunRequest(inputs_list=_inputs(tmp_path), workdir=folder, models_dir=demo_models, restart=restart)
-    with pytest.raises(StateError, match="not a virnucpro workdir") as refused:
+    with pytest.raises(StateError, match="not a virnucpro workdir|does not look like a virnucpro workdir") as refused:
         plan_run(request)
     assert str(folder) in str(refused.value) and "\n" not in str(refused.value)
     assert (folder / "results" / "mine.csv").read_text() == "x\n"
     assert (folder / "report" / "notes.txt").read_text() == "mine too\n"
-    assert sorted(p.name for p in folder.iterdir()) == ["report", "results"]  # nothing added either
+    assert sorted(p.name for p in folder.iterdir()) == ["report", "results"] + ["run.json"] * (marker is not None)
+    assert marker is None or (folder / "run.json").read_text() == marker  # nothing added or changed either
 
 
 def test_restart_of_a_real_workdir_still_discards_its_results(tmp_path, demo_models):
@@ -239,23 +245,56 @@ def test_report_clears_the_temp_files_of_a_killed_report(quiet_demo_run, tmp_pat
     assert not stale.exists() and (workdir / "report" / "index.html").is_file()
 
 
-@pytest.mark.parametrize("damage", [lambda text: text[: len(text) // 2], lambda text: "{not json", lambda text: "[1, 2]",
-                                    lambda text: '{"stages": {"prepare": [1]}}'],
-                         ids=["truncated", "invalid JSON", "a list", "wrong shape"])
+def _cut_short(text: str) -> str:
+    return text[: len(text) // 2]
+
+
+def _in_run_json(key: str, value):
+    """A damage that sets run.json's `key` (a dotted path: fingerprint.inputs) to `value`, keeping the rest."""
+    def damage(text: str) -> str:
+        data = json.loads(text)
+        *parents, last = key.split(".")
+        target = data
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+        return json.dumps(data)
+    return damage
+
+
+@pytest.mark.parametrize("damage", [
+    _cut_short, _in_run_json("fingerprint", 5), _in_run_json("fingerprint.parameters", []),
+    _in_run_json("fingerprint.inputs", 3), _in_run_json("fingerprint.inputs", [5]), _in_run_json("fingerprint.models", 5),
+    _in_run_json("models", {"esm": "e"}), _in_run_json("chunk_length", "500")],
+    ids=["truncated", "fingerprint 5", "parameters a list", "inputs 3", "inputs [5]", "models 5", "a model missing",
+         "chunk_length text"])
 def test_a_damaged_run_file_is_one_line_naming_it_and_restart_recovers(tmp_path, demo_models, capsys, damage):
-    """Item 7: a damaged run.json gave 'internal error: JSONDecodeError/AttributeError'."""
+    """Item 7: a damaged run.json gave 'internal error: JSONDecodeError/AttributeError/TypeError',
+    and a wrong shape inside it (fingerprint 5, ...) still did for run, submit, status and report.
+    A run.json cut short cannot be shown to be ours, so --restart refuses it too, deleting nothing."""
     workdir = tmp_path / "w"
     plan_run(RunRequest(inputs_list=_inputs(tmp_path), workdir=workdir, models_dir=demo_models))
     target = workdir / "run.json"
     target.write_text(damage(target.read_text()))
+    ours = damage is not _cut_short  # the others keep run.json's keys: a workdir of ours, damaged inside
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    run = ["run", str(_inputs(tmp_path)), "-w", str(workdir), "--models", str(demo_models), "-q"]
     capsys.readouterr()
-    for argv in (["status", "-w", str(workdir)],
-                 ["run", str(_inputs(tmp_path)), "-w", str(workdir), "--models", str(demo_models), "-q"]):
-        assert main(argv) == 2
+    for argv, has_restart in ((["status", "-w", str(workdir)], False), (run, True),
+                              (["submit", *run[1:], "--partition", "gpu", "--dry-run"], True),
+                              (["report", "--workdir", str(workdir), "--quiet"], False)):
+        assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and str(target) in err and "--restart" in err, err
-        assert "internal error" not in err
-    assert main(["run", str(_inputs(tmp_path)), "-w", str(workdir), "--models", str(demo_models), "-q", "--restart"]) == 0
+        assert len(err.splitlines()) == 1 and str(target) in err and "restore" in err, err
+        assert "internal error" not in err and "Error" not in err and "Traceback" not in err, err
+        if ours:  # the advice fits the command: status and report have no --restart
+            assert ("add --restart" in err) == has_restart and ("'virnucpro-slurm run'" in err) != has_restart, err
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+    assert main([*run, "--restart"]) == (0 if ours else 2)
+    if not ours:
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "does not look like a virnucpro workdir" in err, err
+        assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize("damage", [lambda text: text[: len(text) // 2], lambda text: "[1, 2]"], ids=["truncated", "a list"])

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import time
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class RunConfig(RunOptions):
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         data = dict(data)
-        data["models"] = ModelSpec(**data["models"])
+        data["models"] = ModelSpec(**{k: v for k, v in data["models"].items() if k in ModelSpec.__dataclass_fields__})
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     def to_json(self) -> str:
@@ -79,14 +80,83 @@ class RunConfig(RunOptions):
         atomic_write_text(workdir.config, self.to_json())
 
     @classmethod
-    def load(cls, workdir: Workdir) -> "RunConfig":
-        try:
-            return cls.from_dict(json.loads(workdir.config.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise StateError(f"{workdir.root}: not a virnucpro workdir (no run.json); start a run with 'virnucpro-slurm run'") from None
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-            raise StateError(f"{workdir.config}: damaged run configuration ({type(exc).__name__}: {exc}); restore it "
-                             "from a backup, or add --restart to start the run again") from None
+    def load(cls, workdir: Workdir, has_restart: bool = False) -> "RunConfig":
+        """The workdir's run; `has_restart`: the calling command has --restart (run, submit), which
+        decides what a damaged run.json's error advises."""
+        data = read_run_marker(workdir)
+        if data is None:
+            raise StateError(f"{workdir.root}: not a virnucpro workdir (no run.json); start a run with 'virnucpro-slurm run'")
+        problem = shape_problem(data, RUN_SHAPE)
+        if problem:
+            again = ("add --restart" if has_restart else
+                     "re-run the run's 'virnucpro-slurm run' (or 'submit') command with --restart")
+            raise StateError(f"{workdir.config}: damaged run configuration ({problem}); restore it from a backup, "
+                             f"or {again} to start the run again")
+        return cls.from_dict(data)
+
+
+def read_run_marker(workdir: Workdir) -> dict | None:
+    """run.json's contents when it is this tool's (a JSON object with RUN_MARKER_KEYS); None when
+    there is no run.json. Any other run.json (not JSON, cut short, another tool's) cannot be shown to
+    be ours, so its folder is no workdir: refused by every command, --restart or not, and nothing
+    in it is deleted."""
+    try:
+        data = json.loads(workdir.config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:  # UnicodeDecodeError included
+        reason = "not JSON, or cut short"
+    else:
+        missing = [key for key in RUN_MARKER_KEYS if key not in data] if isinstance(data, dict) else None
+        if missing == []:
+            return data
+        reason = ("not a JSON object" if missing is None else
+                  f"no {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
+    raise StateError(f"{workdir.config}: not a virnucpro run file ({reason}), so {workdir.root} does not look like a "
+                     "virnucpro workdir; restore the file from a backup if it was one, else move the folder away or "
+                     "choose another --workdir (nothing was changed)")
+
+
+# run.json's shape as RunConfig.to_json writes it, checked once at load so that no command meets a
+# wrong one later as an AttributeError or TypeError. A shape is a type, a tuple of types, [shape of
+# each item] or {key: shape}, where a key ending in "?" may be absent (older run.json, empty fingerprint).
+_MODEL_IDENTITY = {"path?": str, "sha256?": str, "files?": {}, "name?": str}
+RUN_SHAPE = {
+    **{f"{name}?": typing.get_args(hint) or hint for name, hint in typing.get_type_hints(RunOptions).items()},
+    "version": int, "inputs_list": str, "inputs": [str], "input_names": [str], "chunk_length": int, "shards": int,
+    "models": {"esm": str, "dnabert": str, "classifier": str, "demo?": bool},
+    "fingerprint": {"inputs?": [{"path": str, "sha256?": str}], "parameters?": {},
+                    "models?": {"esm?": _MODEL_IDENTITY, "dnabert?": _MODEL_IDENTITY, "classifier?": _MODEL_IDENTITY}},
+}
+# The keys every run.json this tool writes has: what tells a workdir's marker from another tool's run.json.
+RUN_MARKER_KEYS = [key for key in RUN_SHAPE if not key.endswith("?")]
+_TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number", type(None): "null"}
+
+
+def shape_problem(value, shape, where: str = "") -> str | None:
+    """Where `value` departs from `shape`, in words ("fingerprint.inputs[0] should be an object"); None if nowhere."""
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where} should be an object"
+        for key, inner in shape.items():
+            name = key.removesuffix("?")
+            inside = f"{where}.{name}" if where else name
+            if name in value:
+                problem = shape_problem(value[name], inner, inside)
+                if problem:
+                    return problem
+            elif not key.endswith("?"):
+                return f"{inside} is missing"
+        return None
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{where} should be a list"
+        return next(filter(None, (shape_problem(item, shape[0], f"{where}[{i}]") for i, item in enumerate(value))), None)
+    kinds = shape if isinstance(shape, tuple) else (shape,)
+    accepted = kinds + ((int,) if float in kinds else ())  # a hand-edited 1 for 1.0
+    if isinstance(value, accepted) and (bool in kinds or not isinstance(value, bool)):  # bool is an int subclass
+        return None
+    return f"{where} should be {' or '.join(_TYPE_NAMES[kind] for kind in kinds)}"
 
 
 def input_names(paths: list[Path]) -> list[str]:

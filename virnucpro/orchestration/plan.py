@@ -15,7 +15,7 @@ from ..paths import Workdir
 from ..pipeline import reset_by_options, shard_counts
 from ..fasta import read_inputs_list
 from .config import (HashCache, ModelSpec, RunConfig, RunOptions, auto_shards, check_writable, compute_fingerprint,
-                     fingerprint_differences, input_names)
+                     fingerprint_differences, input_names, read_run_marker)
 from .state import DONE, RUNNING, StateFile, exclusive_lock
 from .writer import WorkdirWriter
 
@@ -105,9 +105,9 @@ PRE_CONFIG_ENTRIES = {".state.lock", ".hash-cache.json", ".writer.lock", ".write
 
 
 def check_is_workdir_or_empty(workdir: Workdir) -> None:
-    """Refuse a non-empty folder that is not a virnucpro workdir (no run.json): nothing in it is
-    ours, so nothing in it may be deleted or mixed with a run's files."""
-    if not workdir.root.is_dir() or workdir.config.exists():
+    """Refuse a non-empty folder that is not a virnucpro workdir (no run.json, or one that is not
+    this tool's): nothing in it is ours, so nothing in it may be deleted or mixed with a run's files."""
+    if not workdir.root.is_dir() or read_run_marker(workdir) is not None:
         return
     foreign = sorted(p.name for p in workdir.root.iterdir() if p.name not in PRE_CONFIG_ENTRIES)
     if foreign:
@@ -148,7 +148,7 @@ def compare_with_workdir(request: RunRequest, workdir: Workdir, config: RunConfi
     lose work. Fills in config.fingerprint (and the run's shard count when not given). Shared by
     `plan_run` and `submit --dry-run`, so the dry run plans and refuses exactly as submit does."""
     if workdir.config.exists() and not request.restart:
-        previous = RunConfig.load(workdir)
+        previous = RunConfig.load(workdir, has_restart=True)
         if request.shards is None:
             config.shards = previous.shards  # auto-sizing must not change a run in flight
         config.fingerprint = compute_fingerprint(config, hashes)
