@@ -337,8 +337,9 @@ def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new
                 raise damaged("not its header")
             out.write("\t".join(READS_HEADER) + "\n")
             for rows, line in enumerate(source, start=1):
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) != len(READS_COLUMNS) or not line.endswith("\n") or not all(map(str.isdigit, fields[1:])):
+                fields = line[:-1].split("\t")  # (a last line without its newline is refused just below)
+                if (len(fields) != len(READS_COLUMNS) or line[-1:] != "\n" or not fields[1].isdigit()
+                        or not fields[2].isdigit() or not fields[3].isdigit()):  # unrolled: run once per read
                     raise damaged(f"line {rows + 1} is malformed or cut short")
                 read_id, length, chunks, frames = fields
                 if read_id != expected:
