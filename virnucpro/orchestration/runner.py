@@ -194,7 +194,7 @@ def _run_stages(ctx: StageContext, state: StateFile, plan, stages: tuple[str, ..
             raise VirnucproError(
                 f"stage {stage}, shard {shard} failed{more}: {message}"
                 + (f" [log: {entry.log}]" if entry.log else "")
-                + "; fix the cause and run the same command again to resume"
+                + "; fix the cause and run again to resume"
             )
         if outcome.interrupted:
             raise RunInterrupted(
