@@ -31,8 +31,12 @@ def _inputs(tmp_path: Path) -> Path:
     return listing
 
 
-@pytest.mark.parametrize("marker", [None, '{"name": "my other tool"}', "not json", "[1, 2]"],
-                         ids=["no run.json", "another tool's run.json", "a run.json not JSON", "a run.json list"])
+A_FOLDER = object()
+
+
+@pytest.mark.parametrize("marker", [None, '{"name": "my other tool"}', "not json", "[1, 2]", A_FOLDER],
+                         ids=["no run.json", "another tool's run.json", "a run.json not JSON", "a run.json list",
+                              "a folder named run.json"])
 @pytest.mark.parametrize("restart", [True, False], ids=["--restart", "plain"])
 def test_a_folder_that_is_not_a_workdir_is_refused_and_kept(tmp_path, demo_models, restart, marker):
     """Item 1: `--restart` on a folder without run.json deleted results/, report/, ... inside it;
@@ -42,7 +46,9 @@ def test_a_folder_that_is_not_a_workdir_is_refused_and_kept(tmp_path, demo_model
     (folder / "results" / "mine.csv").write_text("x\n")
     (folder / "report").mkdir()
     (folder / "report" / "notes.txt").write_text("mine too\n")
-    if marker is not None:
+    if marker is A_FOLDER:
+        (folder / "run.json").mkdir()
+    elif marker is not None:
         (folder / "run.json").write_text(marker)
     request = RunRequest(inputs_list=_inputs(tmp_path), workdir=folder, models_dir=demo_models, restart=restart)
     with pytest.raises(StateError, match="not a virnucpro workdir|does not look like a virnucpro workdir") as refused:
@@ -51,7 +57,7 @@ def test_a_folder_that_is_not_a_workdir_is_refused_and_kept(tmp_path, demo_model
     assert (folder / "results" / "mine.csv").read_text() == "x\n"
     assert (folder / "report" / "notes.txt").read_text() == "mine too\n"
     assert sorted(p.name for p in folder.iterdir()) == ["report", "results"] + ["run.json"] * (marker is not None)
-    assert marker is None or (folder / "run.json").read_text() == marker  # nothing added or changed either
+    assert marker in (None, A_FOLDER) or (folder / "run.json").read_text() == marker  # nothing added or changed either
 
 
 def test_restart_of_a_real_workdir_still_discards_its_results(tmp_path, demo_models):
@@ -178,6 +184,8 @@ EMBED_CASES = {  # case: (kind, FASTA text, model (relative to the demo models),
     "hub name not cached": ("esm2", ">ok\nMKVLA\n", "esm2_t36_3B_UR50D", "not on this machine"),
     "a folder as ESM-2 model": ("esm2", ">ok\nMKVLA\n", "dnabert-s-demo", "dnabert-s-demo: a folder; ESM-2 needs"),
     "hub id not cached": ("dnabert", ">ok\nACGTACGTAC\n", "zhihan1996/DNABERT-S", "--model DIR/DNABERT-S, or add --allow-download"),
+    "another hub name not cached": ("esm2", ">ok\nMKVLA\n", "esm2_t6_8M_UR50D", "--model DIR/esm2_t6_8M_UR50D.pt"),
+    "a classifier as ESM-2 model": ("esm2", ">ok\nMKVLA\n", "500_model.pth", "500_model.pth: not an ESM-2 checkpoint file"),
 }
 
 
@@ -194,6 +202,17 @@ def test_embed_errors_are_one_line(tmp_path, demo_models, capsys, case, empty_mo
     assert code == 2 and len(errors) == 1 and "internal error" not in err, err
     assert named in errors[0] and "--dnabert-model" not in errors[0], errors[0]
     assert not (tmp_path / "o.h5").exists()
+
+
+def test_embed_into_a_folder_is_refused_before_any_work(tmp_path, demo_models, capsys):
+    """Item 10: `embed --out FOLDER` embedded everything, then failed renaming onto the folder (internal error)."""
+    (tmp_path / "p.faa").write_text(">ok\nMKVLA\n")
+    (tmp_path / "out").mkdir()
+    code = main(["embed", "esm2", str(tmp_path / "p.faa"), "--model", str(demo_models / "esm2_t2_demo.pt"),
+                 "--out", str(tmp_path / "out"), "--device", "cpu"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(errors) == 1 and "--out is a folder" in errors[0], errors
+    assert list((tmp_path / "out").iterdir()) == [] and not list(tmp_path.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("argv", [
@@ -221,15 +240,19 @@ def test_fp16_on_cpu_is_refused_before_any_work(tmp_path, capsys, argv, monkeypa
 
 
 @pytest.mark.parametrize("models", [["--esm-model", "esm2_t99_bogus"], ["--esm-model", "esm2_t36_3B_UR50D"],
-                                    ["--dnabert-model", "zhihan1996/DNABERT-S"]],
-                         ids=["unknown fair-esm name", "ESM-2 not cached", "DNABERT-S not cached"])
+                                    ["--dnabert-model", "zhihan1996/DNABERT-S"], ["--esm-model", "500_model.pth"]],
+                         ids=["unknown fair-esm name", "ESM-2 not cached", "DNABERT-S not cached",
+                              "a classifier as ESM-2 model"])
 def test_run_checks_model_references_before_any_work(tmp_path, demo_models, capsys, models, empty_model_caches):
     """Item 10: a typo in --esm-model failed at the esm2 stage, after dnabert, with URLError, and the
     run without the typo was then refused (models changed)."""
+    if models[1].endswith(".pth"):  # a file that exists but is no ESM-2 checkpoint (fair-esm needs esm2_*.pt)
+        models = [models[0], str(demo_models / models[1])]
     code = main(["run", str(_inputs(tmp_path)), "-w", str(tmp_path / "w"), "--models", str(demo_models), *models])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert code == 2 and len(errors) == 1 and errors[0].startswith(f"error: {models[1]}: "), errors
-    assert ("esm2_t36_3B_UR50D" in errors[0]) if "bogus" in models[1] else ("models download" in errors[0])
+    assert ("esm2_t36_3B_UR50D" in errors[0]) if ("bogus" in models[1] or ".pth" in models[1]) \
+        else ("models download" in errors[0])
     assert not (tmp_path / "w").exists()
 
 

@@ -107,7 +107,7 @@ def check_device(device: str, here: bool, **precisions: str) -> None:
     reduced = next((f"--{flag.replace('_', '-')} {value}" for flag, value in precisions.items()
                     if value in ("fp16", "bf16")), None)
     if device == "cpu" and reduced:
-        raise VirnucproError(f"{reduced} needs a CUDA GPU, but --device is cpu; use fp32 (or auto) on CPU, or --device cuda")
+        raise VirnucproError(f"{reduced} needs a CUDA GPU, but --device is cpu; use fp32 on CPU, or --device cuda")
     if not here or device == "cpu" or (device == "auto" and not reduced):
         return
     import torch
@@ -116,7 +116,7 @@ def check_device(device: str, here: bool, **precisions: str) -> None:
         return
     if device == "auto":
         raise VirnucproError(f"{reduced} needs a CUDA GPU, but this machine has none (--device auto would run on the "
-                             "CPU); use fp32 (or auto) here, or run on a GPU machine (e.g. virnucpro-slurm submit)")
+                             "CPU); use fp32 here, or run on a GPU machine (a whole run: virnucpro-slurm submit)")
     raise VirnucproError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu or auto")
 
 
@@ -227,8 +227,10 @@ def cmd_embed(args) -> int:
     if (spec.startswith(("/", ".", "~")) or spec.endswith(".pt")) and not Path(spec).expanduser().exists():
         raise InputError(f"{spec}: --model not found; give an existing {'.pt file' if args.kind == 'esm2' else 'model folder'} "
                          "or a hub name")
-    require_here("esm" if args.kind == "esm2" else "dnabert", spec, args.allow_download,
-                 f"pass --model {'DIR/esm2_t36_3B_UR50D.pt' if args.kind == 'esm2' else 'DIR/DNABERT-S'}")
+    fetched = f"DIR/{spec}.pt" if args.kind == "esm2" else f"DIR/{spec.rsplit('/', 1)[-1]}"
+    require_here("esm" if args.kind == "esm2" else "dnabert", spec, args.allow_download, f"pass --model {fetched}")
+    if Path(args.out).is_dir():
+        raise InputError(f"{args.out}: --out is a folder; give the HDF5 file to write, e.g. {Path(args.out) / 'embeddings.h5'}")
     if not Path(args.fasta).is_file():
         raise InputError(f"{args.fasta}: FASTA file not found; check the path")
     # proteins for ESM-2, nucleotides for DNABERT-S: the one FASTA reader, validating either

@@ -79,6 +79,10 @@ def check_reference(kind: str, spec: str) -> None:
     if kind == "esm" and (path.is_dir() or not (path.exists() or spec in FAIR_ESM2_WIDTHS or locate(kind, spec)[0])):
         raise InputError(f"{spec}: {'a folder' if path.is_dir() else 'no such file and not a fair-esm model name'}; "
                          f"ESM-2 needs an esm2_*.pt file or one of {', '.join(FAIR_ESM2_WIDTHS)}")
+    if kind == "esm" and path.is_file() and not path.name.startswith("esm2"):
+        raise InputError(f"{spec}: not an ESM-2 checkpoint file (those are named esm2_*.pt: fair-esm picks the "
+                         "architecture from the name); give the esm2_*.pt file or one of "
+                         f"{', '.join(FAIR_ESM2_WIDTHS)}")
     if kind == "dnabert" and (path.is_file() or not (path.exists() or HF_REPO_ID.fullmatch(spec))):
         raise InputError(f"{spec}: {'a file' if path.is_file() else 'no such folder and not a hub id'}; DNABERT-S needs "
                          "a model folder (config.json, tokenizer.json, weights) or a hub id like zhihan1996/DNABERT-S")

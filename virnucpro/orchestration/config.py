@@ -106,6 +106,8 @@ def read_run_marker(workdir: Workdir) -> dict | None:
         return None
     except ValueError:  # UnicodeDecodeError included
         reason = "not JSON, or cut short"
+    except OSError as exc:  # a folder named run.json, no permission
+        reason = f"not a readable file: {exc.strerror or exc}"
     else:
         missing = [key for key in RUN_MARKER_KEYS if key not in data] if isinstance(data, dict) else None
         if missing == []:
