@@ -240,14 +240,18 @@ def test_fp16_on_cpu_is_refused_before_any_work(tmp_path, capsys, argv, monkeypa
 
 
 @pytest.mark.parametrize("models", [["--esm-model", "esm2_t99_bogus"], ["--esm-model", "esm2_t36_3B_UR50D"],
-                                    ["--dnabert-model", "zhihan1996/DNABERT-S"], ["--esm-model", "500_model.pth"]],
+                                    ["--dnabert-model", "zhihan1996/DNABERT-S"], ["--esm-model", "500_model.pth"],
+                                    ["--dnabert-model", "empty"]],
                          ids=["unknown fair-esm name", "ESM-2 not cached", "DNABERT-S not cached",
-                              "a classifier as ESM-2 model"])
+                              "a classifier as ESM-2 model", "an empty folder as DNABERT-S model"])
 def test_run_checks_model_references_before_any_work(tmp_path, demo_models, capsys, models, empty_model_caches):
     """Item 10: a typo in --esm-model failed at the esm2 stage, after dnabert, with URLError, and the
     run without the typo was then refused (models changed)."""
     if models[1].endswith(".pth"):  # a file that exists but is no ESM-2 checkpoint (fair-esm needs esm2_*.pt)
         models = [models[0], str(demo_models / models[1])]
+    if models[1] == "empty":  # a folder that exists but holds no model
+        (tmp_path / "empty").mkdir()
+        models = [models[0], str(tmp_path / "empty")]
     code = main(["run", str(_inputs(tmp_path)), "-w", str(tmp_path / "w"), "--models", str(demo_models), *models])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert code == 2 and len(errors) == 1 and errors[0].startswith(f"error: {models[1]}: "), errors

@@ -83,6 +83,9 @@ def check_reference(kind: str, spec: str) -> None:
         raise InputError(f"{spec}: not an ESM-2 checkpoint file (those are named esm2_*.pt: fair-esm picks the "
                          "architecture from the name); give the esm2_*.pt file or one of "
                          f"{', '.join(FAIR_ESM2_WIDTHS)}")
+    if kind == "dnabert" and path.is_dir() and not (path / "config.json").is_file():
+        raise InputError(f"{spec}: not a DNABERT-S model folder (no config.json); give the folder that "
+                         "'virnucpro-slurm models download DIR' writes (DIR/DNABERT-S) or a hub id like zhihan1996/DNABERT-S")
     if kind == "dnabert" and (path.is_file() or not (path.exists() or HF_REPO_ID.fullmatch(spec))):
         raise InputError(f"{spec}: {'a file' if path.is_file() else 'no such folder and not a hub id'}; DNABERT-S needs "
                          "a model folder (config.json, tokenizer.json, weights) or a hub id like zhihan1996/DNABERT-S")
