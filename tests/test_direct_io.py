@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 import h5py
 import numpy as np
 import pytest
 
 from virnucpro import direct_io
-from virnucpro.direct_io import ALIGN, DIRECT_MIN_WRITE, PIECE, CongruentBuffers, DirectReader, DirectWriter
+from virnucpro.direct_io import ALIGN, DIRECT_MIN_WRITE, PIECE, READ_PIECE, CongruentBuffers, DirectReader, DirectWriter
 from virnucpro.storage import RowReader, ShardCheckpoint
 
 
@@ -102,7 +103,7 @@ def test_a_checkpoint_window_lies_in_memory_as_in_its_file(tmp_path):
 
 
 def test_reads_at_any_offset_give_the_file_bytes(tmp_path, mode):
-    size = PIECE + 3 * ALIGN + 11
+    size = READ_PIECE + 3 * ALIGN + 11
     data = np.random.default_rng(3).integers(0, 256, size, dtype=np.uint8).tobytes()
     path = tmp_path / "rows.bin"
     path.write_bytes(data)
@@ -113,19 +114,24 @@ def test_reads_at_any_offset_give_the_file_bytes(tmp_path, mode):
         cases = [(p, min(n, longest)) for p, n in ranges(size, random.Random(4))]
         cases += [(size - 5, 5), (7, longest), (ALIGN - 1, longest), (size - longest, longest)]
         for number, (position, length) in enumerate(cases):
-            got = reader.read(position, length, number % 2)
+            got = reader.read(position, length, number % DirectReader.STAGINGS)
             assert bytes(got) == data[position:position + length], (position, length)
-        kept = reader.read(0, 100, 0)  # a view of staging buffer 0 stays valid while 1 is read into
-        reader.read(ALIGN * 3, 100, 1)
+        # a view of one staging buffer stays valid while the others are read into, from other threads
+        kept = reader.read(0, 100, 0)
+        with ThreadPoolExecutor(DirectReader.STAGINGS) as pool:
+            others = list(pool.map(lambda n: bytes(reader.read(n * ALIGN + 5, longest, n)), range(1, DirectReader.STAGINGS)))
         assert bytes(kept) == data[:100]
+        assert others == [data[n * ALIGN + 5:n * ALIGN + 5 + longest] for n in range(1, DirectReader.STAGINGS)]
         with pytest.raises(OSError, match="ends before byte"):
             reader.read(size - 5, 10, 0)  # past the end: an error, not zeros
     finally:
         reader.close()
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "chunked", "float16"])
-def test_row_reader_fills_a_block_of_columns_like_h5py(tmp_path, mode, layout):
+@pytest.mark.parametrize("layout", ["contiguous", "chunked", "float16", "many pieces"])
+def test_row_reader_fills_a_block_of_columns_like_h5py(tmp_path, mode, layout, monkeypatch):
+    if layout == "many pieces":  # a block of more pieces than staging buffers: each reused in turn
+        monkeypatch.setattr(DirectReader, "LONGEST", 3 * ALIGN + 5)
     rng = np.random.default_rng(5)
     dtype = np.float16 if layout == "float16" else np.float32
     matrix = rng.standard_normal((3001, 257)).astype(dtype)  # rows of 1028 bytes: never page-aligned
@@ -141,3 +147,5 @@ def test_row_reader_fills_a_block_of_columns_like_h5py(tmp_path, mode, layout):
             rows.read(start, stop, block)
             assert np.array_equal(block[:stop - start], matrix[start:stop].astype(np.float32))
             assert np.isnan(features[:, :20]).all() and np.isnan(features[:, 277:]).all()
+        if layout == "many pieces":
+            assert rows.piece_rows * 3 < 1000 // DirectReader.STAGINGS

@@ -18,7 +18,7 @@ from virnucpro.orchestration.runner import StageContext
 from virnucpro.paths import Workdir
 from virnucpro.stages import consensus, predict
 from virnucpro.stages.embedding import embed_shard, windows
-from virnucpro.storage import ShardCheckpoint, ShardIds, read_matrix, read_shard_frames
+from virnucpro.storage import ShardCheckpoint, ShardIds, ids_digest, read_matrix, read_shard_frames
 
 CLI = [sys.executable, "-m", "virnucpro.cli"]
 
@@ -200,3 +200,87 @@ def test_a_partial_shard_of_the_crc32_format_is_recomputed_not_trusted(tmp_path)
     again.finish()
     assert read_matrix(final, ids, dim=24)[1].tobytes() == rows.tobytes()
 
+
+
+def test_the_next_shard_table_is_read_ahead_and_read_again_once_replaced(copy):
+    """read_ahead: the next table comes from the helper thread while unchanged; a table renamed
+    over it meanwhile (prepare rewriting it), or a damaged one, gives what reading it now gives."""
+    import threading
+
+    from virnucpro.atomic import atomic_write_text
+    from virnucpro.storage import read_ahead
+
+    threads = []
+
+    def load(path):
+        threads.append(threading.current_thread().name)
+        return read_shard_frames(path)
+
+    first, second, third = (copy.shard_frames(s) for s in range(3))
+    got = read_ahead(load, first, then=(second,))
+    read_ahead.future.result()
+    assert got.frame_ids == read_shard_frames(first).frame_ids
+    assert threads[0] == "MainThread" and threads[1].startswith("table-read-ahead")
+    got = read_ahead(load, second, then=(third,))
+    read_ahead.future.result()
+    assert got.frame_ids == read_shard_frames(second).frame_ids
+    assert len(threads) == 3 and threads[2].startswith("table-read-ahead")  # second taken, third read ahead
+    header, *lines = third.read_text().splitlines(keepends=True)
+    atomic_write_text(third, header + "".join(lines[:1]))  # replaced after it was read ahead
+    assert read_ahead(load, third).frame_ids == read_shard_frames(third).frame_ids
+    assert len(read_shard_frames(third)) == 1 and threads[-1] == "MainThread"
+
+    read_ahead(load, first, then=(second,))
+    second.write_text("not a frame table\n")  # damaged in place, same inode: size differs
+    with pytest.raises(StaleInputError, match="not a frame table"):
+        read_ahead(load, second)
+
+
+def test_each_shard_a_stage_runs_reads_the_next_ones_table_ahead(copy, monkeypatch):
+    """The runner tells the stage which shard comes next; predict reads that shard's table ahead
+    (the last one reads none), and its predictions are the same bytes."""
+    from virnucpro.orchestration.runner import run_stage_shards
+    from virnucpro.orchestration.state import StateFile
+
+    before = [copy.predictions(s).read_bytes() for s in range(3)]
+    asked = []
+    real = predict.read_ahead
+
+    def recording(load, path, *args, then=None):
+        asked.append((path.name, then and then[0].name))
+        return real(load, path, *args, then=then)
+
+    monkeypatch.setattr(predict, "read_ahead", recording)
+    outcome = run_stage_shards(context(copy), StateFile(copy.state), "predict", [0, 1, 2])
+    assert not outcome.failed and not outcome.stale
+    names = [copy.shard_frames(s).name for s in range(3)]
+    assert asked == [(names[0], names[1]), (names[1], names[2]), (names[2], None)]
+    assert [copy.predictions(s).read_bytes() for s in range(3)] == before
+
+
+def test_frame_table_columns_and_the_damage_they_refuse(copy):
+    """Each column is the plain split of every line; a line with a field moved to the next one
+    (the tab count still right in total), a non-digit input index and invalid UTF-8 are refused."""
+    path = copy.shard_frames(0)
+    header, *lines = path.read_text().splitlines(keepends=True)
+    frames = read_shard_frames(path)
+    fields = [line[:-1].split("\t") for line in lines]
+    assert len(frames) == len(lines) > 2
+    for number, name in enumerate(["input_index", "read_ids", "chunk_ids", "frame_ids", "nucleotides", "proteins"]):
+        got = getattr(frames, name)
+        want = [f[number] for f in fields]
+        assert (got.tolist() if name == "input_index" else got) == (list(map(int, want)) if number == 0 else want)
+    assert frames.frame_ids.digest == ids_digest([f[3] for f in fields])
+
+    def damaged(*new_lines, raw: bytes = b""):
+        path.write_bytes((header + "".join(new_lines)).encode() + raw)
+        with pytest.raises(StaleInputError, match="truncated or malformed|unreadable"):
+            read_shard_frames(path)
+
+    first, second = lines[0].split("\t"), lines[1].split("\t")
+    damaged("\t".join(first[:2]) + first[2] + "\t" + "\t".join(first[3:]),  # four tabs here ...
+            "\t".join(second[:2]) + "\t\t" + "\t".join(second[2:]), *lines[2:])  # ... seven there
+    damaged("x" + lines[0], *lines[1:])
+    damaged("\t" + lines[0].split("\t", 1)[1], *lines[1:])  # an empty input index
+    damaged(*lines, raw=b"0\tr\tc\tf\t\xff\tP\n")
+    damaged(*lines[:-1], lines[-1][:-1])  # cut before its newline

@@ -121,6 +121,9 @@ class StageContext:
     config: object  # orchestration.config.RunConfig
     device: str = "cpu"
     stop_requested: Callable[[], bool] = lambda: False
+    # the shard this process runs after the current one (None: the last), so its input can be
+    # read ahead while this one computes
+    next_shard: int | None = None
 
 
 class ShardInterrupted(Exception):

@@ -97,7 +97,8 @@ def run_stage_shards(ctx: StageContext, state: StateFile, stage: str, shards: li
     """Process `shards` of `stage` in order, loading the stage's model once, recording state."""
     outcome = StageOutcome()
     process = None
-    for shard in shards:
+    for position, shard in enumerate(shards):
+        ctx.next_shard = shards[position + 1] if position + 1 < len(shards) else None
         if ctx.stop_requested():  # stopped between shards: the next one is where a requeue resumes
             state.mark_interrupted(stage, shard)
             outcome.interrupted = True

@@ -5,8 +5,9 @@ order (frame count and id digest, checked against the frame table); a file that 
 refused with a StaleInputError naming the stage and shard that wrote it (the original let ids
 drift from rows). Only the table's id column is read, not its nucleotides and proteins. Features
 are read straight from the two files (past the page cache, storage.RowReader) into two reused block
-buffers (no concatenated copy): the next block is read from both files at once while the classifier
-scores this one.
+buffers (no concatenated copy): the next block is read from both files at once (several 32 MiB
+reads in flight) while the classifier scores this one, and the next shard's ids are read ahead
+(storage.read_ahead) while this shard's rows are read.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import InputError, StaleInputError
 from ..orchestration.runner import StageContext
-from ..storage import RowReader, open_matrix, read_frame_ids, write_shard_matrix
+from ..storage import RowReader, open_matrix, read_ahead, read_frame_ids, write_shard_matrix
 from .embedding import resolve_device
 
 ROWS_PER_BLOCK = 8_192  # a shard's features never sit in memory all at once (two 109 MB blocks at 3328 wide)
@@ -51,7 +52,9 @@ def open_stage(ctx: StageContext):
     model.to(resolve_device(config.device))
 
     def process(shard: int) -> dict:
-        ids = read_frame_ids(workdir.shard_frames(shard), expected_frames(workdir, shard))
+        upcoming = ctx.next_shard
+        ids = read_ahead(read_frame_ids, workdir.shard_frames(shard), expected_frames(workdir, shard),
+                         then=None if upcoming is None else (workdir.shard_frames(upcoming), expected_frames(workdir, upcoming)))
         scores = np.zeros((len(ids), 2), np.float32)
         with open_matrix(workdir.embeddings("dnabert", shard), ids, producer=("dnabert", shard)) as (_, dna), \
                 open_matrix(workdir.embeddings("esm2", shard), ids, producer=("esm2", shard)) as (_, protein), \
