@@ -40,11 +40,13 @@ def build(root: Path, shards: int) -> None:
         for shard, entry in by_shard.items():
             (records / stage / f"{shard}.json").write_text(json.dumps(entry))
     (records / "shards.json").write_text(json.dumps(counts))
-    (root / "run.json").write_text(json.dumps({
-        "inputs_list": "inputs.txt", "inputs": ["a.fa"], "input_names": ["a"], "chunk_length": 500, "shards": shards,
+    from virnucpro.orchestration.config import CONFIG_VERSION, RunConfig
+
+    (root / "run.json").write_text(json.dumps({  # every key a run.json of this tool's has (or it is no workdir)
+        "version": CONFIG_VERSION, "fingerprint": {}, "inputs_list": "inputs.txt", "inputs": ["a.fa"],
+        "input_names": ["a"], "chunk_length": 500, "shards": shards,
         "models": {"esm": "esm2_t36_3B_UR50D", "dnabert": "zhihan1996/DNABERT-S", "classifier": "500_model.pth"}}))
     # the files the done pairs wrote (empty: status only stats them to find missing ones)
-    from virnucpro.orchestration.config import RunConfig
     from virnucpro.paths import Workdir
     from virnucpro.pipeline import STAGE
 

@@ -27,6 +27,7 @@ needs once (a model) and returns `process(shard) -> metrics dict`; a stage asked
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -151,19 +152,30 @@ def unfinished(state: dict, stage_name: str, config) -> list[int]:
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def missing_output(stage_name: str, shard: int, config, workdir, signatures: bool = True) -> Path | None:
+def missing_output(stage_name: str, shard: int, config, workdir, signatures: bool = True,
+                   listed: dict[str, set[str]] | None = None) -> Path | None:
     """The first declared output of a pair that is missing or plainly damaged, or None.
 
     A cheap look (a stat, and the 8-byte signature of an HDF5 file) so that a finished run whose
     files a scratch purge deleted, or someone overwrote, heals even when no later stage would read
     them again; deeper damage is found by the readers (StaleInputError) when they run. Without
-    `signatures` a stat alone (`status`: opening 10,000 files would make it slow)."""
+    `signatures` its presence alone (`status`: opening 10,000 files would make it slow), looked up
+    in `listed` ({folder: its names}, filled one listing per folder) when given."""
     for path in STAGE[stage_name].outputs(workdir, shard, config):
         try:
             if signatures and path.suffix == ".h5":
                 with open(path, "rb") as handle:
                     if handle.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
                         return path
+            elif listed is not None:
+                folder, _, name = str(path).rpartition(os.sep)
+                if folder not in listed:
+                    try:
+                        listed[folder] = {entry.name for entry in os.scandir(folder) if entry.is_file()}
+                    except OSError:
+                        listed[folder] = set()
+                if name not in listed[folder]:
+                    return path
             elif not path.exists():
                 return path
         except OSError:
@@ -214,11 +226,12 @@ def plan(config, state: dict, workdir=None, signatures: bool = True) -> Plan:
     is missing (or, with `signatures`, not HDF5) runs again: see `missing_output`."""
     redo = {s: set(unfinished(state, s, config)) for s in STAGES}
     missing: dict[tuple[str, int], Path] = {}
+    listed = None if signatures else {}  # one listing per folder instead of a stat per file
     if workdir is not None:
         for s in STAGE_TABLE:
             for shard in range(s.shard_count(config)):
                 if shard not in redo[s.name]:
-                    gone = missing_output(s.name, shard, config, workdir, signatures)
+                    gone = missing_output(s.name, shard, config, workdir, signatures, listed)
                     if gone is not None:
                         missing[(s.name, shard)] = gone
                         redo[s.name].add(shard)
