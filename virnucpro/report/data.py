@@ -133,10 +133,19 @@ class RunReport:
         return all(s["shards"] and s["done"] == s["shards"] for s in self.stages.values())
 
 
-def read_prepare(workdir: Workdir, stats: InputStats, block_rows: int) -> None:
+def read_prepare_summary(workdir: Workdir) -> list[dict] | None:
+    """Prepare's per-input summary entries, read once for all inputs (None: prepare has not finished)."""
     try:
-        summary = json.loads(workdir.prepare_summary.read_text(encoding="utf-8"))["inputs"][stats.index]
-    except (FileNotFoundError, ValueError, KeyError, IndexError):
+        inputs = json.loads(workdir.prepare_summary.read_text(encoding="utf-8"))["inputs"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    return inputs if isinstance(inputs, list) else None
+
+
+def read_prepare(workdir: Workdir, stats: InputStats, block_rows: int, prepared: list[dict] | None) -> None:
+    try:
+        summary = prepared[stats.index]
+    except (TypeError, IndexError):
         return  # prepare has not finished
     stats.prepared = True
     stats.reads, stats.bases = summary["reads"], summary["bases"]
@@ -265,9 +274,10 @@ def load_state(workdir: Workdir, completing: dict[str, dict] | None = None) -> d
 def gather(workdir: Workdir, config: RunConfig, state: dict[str, dict[int, ShardState]],
            block_rows: int = BLOCK_ROWS) -> RunReport:
     inputs, scores, first_frame = [], PredictionScores(workdir, config), 0
+    prepared = read_prepare_summary(workdir)  # once: it holds every input (once per input was quadratic)
     for index, (name, path) in enumerate(zip(config.input_names, config.inputs)):
         stats = InputStats(index=index, name=name, path=path)
-        read_prepare(workdir, stats, block_rows)
+        read_prepare(workdir, stats, block_rows, prepared)
         read_results(workdir, stats, block_rows, scores, first_frame)
         first_frame += stats.frames
         inputs.append(stats)
