@@ -126,6 +126,22 @@ def test_gather_counts_match_a_direct_computation(tmp_path):
     assert stages["consensus"]["pending"] == 1 and not report.complete
 
 
+def test_gather_reads_prepares_summary_once_however_many_inputs(tmp_path, monkeypatch):
+    """The summary lists every input: read once per input it made a 10,000-input report quadratic."""
+    workdir, config, _ = make_synthetic_run(tmp_path / "w")
+    reads = []
+    real = Path.read_text
+
+    def counting(self, *args, **kwargs):
+        if self == workdir.prepare_summary:
+            reads.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    report = gather(workdir, config, load_state(workdir))
+    assert len(report.inputs) == 2 and report.inputs[0].prepared and len(reads) == 1
+
+
 def test_report_page_escapes_and_marks_an_unfinished_run(tmp_path):
     workdir, config, _ = make_synthetic_run(tmp_path / "w")
     index = write_report(workdir, config)

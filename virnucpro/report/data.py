@@ -133,19 +133,19 @@ class RunReport:
         return all(s["shards"] and s["done"] == s["shards"] for s in self.stages.values())
 
 
-def read_prepare_summary(workdir: Workdir) -> list[dict] | None:
-    """Prepare's per-input summary entries, read once for all inputs (None: prepare has not finished)."""
+def read_prepare_summary(workdir: Workdir) -> dict | None:
+    """Prepare's summary (every input, every shard), read once per report (None: prepare has not finished)."""
     try:
-        inputs = json.loads(workdir.prepare_summary.read_text(encoding="utf-8"))["inputs"]
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        summary = json.loads(workdir.prepare_summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
-    return inputs if isinstance(inputs, list) else None
+    return summary if isinstance(summary, dict) else None
 
 
-def read_prepare(workdir: Workdir, stats: InputStats, block_rows: int, prepared: list[dict] | None) -> None:
+def read_prepare(workdir: Workdir, stats: InputStats, block_rows: int, prepared: dict | None) -> None:
     try:
-        summary = prepared[stats.index]
-    except (TypeError, IndexError):
+        summary = prepared["inputs"][stats.index]
+    except (TypeError, KeyError, IndexError):
         return  # prepare has not finished
     stats.prepared = True
     stats.reads, stats.bases = summary["reads"], summary["bases"]
@@ -187,10 +187,10 @@ class PredictionScores:
     `columns` returns None when the predictions are not all there or do not fit prepare's counts;
     the caller then reads the text results."""
 
-    def __init__(self, workdir: Workdir, config: RunConfig):
+    def __init__(self, workdir: Workdir, config: RunConfig, prepared: dict | None):
         self.workdir, self.usable = workdir, True
         try:
-            shards = json.loads(workdir.prepare_summary.read_text(encoding="utf-8"))["shards"]
+            shards = prepared["shards"]
             self.starts = np.cumsum([0] + [int(entry["frames"]) for entry in shards])
             self.usable = len(shards) == config.shards and all(workdir.predictions(s).exists() for s in range(len(shards)))
         except (OSError, ValueError, KeyError, TypeError):
@@ -273,8 +273,8 @@ def load_state(workdir: Workdir, completing: dict[str, dict] | None = None) -> d
 
 def gather(workdir: Workdir, config: RunConfig, state: dict[str, dict[int, ShardState]],
            block_rows: int = BLOCK_ROWS) -> RunReport:
-    inputs, scores, first_frame = [], PredictionScores(workdir, config), 0
     prepared = read_prepare_summary(workdir)  # once: it holds every input (once per input was quadratic)
+    inputs, scores, first_frame = [], PredictionScores(workdir, config, prepared), 0
     for index, (name, path) in enumerate(zip(config.input_names, config.inputs)):
         stats = InputStats(index=index, name=name, path=path)
         read_prepare(workdir, stats, block_rows, prepared)
