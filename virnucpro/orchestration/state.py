@@ -88,9 +88,10 @@ class StateFile:
     def record_path(self, stage: str, shard: int) -> Path:
         return self.records / stage / f"{int(shard)}.json"
 
-    def _read_record(self, path: Path) -> dict | None:
+    def _read_record(self, path: Path | str) -> dict | None:
         try:
-            data = json.loads(path.read_bytes())
+            with open(path, "rb") as handle:  # a str from the folder scan: no Path per record (10,000s per status)
+                data = json.loads(handle.read())
         except FileNotFoundError:
             return None
         except (ValueError, UnicodeDecodeError):
@@ -188,7 +189,7 @@ class StateFile:
                         if key == old.get("keys", {}).get(shard) and shard in old_entries:
                             entries[shard] = old_entries[shard]
                         else:
-                            record = self._read_record(Path(item.path))
+                            record = self._read_record(item.path)
                             if record is None:
                                 continue
                             entries[shard] = {**DEFAULT_ENTRY, **record}
