@@ -23,10 +23,12 @@ from .embedding import resolve_device
 ROWS_PER_BLOCK = 8_192  # a shard's features never sit in memory all at once (two 109 MB blocks at 3328 wide)
 
 
-def expected_frames(workdir, shard: int) -> int:
-    """Frames prepare wrote into this shard (its summary), so a table cut at a line end is refused too."""
+def expected_frames(workdir, shards: list[int]) -> list[int]:
+    """Frames prepare wrote into each of these shards (one read of its summary), so a table cut at
+    a line end is refused too."""
     try:
-        return int(json.loads(workdir.prepare_summary.read_text())["shards"][shard]["frames"])
+        entries = json.loads(workdir.prepare_summary.read_text())["shards"]
+        return [int(entries[shard]["frames"]) for shard in shards]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         raise StaleInputError(f"{workdir.prepare_summary}: missing or unreadable; the prepare stage will run again",
                               "prepare", 0) from None
@@ -53,8 +55,9 @@ def open_stage(ctx: StageContext):
 
     def process(shard: int) -> dict:
         upcoming = ctx.next_shard
-        ids = read_ahead(read_frame_ids, workdir.shard_frames(shard), expected_frames(workdir, shard),
-                         then=None if upcoming is None else (workdir.shard_frames(upcoming), expected_frames(workdir, upcoming)))
+        counts = expected_frames(workdir, [shard] if upcoming is None else [shard, upcoming])
+        ids = read_ahead(read_frame_ids, workdir.shard_frames(shard), counts[0],
+                         then=None if upcoming is None else (workdir.shard_frames(upcoming), counts[1]))
         scores = np.zeros((len(ids), 2), np.float32)
         with open_matrix(workdir.embeddings("dnabert", shard), ids, producer=("dnabert", shard)) as (_, dna), \
                 open_matrix(workdir.embeddings("esm2", shard), ids, producer=("esm2", shard)) as (_, protein), \
