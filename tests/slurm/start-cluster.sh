@@ -415,7 +415,7 @@ export VIRNUCPRO_SLURM_CPU_PARTITION=cpu
 export VIRNUCPRO_SLURM_GPU_PARTITION=gpu
 export VIRNUCPRO_SLURM_GPUS=$NGPUS
 export VIRNUCPRO_SLURM_CPUS=$CPUS
-export VIRNUCPRO_SLURM_PORT_BASE=$PORT_BASE
+export VIRNUCPRO_SLURM_PORTS=$PORT_BASE-$((PORT_BASE + 3))
 case ":\$PATH:" in *:/usr/bin:*) ;; *) export PATH="\$PATH:/usr/bin" ;; esac
 case ":\$PATH:" in *:/usr/sbin:*) ;; *) export PATH="\$PATH:/usr/sbin" ;; esac
 EOF
