@@ -163,6 +163,19 @@ def test_piped_output_is_neither_wrapped_nor_padded(tmp_path):
     assert not [line for line in lines if line != line.rstrip()], "padded: " + repr(done.stderr)
 
 
+def test_piped_submission_summary_keeps_the_log_line_whole(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from virnucpro.slurm_cli import print_submission
+
+    workdir = Workdir(tmp_path / ("a-long-folder-name-" * 4) / "W")
+    job = SimpleNamespace(stage="esm2", tasks=[0, 1], shards=[0, 1, 2], waits_for=[])
+    print_submission(workdir, [job], {"stages": {"esm2": {"job_id": "12345"}}})
+    out = capsys.readouterr().out
+    assert f"logs: {workdir.logs}/<stage>/<job>_<task>.err   follow: virnucpro-slurm status -w {workdir.root} --watch" \
+        in out.splitlines(), out
+
+
 def test_min_score_reruns_consensus_only_and_changes_the_calls(quiet_demo_run, demo_models, tmp_path):
     workdir = tmp_path / "w"
     shutil.copytree(quiet_demo_run.workdir, workdir)

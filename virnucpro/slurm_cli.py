@@ -196,7 +196,8 @@ def print_submission(workdir, jobs, record) -> None:
                       ", ".join(record["stages"][s]["job_id"] for s in job.waits_for) or "-")
     out = Console(highlight=False)
     out.print(table)
-    out.print(f"logs: {workdir.logs}/<stage>/<job>_<task>.err   follow: virnucpro-slurm status -w {workdir.root} --watch")
+    out.print(f"logs: {workdir.logs}/<stage>/<job>_<task>.err   follow: virnucpro-slurm status -w {workdir.root} --watch",
+              soft_wrap=True)  # one line, whatever the width: the paths are copied from it
 
 
 def cmd_cancel(args) -> int:
