@@ -66,7 +66,10 @@ STAND_INS = {
     "id": 'echo 0',
     "chromium": "true",
     "chromedriver": "true",
-    "python3": ('case "$*" in *pytest*) echo pytest >> "$CALLS"; exit "${PYTEST_STATUS:-0}" ;; esac; exit 0'),
+    # pytest: records itself; PYTEST_INTERRUPT=1 sends run.sh a Ctrl-C's SIGINT while it runs
+    "python3": ('case "$*" in *pytest*) echo pytest >> "$CALLS"\n'
+                '  [ "${PYTEST_INTERRUPT:-0}" = 1 ] && kill -INT "$PPID"\n'
+                '  exit "${PYTEST_STATUS:-0}" ;; esac; exit 0'),
     "scontrol": '[ "${CLUSTER_UP:-0}" = 1 ] && echo "Slurmctld(primary) at vm is UP" || exit 1',
 }
 
@@ -103,6 +106,13 @@ def test_run_sh_stops_the_cluster_it_started_and_keeps_the_suites_exit_status(tm
     status, calls = run_tests(checkout, {**env, "PYTEST_STATUS": str(pytest_status)})
     assert calls == [f"start {cluster}", "pytest", f"stop {cluster}"]
     assert status == pytest_status
+
+
+def test_run_sh_stops_the_cluster_it_started_on_ctrl_c(tmp_path):
+    checkout, env = fake_checkout(tmp_path)
+    cluster = env["VIRNUCPRO_SLURM_DIR"]
+    status, calls = run_tests(checkout, {**env, "PYTEST_INTERRUPT": "1", "PYTEST_STATUS": "2"})
+    assert calls == [f"start {cluster}", "pytest", f"stop {cluster}"] and status == 130
 
 
 def test_run_sh_cleans_up_after_a_failed_start(tmp_path):
