@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need, starts the project's
 # single-node SLURM cluster, then runs the whole suite. Needs root for apt (CI runs as root).
+#
+# The cluster lives in $VIRNUCPRO_SLURM_DIR (default /tmp/virnucpro-slurm). When one is already up
+# there it is used and left running; otherwise the one started here is stopped when the suite ends
+# (also on failure or Ctrl-C). Its TCP ports are 6817-6820, or the first free block of four above
+# when those are taken; VIRNUCPRO_SLURM_PORT_BASE=P chooses P..P+3 instead. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +22,19 @@ if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     fi
-    bash tests/slurm/start-cluster.sh "${VIRNUCPRO_SLURM_DIR:-/tmp/virnucpro-slurm}"
+    cluster="${VIRNUCPRO_SLURM_DIR:-/tmp/virnucpro-slurm}"
+    if [ -f "$cluster/env.sh" ] && command -v scontrol >/dev/null \
+            && SLURM_CONF="$cluster/etc/slurm.conf" timeout 10 scontrol ping 2>/dev/null | grep -q 'is UP'; then
+        echo "using the SLURM cluster already up in $cluster (left running)" >&2
+    else
+        # From here on, whatever ends this script stops the cluster it started.
+        trap 'status=$?; trap - EXIT; bash tests/slurm/stop-cluster.sh "$cluster" >&2 || true; exit "$status"' EXIT
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+        bash tests/slurm/start-cluster.sh "$cluster"
+    fi
     # shellcheck disable=SC1091
-    source "${VIRNUCPRO_SLURM_DIR:-/tmp/virnucpro-slurm}/env.sh"
+    source "$cluster/env.sh"
 else
     echo "not root: SLURM cluster and browser tests need 'sudo bash tests/run.sh' (they are skipped outside CI)" >&2
 fi

@@ -1,6 +1,7 @@
 """The command line: help with examples, --version, one-line errors, --debug, --quiet, logs, colours,
 --min-score."""
 
+import argparse
 import json
 import os
 import re
@@ -38,6 +39,42 @@ def test_help_of_every_command_shows_an_example(command, capsys):
     assert stop.value.code == 0
     text = capsys.readouterr().out
     assert "example" in text.lower() and "virnucpro-slurm " in text.split("example", 1)[1], text
+
+
+def parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """Every parser of the command line with the words that reach it: (), ("run",), ("embed", "esm2"), ..."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from parsers(sub, (*path, name))
+
+
+def test_every_option_and_argument_of_every_command_has_help():
+    missing = []
+    for path, parser in parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):  # its commands, each with a line of help
+                missing += [(*path, choice.dest) for choice in action._choices_actions if not (choice.help or "").strip()]
+            elif action.help != argparse.SUPPRESS and not (action.help or "").strip():
+                missing.append((*path, "/".join(action.option_strings) or action.dest))
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("kind", ["esm2", "dnabert"])
+def test_embed_model_help_is_that_models_own(kind, capsys):
+    def help_of(*words):
+        with pytest.raises(SystemExit) as stop:
+            main([*words, "--help"])
+        assert stop.value.code == 0
+        return capsys.readouterr().out
+
+    general, own = help_of("embed"), help_of("embed", kind)
+    assert own != general and "esm2" in general and "dnabert" in general
+    assert f"virnucpro-slurm embed {kind} " in own.split("example", 1)[1]
+    assert ("--no-packing" in own) == (kind == "esm2") and ("--dnabert-remote-code" in own) == (kind == "dnabert")
+    for flag in ("--device", "--precision", "--token-budget", "--out", "--model"):
+        assert flag in own
 
 
 def test_version(capsys):
@@ -103,6 +140,40 @@ def test_colours_only_on_a_terminal_and_never_with_no_color(tmp_path):
     assert not COLOUR.search(piped.stderr) and "\x1b[" not in piped.stderr
     assert not COLOUR.search(no_color.stderr)
     assert "not a virnucpro workdir" in no_color.stderr
+
+
+def test_piped_output_is_neither_wrapped_nor_padded(tmp_path):
+    """A log file, a SLURM .out or CI gets each message on one line, as long as it is, with no spaces
+    padding it to a terminal's width (a terminal still gets rich's wrapped layout)."""
+    words = " ".join(f"word{i}" for i in range(40))  # ~280 characters, no break a pipe should see
+    script = ("import logging\n"
+              "from virnucpro import console\n"
+              "console.configure()\n"
+              f"logging.getLogger('virnucpro.test').info('logged {words}')\n"
+              f"console.info('shown {words}')\n"
+              f"console.warn('warned {words}')\n"
+              "console.info('short')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TERM", "COLUMNS")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    for kind in ("logged", "shown", "warned"):
+        assert any(line.endswith(f"{kind} {words}") for line in lines), done.stderr
+    assert len(lines) == 4 and "short" in lines[3], done.stderr
+    assert not [line for line in lines if line != line.rstrip()], "padded: " + repr(done.stderr)
+
+
+def test_piped_submission_summary_keeps_the_log_line_whole(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from virnucpro.slurm_cli import print_submission
+
+    workdir = Workdir(tmp_path / ("a-long-folder-name-" * 4) / "W")
+    job = SimpleNamespace(stage="esm2", tasks=[0, 1], shards=[0, 1, 2], waits_for=[])
+    print_submission(workdir, [job], {"stages": {"esm2": {"job_id": "12345"}}})
+    out = capsys.readouterr().out
+    assert f"logs: {workdir.logs}/<stage>/<job>_<task>.err   follow: virnucpro-slurm status -w {workdir.root} --watch" \
+        in out.splitlines(), out
 
 
 def test_min_score_reruns_consensus_only_and_changes_the_calls(quiet_demo_run, demo_models, tmp_path):

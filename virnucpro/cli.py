@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog="exit status 0 only when every stage is done\n\nexamples:\n"
                                    "  virnucpro-slurm status --workdir W\n"
                                    "  virnucpro-slurm status --workdir W --json | jq .complete")
-    status.add_argument("--workdir", "-w", type=Path, required=True)
+    status.add_argument("--workdir", "-w", type=Path, required=True, help="the run's workdir")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
                         help="redraw every SECONDS (default 5) until the run is complete or nothing is left running")
@@ -314,35 +314,70 @@ def build_parser() -> argparse.ArgumentParser:
                                epilog="example:\n  virnucpro-slurm translate reads.fa --chunk-length 500 "
                                       "--nucleotide-out reads_identified_nucleotide.fa --protein-out reads_identified_protein.faa",
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    translate.add_argument("fasta", type=Path)
-    translate.add_argument("--chunk-length", type=int, choices=(300, 500), required=True)
-    translate.add_argument("--nucleotide-out", type=Path, required=True)
-    translate.add_argument("--protein-out", type=Path, required=True)
+    translate.add_argument("fasta", type=Path, help="nucleotide FASTA (plain or .gz)")
+    translate.add_argument("--chunk-length", type=int, choices=(300, 500), required=True,
+                           help="chunk length of the VirNucPro model the files are for")
+    translate.add_argument("--nucleotide-out", type=Path, required=True, metavar="FA",
+                           help="FASTA of the stop-free frames' nucleotides (the original's _identified_nucleotide.fa)")
+    translate.add_argument("--protein-out", type=Path, required=True, metavar="FAA",
+                           help="FASTA of their proteins (the original's _identified_protein.faa)")
     _add_common(translate)
     translate.set_defaults(func=cmd_translate)
 
     embed = sub.add_parser("embed", help="embed a FASTA with ESM-2 or DNABERT-S into HDF5",
-                           epilog="example:\n  virnucpro-slurm embed esm2 proteins.faa --model esm2_t36_3B_UR50D --out esm.h5",
+                           description="Embed one FASTA file with ESM-2 (proteins) or DNABERT-S (nucleotides) into "
+                                       "an HDF5 file. 'virnucpro-slurm embed esm2 --help' and 'embed dnabert --help' "
+                                       "list each model's options.",
+                           epilog="examples:\n"
+                                  "  virnucpro-slurm embed esm2 proteins.faa --model esm2_t36_3B_UR50D --out esm.h5\n"
+                                  "  virnucpro-slurm embed dnabert reads.fa --model models/DNABERT-S --out dnabert.h5",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    embed.add_argument("kind", choices=("esm2", "dnabert"))
-    embed.add_argument("fasta", type=Path)
-    embed.add_argument("--model", required=True, help="fair-esm name or .pt (esm2); HF id or folder (dnabert)")
-    embed.add_argument("--out", type=Path, required=True, help="HDF5 with datasets ids and embeddings")
-    embed.add_argument("--device", default="auto", type=_device)
-    embed.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
-    embed.add_argument("--no-packing", dest="packing", action="store_false")
-    embed.add_argument("--token-budget", type=_positive_int)
-    embed.add_argument("--dnabert-remote-code", action="store_true",
-                       help="dnabert: run the model folder's own code (trust_remote_code) instead of the native engine")
-    embed.add_argument("--allow-download", action="store_true", help="fetch a hub model this machine has not cached")
-    _add_common(embed)
-    embed.set_defaults(func=cmd_embed)
+    kinds = embed.add_subparsers(dest="kind", metavar="MODEL", required=True)
+    esm2 = kinds.add_parser("esm2", help="embed proteins with ESM-2 (mean of the last layer over residues)",
+                            epilog="examples:\n"
+                                   "  virnucpro-slurm embed esm2 proteins.faa --model esm2_t36_3B_UR50D --out esm.h5\n"
+                                   "  virnucpro-slurm embed esm2 proteins.faa --model models/esm2_t36_3B_UR50D.pt "
+                                   "--out esm.h5 --device cuda --precision bf16",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    esm2.add_argument("fasta", type=Path, help="protein FASTA (stop-free, ESM-2's letters; plain or .gz)")
+    esm2.add_argument("--model", required=True, metavar="NAME|PT",
+                      help="fair-esm name (e.g. esm2_t36_3B_UR50D, from the torch hub cache) or a local esm2_*.pt "
+                           "with its -contact-regression.pt beside it")
+    esm2.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                      help="default fp16 on CUDA, fp32 on CPU; fp16/bf16 need CUDA")
+    esm2.add_argument("--no-packing", dest="packing", action="store_false",
+                      help="use fair-esm's padded forward instead of the packed engine (also VIRNUCPRO_DISABLE_PACKING=1)")
+    esm2.add_argument("--token-budget", type=_positive_int, metavar="N",
+                      help="tokens per packed batch (default: sized from free GPU memory)")
+    esm2.set_defaults(dnabert_remote_code=False)
+    dnabert = kinds.add_parser("dnabert", help="embed nucleotides with DNABERT-S (mean of the last hidden state)",
+                               epilog="examples:\n"
+                                      "  virnucpro-slurm embed dnabert reads.fa --model models/DNABERT-S --out dnabert.h5\n"
+                                      "  virnucpro-slurm embed dnabert reads.fa --model zhihan1996/DNABERT-S --out dnabert.h5 "
+                                      "--device cuda",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    dnabert.add_argument("fasta", type=Path, help="nucleotide FASTA (IUPAC letters; plain or .gz)")
+    dnabert.add_argument("--model", required=True, metavar="ID|DIR",
+                         help="Hugging Face id (e.g. zhihan1996/DNABERT-S, from the local HF cache) or a model folder")
+    dnabert.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                         help="default fp32 (the original's numbers); fp16/bf16 need CUDA")
+    dnabert.add_argument("--token-budget", type=_positive_int, metavar="N", help="padded tokens per batch")
+    dnabert.add_argument("--dnabert-remote-code", action="store_true",
+                         help="run the model folder's own code (trust_remote_code) instead of the native engine")
+    dnabert.set_defaults(packing=True)
+    for kind in (esm2, dnabert):
+        kind.add_argument("--out", type=Path, required=True, metavar="H5",
+                          help="HDF5 file to write, with datasets ids and embeddings")
+        kind.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda or cuda:N (default auto)")
+        kind.add_argument("--allow-download", action="store_true", help="fetch a hub model this machine has not cached")
+        _add_common(kind)
+        kind.set_defaults(func=cmd_embed)
 
     demo = sub.add_parser("demo-models", help="write tiny random models in the real on-disk formats (meaningless predictions)",
                           formatter_class=argparse.RawDescriptionHelpFormatter,
                           epilog="example:\n  virnucpro-slurm demo-models my-demo-models\n"
                                  "  virnucpro-slurm run virnucpro/data/example/inputs.txt -w W --models my-demo-models")
-    demo.add_argument("directory", type=Path)
+    demo.add_argument("directory", type=Path, help="folder to write the demo models into")
     _add_common(demo)
     demo.set_defaults(func=cmd_demo_models)
 

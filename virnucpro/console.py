@@ -33,13 +33,38 @@ def configure(quiet: bool = False, verbose: bool = False) -> None:
     _quiet, _verbose = quiet, verbose
     root = logging.getLogger(LOGGER)
     root.setLevel(logging.DEBUG)  # each handler filters: the console by --quiet/--verbose, the log file keeps INFO
-    handler = next((h for h in root.handlers if isinstance(h, RichHandler)), None)
+    # A terminal gets rich's aligned, wrapped log lines; a pipe (log file, SLURM .out, CI) one plain
+    # line per message, neither wrapped at 80 columns nor padded to the width.
+    wanted = RichHandler if console.is_terminal else _PlainHandler
+    handler = next((h for h in root.handlers if isinstance(h, (RichHandler, _PlainHandler))), None)
+    if handler is not None and type(handler) is not wanted:
+        root.removeHandler(handler)
+        handler = None
     if handler is None:
-        handler = RichHandler(console=console, show_path=False, show_time=console.is_terminal, markup=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        if wanted is RichHandler:
+            handler = RichHandler(console=console, show_path=False, show_time=True, markup=False)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+        else:
+            handler = _PlainHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         root.addHandler(handler)
     handler.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
     root.propagate = False
+
+
+class _PlainHandler(logging.Handler):
+    """Log records as plain lines on the console's stream (whatever sys.stderr is at the time)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            console.out(self.format(record), highlight=False)
+        except Exception:  # noqa: BLE001 - logging's contract: a failing handler reports, never raises
+            self.handleError(record)
+
+
+def _print(message) -> None:
+    """console.print, wrapped to the width on a terminal only: piped lines stay whole."""
+    console.print(message, soft_wrap=not console.is_terminal)
 
 
 def log_to_file(path: Path) -> Path:
@@ -77,13 +102,13 @@ def info(message: str) -> None:
         plain = message
     _to_file(logging.INFO, plain)
     if not _quiet:
-        console.print(message)
+        _print(message)
 
 
 def warn(message: str) -> None:
     _to_file(logging.WARNING, message)
     if not _quiet:
-        console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+        _print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def error(message: str) -> None:

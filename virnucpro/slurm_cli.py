@@ -32,8 +32,8 @@ def register(subparsers, add_common, add_run_options) -> None:
     slurm.add_argument("--profile", metavar="YAML|NAME", help="site profile, e.g. slurm_templates/example-site.yaml")
     slurm.add_argument("--partition", help="partition of the GPU stages (dnabert, esm2)")
     slurm.add_argument("--cpu-partition", help="partition of prepare, predict and consensus (default: --partition)")
-    slurm.add_argument("--account")
-    slurm.add_argument("--qos")
+    slurm.add_argument("--account", help="account to charge the jobs to (sbatch --account)")
+    slurm.add_argument("--qos", help="quality of service of the jobs (sbatch --qos)")
     slurm.add_argument("--gres-name", help="GPU gres as in --gres=NAME:N (default gpu; e.g. gpu:a100)")
     slurm.add_argument("--gpus-per-task", type=int, metavar="N",
                        help="GPUs per dnabert/esm2 task (one worker per GPU, up to N shards per task; default 1)")
@@ -51,7 +51,7 @@ def register(subparsers, add_common, add_run_options) -> None:
                                    epilog="cancels the jobs recorded in W/slurm/jobs.json; tasks stopped by it do not "
                                           "requeue themselves\n\nexamples:\n  virnucpro-slurm cancel --workdir W\n"
                                           "  virnucpro-slurm submit inputs.txt --workdir W --partition gpu   # resume later")
-    cancel.add_argument("--workdir", "-w", type=Path, required=True)
+    cancel.add_argument("--workdir", "-w", type=Path, required=True, help="the run's workdir")
     add_common(cancel)
     cancel.set_defaults(func=cmd_cancel)
 
@@ -196,7 +196,8 @@ def print_submission(workdir, jobs, record) -> None:
                       ", ".join(record["stages"][s]["job_id"] for s in job.waits_for) or "-")
     out = Console(highlight=False)
     out.print(table)
-    out.print(f"logs: {workdir.logs}/<stage>/<job>_<task>.err   follow: virnucpro-slurm status -w {workdir.root} --watch")
+    out.print(f"logs: {workdir.logs}/<stage>/<job>_<task>.err   follow: virnucpro-slurm status -w {workdir.root} --watch",
+              soft_wrap=True)  # one line, whatever the width: the paths are copied from it
 
 
 def cmd_cancel(args) -> int:

@@ -13,8 +13,9 @@
 #   VIRNUCPRO_SLURM_CPUS       CPUs declared on the node   (default: max(4, nproc))
 #   VIRNUCPRO_SLURM_MEM_MB     RealMemory of the node, MB  (default: 3/4 of MemAvailable)
 #   VIRNUCPRO_SLURM_GPUS       number of fake GPUs         (default: 2)
-#   VIRNUCPRO_SLURM_PORT_BASE  first of 4 TCP ports: slurmctld, slurmd, slurmdbd, mariadb
-#                              (default: 6817)
+#   VIRNUCPRO_SLURM_PORT_BASE  first of 4 TCP ports: slurmctld, slurmd, slurmdbd, mariadb; refused
+#                              when taken (default: 6817, or the first free block of 4 above it
+#                              when another cluster or program holds one of them)
 #   VIRNUCPRO_SLURM_TIMEOUT    seconds to wait for each daemon / the idle node (default: 90)
 set -euo pipefail
 
@@ -42,12 +43,7 @@ DIR="${DIR:-/tmp/virnucpro-slurm}"
 NODE=vnode
 CLUSTER=virnucpro
 NGPUS="${VIRNUCPRO_SLURM_GPUS:-2}"
-PORT_BASE="${VIRNUCPRO_SLURM_PORT_BASE:-6817}"
 TIMEOUT="${VIRNUCPRO_SLURM_TIMEOUT:-90}"
-CTLD_PORT=$PORT_BASE
-SLURMD_PORT=$((PORT_BASE + 1))
-DBD_PORT=$((PORT_BASE + 2))
-DB_PORT=$((PORT_BASE + 3))
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin:/sbin" ;; esac
@@ -62,38 +58,6 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 T0=$(date +%s.%N)
-
-# --------------------------------------------------------------------------- packages
-need_pkgs=()
-for c in munged mungekey; do command -v "$c" >/dev/null 2>&1 || { need_pkgs+=(munge); break; }; done
-for c in slurmctld slurmd sbatch; do command -v "$c" >/dev/null 2>&1 || { need_pkgs+=(slurm-wlm); break; }; done
-if [ "$ACCOUNTING" = 1 ]; then
-    command -v slurmdbd >/dev/null 2>&1 || need_pkgs+=(slurmdbd)
-    for c in mariadbd mariadb-install-db mariadb; do
-        command -v "$c" >/dev/null 2>&1 || { need_pkgs+=(mariadb-server); break; }
-    done
-fi
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-    log "installing ${need_pkgs[*]} with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    # Keep package postinst scripts from starting system-wide daemons (we run our own).
-    made_policy=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        made_policy=1
-    fi
-    apt_install() { apt-get install -y -q -o Dpkg::Options::=--force-confdef \
-                        -o Dpkg::Options::=--force-confold "${need_pkgs[@]}"; }
-    rc=0
-    # apt-get update only when the package lists do not know the packages yet.
-    if ! apt-cache show "${need_pkgs[@]}" >/dev/null 2>&1; then
-        apt-get update -q || rc=$?
-    fi
-    apt_install || { apt-get update -q && apt_install; } || rc=$?
-    [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
-    [ "$rc" = 0 ] || die "apt-get install ${need_pkgs[*]} failed"
-fi
 
 # --------------------------------------------------------------------------- layout
 mkdir -p "$DIR"
@@ -162,12 +126,54 @@ chmod 0755 "$ETC" "$RUN" "$LOG" "$STATE" "$DIR/dev"
 chmod 1777 "$DIR/tmp"
 rm -f "$RUN"/*.pid
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in $CTLD_PORT $SLURMD_PORT $DBD_PORT $DB_PORT; do
-    if port_busy "$p"; then
-        die "TCP port 127.0.0.1:$p is already in use (another cluster?). Stop it or set VIRNUCPRO_SLURM_PORT_BASE"
+# --------------------------------------------------------------------------- ports
+# Chosen before anything is installed, so that a refusal costs nothing.
+if [ -n "${VIRNUCPRO_SLURM_PORT_BASE:-}" ]; then
+    PORT_BASE="$VIRNUCPRO_SLURM_PORT_BASE"
+    [[ "$PORT_BASE" =~ ^[0-9]+$ ]] && [ "$PORT_BASE" -ge 1 ] && [ "$PORT_BASE" -le 65532 ] \
+        || die "VIRNUCPRO_SLURM_PORT_BASE=$PORT_BASE is not a port number between 1 and 65532"
+    [ "$(bash "$HERE/free-ports.sh" "$PORT_BASE" 4)" = "$PORT_BASE" ] \
+        || die "VIRNUCPRO_SLURM_PORT_BASE=$PORT_BASE: one of TCP ports $PORT_BASE-$((PORT_BASE + 3)) is in use; unset it to have free ports picked, or stop what holds them (another cluster: tests/slurm/stop-cluster.sh ITS_DIR)"
+else
+    PORT_BASE="$(bash "$HERE/free-ports.sh" 6817 4)" || die "no 4 free TCP ports from 6817 up"
+    [ "$PORT_BASE" = 6817 ] || log "TCP ports 6817-6820 are taken (another cluster?); using $PORT_BASE-$((PORT_BASE + 3))"
+fi
+CTLD_PORT=$PORT_BASE
+SLURMD_PORT=$((PORT_BASE + 1))
+DBD_PORT=$((PORT_BASE + 2))
+DB_PORT=$((PORT_BASE + 3))
+
+# --------------------------------------------------------------------------- packages
+need_pkgs=()
+for c in munged mungekey; do command -v "$c" >/dev/null 2>&1 || { need_pkgs+=(munge); break; }; done
+for c in slurmctld slurmd sbatch; do command -v "$c" >/dev/null 2>&1 || { need_pkgs+=(slurm-wlm); break; }; done
+if [ "$ACCOUNTING" = 1 ]; then
+    command -v slurmdbd >/dev/null 2>&1 || need_pkgs+=(slurmdbd)
+    for c in mariadbd mariadb-install-db mariadb; do
+        command -v "$c" >/dev/null 2>&1 || { need_pkgs+=(mariadb-server); break; }
+    done
+fi
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    log "installing ${need_pkgs[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    # Keep package postinst scripts from starting system-wide daemons (we run our own).
+    made_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        made_policy=1
     fi
-done
+    apt_install() { apt-get install -y -q -o Dpkg::Options::=--force-confdef \
+                        -o Dpkg::Options::=--force-confold "${need_pkgs[@]}"; }
+    rc=0
+    # apt-get update only when the package lists do not know the packages yet.
+    if ! apt-cache show "${need_pkgs[@]}" >/dev/null 2>&1; then
+        apt-get update -q || rc=$?
+    fi
+    apt_install || { apt-get update -q && apt_install; } || rc=$?
+    [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    [ "$rc" = 0 ] || die "apt-get install ${need_pkgs[*]} failed"
+fi
 
 show_logs() {
     local f
@@ -409,10 +415,11 @@ export VIRNUCPRO_SLURM_CPU_PARTITION=cpu
 export VIRNUCPRO_SLURM_GPU_PARTITION=gpu
 export VIRNUCPRO_SLURM_GPUS=$NGPUS
 export VIRNUCPRO_SLURM_CPUS=$CPUS
+export VIRNUCPRO_SLURM_PORTS=$PORT_BASE-$((PORT_BASE + 3))
 case ":\$PATH:" in *:/usr/bin:*) ;; *) export PATH="\$PATH:/usr/bin" ;; esac
 case ":\$PATH:" in *:/usr/sbin:*) ;; *) export PATH="\$PATH:/usr/sbin" ;; esac
 EOF
 
 T1=$(date +%s.%N)
-log "cluster up in $(awk -v a="$T0" -v b="$T1" 'BEGIN{printf "%.1f", b-a}') s: node $NODE CPUs=$CPUS RealMemory=${MEM}MB gpus=$NGPUS, partitions cpu (default) and gpu, accounting=$([ $ACCOUNTING = 1 ] && echo on || echo off)"
+log "cluster up in $(awk -v a="$T0" -v b="$T1" 'BEGIN{printf "%.1f", b-a}') s: node $NODE CPUs=$CPUS RealMemory=${MEM}MB gpus=$NGPUS, partitions cpu (default) and gpu, accounting=$([ $ACCOUNTING = 1 ] && echo on || echo off), TCP ports $PORT_BASE-$((PORT_BASE + 3))"
 echo "source $DIR/env.sh"

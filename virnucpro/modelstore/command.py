@@ -40,7 +40,7 @@ def register(subparsers, add_common, add_run_options) -> None:
     verbs = models.add_subparsers(dest="models_command", metavar="download|verify")
     download = verbs.add_parser("download", help="fetch ESM-2 3B, DNABERT-S and the classifiers into DIR (resumable)",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    download.add_argument("directory", type=Path, metavar="DIR")
+    download.add_argument("directory", type=Path, metavar="DIR", help="folder to download the models into (created if missing)")
     download.add_argument("--only", type=_only, metavar="KINDS", help="comma-separated subset of esm2,dnabert,classifiers")
     download.add_argument("--mirror", metavar="URL", help="fetch from a site mirror (a served models folder) instead")
     download.add_argument("--dnabert-revision", default=None, metavar="REV",
@@ -49,7 +49,7 @@ def register(subparsers, add_common, add_run_options) -> None:
     add_common(download)
     download.set_defaults(func=cmd_download)
     verify = verbs.add_parser("verify", help="re-hash DIR's files against its manifest (exit 0 only if all match)")
-    verify.add_argument("directory", type=Path, metavar="DIR")
+    verify.add_argument("directory", type=Path, metavar="DIR", help="a models folder with its virnucpro-models.json manifest")
     add_common(verify)
     verify.set_defaults(func=cmd_verify)
     models.set_defaults(func=lambda args: (models.print_help(), 2)[1], quiet=False, verbose=False, debug=False)
