@@ -209,6 +209,16 @@ def long_header(env: Env) -> Call:
     return fresh_run(env, env.listing(path), f"{path}: line 3")
 
 
+def long_record(env: Env) -> Call:
+    from virnucpro.fasta import MAX_RECORD_BYTES
+
+    path = env.root / "genome.fa.gz"
+    line = b"ACGT" * 15 + b"\n"
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(f">ok\n{CODING}\n>chr1 a whole chromosome\n".encode() + line * (MAX_RECORD_BYTES // len(line) + 1))
+    return fresh_run(env, env.listing(path), f"{path}: line 3: record 'chr1'")
+
+
 def fifo_input(env: Env) -> Call:
     path = env.root / "reads.fa"
     os.mkfifo(path)
@@ -371,6 +381,7 @@ CASES = [
     Case("space inside a sequence", bad_record("spaced", fasta(("spaced", "ACGT ACGT"))),
          "not IUPAC nucleotide codes (' ')"),
     Case("header longer than 10,000 characters", long_header, "longer than 10,000 characters (the limit)"),
+    Case("record longer than 32 MB (e.g. a whole chromosome)", long_record, "is longer than 32,000,000 bytes (the limit"),
     # ---- the workdir
     Case("workdir under a regular file", workdir_under_file, "cannot create the workdir"),
     Case("workdir is a regular file", workdir_is_file, "cannot create the workdir"),
@@ -600,6 +611,31 @@ def test_a_huge_header_fails_before_it_is_read_into_memory(tmp_path):
     assert f"{path}: line 3: the header of record 'xxxx" in str(refused.value)
     assert "longer than 10,000 characters" in str(refused.value)
     assert peak < 32 << 20, peak
+
+
+def test_a_huge_record_fails_before_it_is_read_into_memory(tmp_path):
+    """Issue 25: one 500 Mbp read from a 1.7 MB .gz took 7.8 GB in prepare; the reader now stops
+    once a record passes MAX_RECORD_BYTES (here a 64 MB record must fail within ~40 MB)."""
+    import tracemalloc
+
+    from virnucpro.errors import InputError
+    from virnucpro.fasta import MAX_RECORD_BYTES, read_records
+
+    path = tmp_path / "huge.fa.gz"
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(f">ok\n{CODING}\n>big one\n".encode())
+        for _ in range(64):
+            out.write((b"ACGT" * 255 + b"\n") * 1028)
+        out.write(f">after\n{CODING}\n".encode())
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as refused:
+            list(read_records(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(refused.value).startswith(f"{path}: line 3: record 'big' is longer than {MAX_RECORD_BYTES:,} bytes")
+    assert peak < MAX_RECORD_BYTES + (16 << 20), peak
 
 
 def test_rna_reads_translate_like_dna(tmp_path, capsys):
