@@ -256,6 +256,34 @@ def wrong_width_classifier(env: Env) -> Path:
     return path
 
 
+def expanded_classifier(env: Env) -> Path:
+    import torch
+
+    from virnucpro.engines.classifier import MLPClassifier
+
+    state = MLPClassifier(96, 8, 2).state_dict()
+    wide = 10 ** 6  # a 4 kB file that would build a classifier 10^6 wide
+    state.update({k: v.flatten()[:1].expand(wide) for k, v in state.items() if k.startswith("bn1.") and v.dim()})
+    state.update({"hidden_layer.weight": torch.zeros(1, 1).expand(wide, 96), "hidden_layer.bias": torch.zeros(1).expand(wide),
+                  "output_layer.weight": torch.zeros(1, 1).expand(2, wide)})
+    path = env.root / "500_model.pth"
+    torch.save(state, path)
+    return path
+
+
+def esm_without_heads(env: Env) -> Call:
+    import argparse
+
+    import torch
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        data = torch.load(env.models / "esm2_t2_demo.pt", weights_only=True)
+    data["cfg"]["model"].encoder_attention_heads = 0
+    path = env.root / "esm2_t2_noheads.pt"
+    torch.save(data, path)
+    return fresh_run(env, env.complete_list, path, "--esm-model", path)
+
+
 def bad_esm(env: Env) -> Call:
     path = env.write("esm2_t2_broken.pt", b"PK\x03\x04 not really a checkpoint")
     return fresh_run(env, env.complete_list, path, "--esm-model", path)
@@ -393,6 +421,9 @@ CASES = [
     Case("classifier of the wrong width", with_classifier(wrong_width_classifier),
          "takes 100 features but DNABERT-S"),
     Case("ESM-2 file that is not a checkpoint", bad_esm, "not a readable ESM-2 checkpoint"),
+    Case("classifier of expanded (stride 0) tensors", with_classifier(expanded_classifier),
+         "hidden_layer.weight of shape (1000000, 96) is expanded"),
+    Case("ESM-2 checkpoint with 0 attention heads", esm_without_heads, "cfg encoder_attention_heads is 0"),
     # ---- odd but valid input: accepted, all in the one complete run
     Case("lowercase and mixed case", accepted("mixed-case.fa", fasta(
         ("upper", CODING), ("lower", CODING.lower()),

@@ -277,7 +277,7 @@ def esm_width(spec: str, trust_pickles: bool = False) -> int | None:
         return KNOWN_WIDTHS[path.stem]
     if not path.is_file():
         return None
-    from ..engines.esm2 import ESM_ALLOWED_GLOBALS
+    from ..engines.esm2 import ESM_ALLOWED_GLOBALS, check_checkpoint
     from ..engines.safe_load import UnsafeModelFileError, load
 
     try:  # memory-mapped: only the pickled configuration is read, not the weights
@@ -294,11 +294,8 @@ def esm_width(spec: str, trust_pickles: bool = False) -> int | None:
         except Exception as exc:
             raise InputError(f"{path}: not a readable ESM-2 checkpoint ({type(exc).__name__}); "
                              "give an esm2_*.pt file from fair-esm or a fair-esm model name") from None
-    try:
-        return int(data["cfg"]["model"].encoder_embed_dim)
-    except (KeyError, TypeError, AttributeError):
-        raise InputError(f"{path}: not a fair-esm ESM-2 checkpoint (no cfg.model.encoder_embed_dim); "
-                         "give an esm2_*.pt file from fair-esm or a fair-esm model name") from None
+    check_checkpoint(path, data, None)  # the cfg's sizes against the weights, before any GPU work
+    return int(data["cfg"]["model"].encoder_embed_dim)
 
 
 def check_models(config) -> None:
