@@ -90,6 +90,19 @@ def test_dnabert_config_numbers_are_validated(dnabert_copy, field, value, words)
     one_line_naming(info, config)
 
 
+@pytest.mark.parametrize("text, words", [
+    ('{"a": ' * 100_000 + "1" + "}" * 100_000, r"not a readable JSON file \(maximum recursion depth"),  # RecursionError
+    ("{}" + " " * (2 << 20), "larger than 1024 KiB, so not a model's config.json"),  # was read whole
+])
+def test_dnabert_config_json_deeply_nested_or_huge_is_one_line(dnabert_copy, text, words):
+    from virnucpro.engines.dnabert_files import DnabertModelError
+
+    (dnabert_copy / "config.json").write_text(text)
+    with pytest.raises(DnabertModelError, match=words) as info:
+        NativeDnabert(str(dnabert_copy))
+    one_line_naming(info, dnabert_copy / "config.json")
+
+
 @pytest.mark.parametrize("change, words", [
     (lambda s: s.update({"embeddings.word_embeddings.weight": s["embeddings.word_embeddings.weight"].long()}),
      "holds int64 values, not floating point"),

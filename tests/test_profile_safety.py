@@ -58,6 +58,15 @@ def test_a_profile_over_the_size_cap_is_refused_unread(tmp_path):
                                      "this one is larger: give the right file")
 
 
+def test_deep_nesting_and_non_utf8_are_one_line_refusals(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("partition: gpu\nsbatch: " + "[" * 20_000 + "]" * 20_000 + "\n")  # RecursionError before
+    assert refusal(str(deep)).startswith(f"{deep}: line 2: nested deeper than 8 levels")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"partition: gpu\naccount: caf\xe9\n")  # UnicodeDecodeError before
+    assert refusal(str(latin)).startswith(f"{latin}: cannot read the SLURM profile ('utf-8' codec can't decode")
+
+
 @pytest.mark.parametrize("data, words", [
     ({"sbatch": {"comment=x\ntouch /tmp/PWNED\n#": "y"}}, "sbatch option name 'comment=x\\ntouch /tmp/PWNED\\n#'"),
     ({"sbatch": {"comment=x": "y"}}, "sbatch option name 'comment=x' is not an sbatch long option"),

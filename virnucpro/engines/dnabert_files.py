@@ -27,6 +27,7 @@ FALLBACK_HINT = "use --dnabert-remote-code to run the model folder's own code in
 KNOWN_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HEAD_PREFIXES = ("cls.", "classifier.")  # MLM / classification heads: not part of the encoder
+MAX_CONFIG_BYTES = 1 << 20  # config.json is read whole: a few kB in any real model folder
 
 
 class DnabertModelError(VirnucproError):
@@ -76,9 +77,14 @@ def read_config(folder: Path) -> dict:
     if not path.is_file():
         raise DnabertModelError(f"{path}: missing; a DNABERT-S folder needs config.json, tokenizer.json and model.safetensors or pytorch_model.bin")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DnabertModelError(f"{path}: not a readable JSON file ({exc})") from None
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise DnabertModelError(f"{path}: larger than {MAX_CONFIG_BYTES >> 10} KiB, so not a model's config.json "
+                                    "(DNABERT-S's is 1 kB); copy the model folder again")
+        config = json.loads(data.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
+        raise DnabertModelError(f"{path}: not a readable JSON file ({str(exc)[:200]})") from None
     if not isinstance(config, dict):
         raise DnabertModelError(f"{path}: not a model config (expected a JSON object)")
     return config

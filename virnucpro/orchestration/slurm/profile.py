@@ -50,6 +50,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A profile is a few lines of settings; the cap (and refusing YAML aliases) keeps a hostile file
 # from expanding into gigabytes while it is parsed.
 MAX_PROFILE_BYTES = 64 << 10
+MAX_PROFILE_DEPTH = 8
 
 
 def find_profile(spec: str) -> Path:
@@ -101,10 +102,15 @@ def _profile_text(path: Path) -> str:
     if len(data) > MAX_PROFILE_BYTES:
         raise InputError(f"{path}: a SLURM profile is at most {MAX_PROFILE_BYTES >> 10} KiB (a few lines of settings); "
                          "this one is larger: give the right file")
+    depth = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise InputError(f"{path}: line {event.start_mark.line + 1}: YAML anchors and aliases ('&', '*') are not "
                              "accepted in a SLURM profile; write each value out")
+        depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+        if depth > MAX_PROFILE_DEPTH:  # PyYAML builds nested values recursively: 20,000 '[' overflowed the stack
+            raise InputError(f"{path}: line {event.start_mark.line + 1}: nested deeper than {MAX_PROFILE_DEPTH} levels; "
+                             "a SLURM profile is settings, per-stage settings and sbatch options")
     return text
 
 
