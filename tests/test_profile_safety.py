@@ -14,7 +14,7 @@ import yaml
 from virnucpro.errors import InputError
 from virnucpro.orchestration import slurm
 from virnucpro.orchestration.config import ModelSpec, RunConfig
-from virnucpro.orchestration.slurm.profile import MAX_PROFILE_BYTES
+from virnucpro.orchestration.slurm.profile import MAX_PROFILE_BYTES, OWNED_SBATCH_OPTIONS
 from virnucpro.paths import STAGES, Workdir
 
 
@@ -76,6 +76,9 @@ def test_deep_nesting_and_non_utf8_are_one_line_refusals(tmp_path):
     ({"sbatch": {"comment": "tab\there"}}, "is not a one-line value"),
     ({"sbatch": {"constraint": ["a100", "h100"]}}, "sbatch.constraint value ['a100', 'h100']"),
     ({"sbatch": {"exclusive": None}}, "true for a flag without a value"),
+    ({"sbatch": {"array": "0-999"}}, "sbatch.array is written by virnucpro itself"),
+    ({"sbatch": {"output": "/tmp/elsewhere.log"}}, "sbatch.output is written by virnucpro itself"),
+    ({"sbatch": {"mem_per_cpu": "1G"}}, "sbatch.mem_per_cpu is written by virnucpro itself"),
     ({"partition": "gpu\n"}, "partition 'gpu\\n' is not a valid SLURM name"),
     ({"stages": {"esm2": {"time": "1:00:00\n"}}}, "stages.esm2.time '1:00:00\\n' is not a SLURM time"),
     ({"stages": {"esm2": {"mem": "16G\n"}}}, "stages.esm2.mem '16G\\n' is not a memory size"),
@@ -107,6 +110,14 @@ def test_extra_sbatch_options_render_a_script_bash_accepts(tmp_path):
         block = script.split("\n")[1:script.split("\n").index("set -euo pipefail")]
         assert all(line.startswith("#SBATCH --") or not line.strip() or line.startswith("# ") for line in block), block
     assert "#SBATCH --exclusive\n" in rendered["esm2"] and "#SBATCH --mail-type=END,FAIL\n" in rendered["esm2"]
+
+
+def test_the_owned_option_list_covers_every_directive_a_script_writes(tmp_path):
+    """An `sbatch:` entry may not override what the tool writes: the list must name all of it."""
+    options = slurm.resolve_options(None, {"partition": "gpu", "account": "lab", "qos": "high"})
+    written = {line[len("#SBATCH --"):].split("=")[0] for script in scripts(options, tmp_path).values()
+               for line in script.splitlines() if line.startswith("#SBATCH --")}
+    assert written <= OWNED_SBATCH_OPTIONS, written - OWNED_SBATCH_OPTIONS
 
 
 def test_submit_dry_run_with_an_alias_bomb_is_one_line(tmp_path, demo_models, example_inputs):

@@ -47,6 +47,13 @@ _MEM = re.compile(r"\d+[KMGT]?")
 _NAME = re.compile(r"[A-Za-z0-9_.:+-]+")
 _SBATCH_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")  # a long option name, as `sbatch --help` lists them
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Directives every stage script already writes (sbatch.py and submitit; a test keeps this list
+# complete), plus --mem's mutually exclusive forms. An `sbatch:` entry may not override them: an
+# `array` would start tasks with no work, an `output` hide the logs `status` reads.
+OWNED_SBATCH_OPTIONS = frozenset({
+    "job-name", "partition", "time", "cpus-per-task", "mem", "account", "qos", "dependency", "array", "output",
+    "error", "chdir", "signal", "kill-on-invalid-dep", "requeue", "gres", "nodes", "open-mode", "wckey",
+    "mem-per-cpu", "mem-per-gpu"})
 # A profile is a few lines of settings; the cap (and refusing YAML aliases) keeps a hostile file
 # from expanding into gigabytes while it is parsed.
 MAX_PROFILE_BYTES = 64 << 10
@@ -142,6 +149,9 @@ def sbatch_option(key, value, origin: str) -> str:
     if not isinstance(key, str) or not _SBATCH_OPTION.fullmatch(key):
         raise InputError(f"{origin}: sbatch option name {key!r} is not an sbatch long option (letters, digits, '-'); "
                          "write it as in `sbatch --help`, without the leading '--'")
+    if key.replace("_", "-") in OWNED_SBATCH_OPTIONS:
+        raise InputError(f"{origin}: sbatch.{key} is written by virnucpro itself (array, logs, resources, dependencies); "
+                         "use the profile's settings (partition, account, qos, gres_name, stages.STAGE.time/mem/cpus)")
     if isinstance(value, (dict, list)) or value is None or value is False or _CONTROL.search(str(value)):
         raise InputError(f"{origin}: sbatch.{key} value {value!r} is not a one-line value; give a single line of text "
                          "(true for a flag without a value)")
