@@ -137,6 +137,8 @@ EMBED = "encoder.sentence_encoder.embed_tokens.weight"
     (lambda cfg, state: setattr(cfg, "encoder_attention_heads", 0), "encoder_attention_heads is 0, not a positive"),
     (lambda cfg, state: setattr(cfg, "encoder_attention_heads", 3), "64 is not a multiple of encoder_attention_heads 3"),
     (lambda cfg, state: setattr(cfg, "encoder_embed_dim", 10 ** 6), "encoder_embed_dim is 1000000 but the weights"),
+    (lambda cfg, state: setattr(cfg, "token_dropout", "no"), "cfg token_dropout is 'no', not true or false"),
+    (lambda cfg, state: setattr(cfg, "token_dropout", torch.ones(3)), "cfg token_dropout is tensor"),
     (lambda cfg, state: state.update({EMBED: state[EMBED].to(torch.int32)}), "holds int32 values, not floating point"),
     (lambda cfg, state: state.update({EMBED: torch.zeros(1, 1).expand(state[EMBED].shape)}), "is expanded"),
 ])

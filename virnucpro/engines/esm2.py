@@ -88,6 +88,9 @@ def check_checkpoint(path: Path, model_data, regression_data) -> None:
     dim = safe_load.declared_size(path, "cfg encoder_embed_dim", get("encoder_embed_dim"), embedding.shape[1], mismatch)
     safe_load.declared_size(path, "cfg encoder_layers", get("encoder_layers"), len(layers), mismatch)
     heads = safe_load.declared_size(path, "cfg encoder_attention_heads", get("encoder_attention_heads"), what=EXPECTED)
+    if not isinstance(get("token_dropout"), bool):  # a truthy string or a tensor changed or broke every embedding
+        raise safe_load.ModelFileError(f"{path}: cfg token_dropout is {get('token_dropout')!r:.60}, not true or false; "
+                                       f"expected {EXPECTED}")
     if dim % heads:
         raise safe_load.ModelFileError(f"{path}: cfg encoder_embed_dim {dim} is not a multiple of "
                                        f"encoder_attention_heads {heads}; expected {EXPECTED}")
