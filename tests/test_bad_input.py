@@ -284,6 +284,13 @@ def esm_without_heads(env: Env) -> Call:
     return fresh_run(env, env.complete_list, path, "--esm-model", path)
 
 
+def deep_dnabert_config(env: Env) -> Call:
+    folder = env.root / "dnabert"
+    shutil.copytree(env.models / "dnabert-s-demo", folder)
+    (folder / "config.json").write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)  # RecursionError in json
+    return fresh_run(env, env.complete_list, folder / "config.json", "--dnabert-model", folder)
+
+
 def bad_esm(env: Env) -> Call:
     path = env.write("esm2_t2_broken.pt", b"PK\x03\x04 not really a checkpoint")
     return fresh_run(env, env.complete_list, path, "--esm-model", path)
@@ -424,6 +431,7 @@ CASES = [
     Case("classifier of expanded (stride 0) tensors", with_classifier(expanded_classifier),
          "hidden_layer.weight of shape (1000000, 96) is expanded"),
     Case("ESM-2 checkpoint with 0 attention heads", esm_without_heads, "cfg encoder_attention_heads is 0"),
+    Case("DNABERT-S config.json nested 100,000 deep", deep_dnabert_config, "not a readable JSON file"),
     # ---- odd but valid input: accepted, all in the one complete run
     Case("lowercase and mixed case", accepted("mixed-case.fa", fasta(
         ("upper", CODING), ("lower", CODING.lower()),

@@ -140,7 +140,7 @@ def declared_size(path: Path, field: str, value, present: int | None = None, wha
     """A size a model's configuration declares: a positive whole number, equal to `present` (the
     size measured on the weights in the file) when given."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ModelFileError(f"{path}: {field} is {value!r}, not a positive whole number; {what or 'fix the model configuration'}")
+        raise ModelFileError(f"{path}: {field} is {value!r:.60}, not a positive whole number; {what or 'fix the model configuration'}")
     if present is not None and value != present:
         raise ModelFileError(f"{path}: {field} is {value} but the weights present have {present}; "
                              f"{what or 'the configuration does not match the weights'}")
@@ -153,6 +153,6 @@ def declared_float(path: Path, field: str, value, what: str = "") -> float:
 
     number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
     if not (math.isfinite(number) and number > 0):
-        raise ModelFileError(f"{path}: {field} is {value!r}, not a finite positive number (a NaN or infinite value "
+        raise ModelFileError(f"{path}: {field} is {value!r:.60}, not a finite positive number (a NaN or infinite value "
                              f"would make every result NaN); {what or 'fix the model configuration'}")
     return float(number)

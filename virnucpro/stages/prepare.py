@@ -263,11 +263,11 @@ KNOWN_WIDTHS = {"zhihan1996/DNABERT-S": 768, **FAIR_ESM2_WIDTHS}
 def dnabert_width(spec: str) -> int | None:
     config = Path(spec) / "config.json"
     if config.is_file():
-        try:
-            return int(json.loads(config.read_text(encoding="utf-8"))["hidden_size"])
-        except (ValueError, KeyError, TypeError):
-            raise InputError(f"{config}: not a DNABERT-S model configuration (no hidden_size); "
-                             "give the DNABERT-S folder or 'zhihan1996/DNABERT-S'") from None
+        from ..engines.dnabert_files import read_config  # bounded read, one line when unreadable
+        from ..engines.safe_load import declared_size
+
+        return declared_size(config, "hidden_size", read_config(Path(spec)).get("hidden_size"),
+                             what="give the DNABERT-S folder or 'zhihan1996/DNABERT-S'")
     return KNOWN_WIDTHS.get(spec)
 
 

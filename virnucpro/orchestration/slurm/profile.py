@@ -147,13 +147,13 @@ def merge_settings(profile: dict, data: dict, origin: str) -> None:
 def sbatch_option(key, value, origin: str) -> str:
     """An extra `#SBATCH --key=value` line: an option name, and a one-line scalar value."""
     if not isinstance(key, str) or not _SBATCH_OPTION.fullmatch(key):
-        raise InputError(f"{origin}: sbatch option name {key!r} is not an sbatch long option (letters, digits, '-'); "
+        raise InputError(f"{origin}: sbatch option name {key!r:.80} is not an sbatch long option (letters, digits, '-'); "
                          "write it as in `sbatch --help`, without the leading '--'")
     if key.replace("_", "-") in OWNED_SBATCH_OPTIONS:
         raise InputError(f"{origin}: sbatch.{key} is written by virnucpro itself (array, logs, resources, dependencies); "
                          "use the profile's settings (partition, account, qos, gres_name, stages.STAGE.time/mem/cpus)")
     if isinstance(value, (dict, list)) or value is None or value is False or _CONTROL.search(str(value)):
-        raise InputError(f"{origin}: sbatch.{key} value {value!r} is not a one-line value; give a single line of text "
+        raise InputError(f"{origin}: sbatch.{key} value {value!r:.80} is not a one-line value; give a single line of text "
                          "(true for a flag without a value)")
     return key
 
@@ -164,11 +164,11 @@ def validate_setting(label: str, kind: str, value, origin: str):
     if kind == "time":
         value = str(value)
         if not _TIME.fullmatch(value):
-            raise InputError(f"{origin}: {label} {value!r} is not a SLURM time (minutes, H:MM:SS or D-HH:MM:SS)")
+            raise InputError(f"{origin}: {label} {value!r:.80} is not a SLURM time (minutes, H:MM:SS or D-HH:MM:SS)")
     elif kind == "mem":
         value = str(value).upper().removesuffix("B")
         if not _MEM.fullmatch(value):
-            raise InputError(f"{origin}: {label} {value!r} is not a memory size (e.g. 16G or 4000M)")
+            raise InputError(f"{origin}: {label} {value!r:.80} is not a memory size (e.g. 16G or 4000M)")
     elif kind in ("cpus", "gpus_per_task", "max_parallel_gpus"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{origin}: {label} must be a positive whole number, not {value!r}")
@@ -177,7 +177,7 @@ def validate_setting(label: str, kind: str, value, origin: str):
     elif kind in ("partition", "cpu_partition", "account", "qos", "gres_name"):
         value = str(value)
         if not _NAME.fullmatch(value):
-            raise InputError(f"{origin}: {label} {value!r} is not a valid SLURM name")
+            raise InputError(f"{origin}: {label} {value!r:.80} is not a valid SLURM name")
     return value
 
 
