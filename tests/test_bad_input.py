@@ -209,6 +209,16 @@ def long_header(env: Env) -> Call:
     return fresh_run(env, env.listing(path), f"{path}: line 3")
 
 
+def long_record(env: Env) -> Call:
+    from virnucpro.fasta import MAX_RECORD_BYTES
+
+    path = env.root / "genome.fa.gz"
+    line = b"ACGT" * 15 + b"\n"
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(f">ok\n{CODING}\n>chr1 a whole chromosome\n".encode() + line * (MAX_RECORD_BYTES // len(line) + 1))
+    return fresh_run(env, env.listing(path), f"{path}: line 3: record 'chr1'")
+
+
 def fifo_input(env: Env) -> Call:
     path = env.root / "reads.fa"
     os.mkfifo(path)
@@ -244,6 +254,41 @@ def wrong_width_classifier(env: Env) -> Path:
     path = env.root / "500_model.pth"
     torch.save(MLPClassifier(100, 8, 2).state_dict(), path)  # the demo models give 32 + 64 = 96
     return path
+
+
+def expanded_classifier(env: Env) -> Path:
+    import torch
+
+    from virnucpro.engines.classifier import MLPClassifier
+
+    state = MLPClassifier(96, 8, 2).state_dict()
+    wide = 10 ** 6  # a 4 kB file that would build a classifier 10^6 wide
+    state.update({k: v.flatten()[:1].expand(wide) for k, v in state.items() if k.startswith("bn1.") and v.dim()})
+    state.update({"hidden_layer.weight": torch.zeros(1, 1).expand(wide, 96), "hidden_layer.bias": torch.zeros(1).expand(wide),
+                  "output_layer.weight": torch.zeros(1, 1).expand(2, wide)})
+    path = env.root / "500_model.pth"
+    torch.save(state, path)
+    return path
+
+
+def esm_without_heads(env: Env) -> Call:
+    import argparse
+
+    import torch
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        data = torch.load(env.models / "esm2_t2_demo.pt", weights_only=True)
+    data["cfg"]["model"].encoder_attention_heads = 0
+    path = env.root / "esm2_t2_noheads.pt"
+    torch.save(data, path)
+    return fresh_run(env, env.complete_list, path, "--esm-model", path)
+
+
+def deep_dnabert_config(env: Env) -> Call:
+    folder = env.root / "dnabert"
+    shutil.copytree(env.models / "dnabert-s-demo", folder)
+    (folder / "config.json").write_text('{"a": ' * 100_000 + "1" + "}" * 100_000)  # RecursionError in json
+    return fresh_run(env, env.complete_list, folder / "config.json", "--dnabert-model", folder)
 
 
 def bad_esm(env: Env) -> Call:
@@ -371,6 +416,7 @@ CASES = [
     Case("space inside a sequence", bad_record("spaced", fasta(("spaced", "ACGT ACGT"))),
          "not IUPAC nucleotide codes (' ')"),
     Case("header longer than 10,000 characters", long_header, "longer than 10,000 characters (the limit)"),
+    Case("record longer than 32 MB (e.g. a whole chromosome)", long_record, "is longer than 32,000,000 bytes (the limit"),
     # ---- the workdir
     Case("workdir under a regular file", workdir_under_file, "cannot create the workdir"),
     Case("workdir is a regular file", workdir_is_file, "cannot create the workdir"),
@@ -382,6 +428,10 @@ CASES = [
     Case("classifier of the wrong width", with_classifier(wrong_width_classifier),
          "takes 100 features but DNABERT-S"),
     Case("ESM-2 file that is not a checkpoint", bad_esm, "not a readable ESM-2 checkpoint"),
+    Case("classifier of expanded (stride 0) tensors", with_classifier(expanded_classifier),
+         "hidden_layer.weight of shape (1000000, 96) is expanded"),
+    Case("ESM-2 checkpoint with 0 attention heads", esm_without_heads, "cfg encoder_attention_heads is 0"),
+    Case("DNABERT-S config.json nested 100,000 deep", deep_dnabert_config, "not a readable JSON file"),
     # ---- odd but valid input: accepted, all in the one complete run
     Case("lowercase and mixed case", accepted("mixed-case.fa", fasta(
         ("upper", CODING), ("lower", CODING.lower()),
@@ -600,6 +650,31 @@ def test_a_huge_header_fails_before_it_is_read_into_memory(tmp_path):
     assert f"{path}: line 3: the header of record 'xxxx" in str(refused.value)
     assert "longer than 10,000 characters" in str(refused.value)
     assert peak < 32 << 20, peak
+
+
+def test_a_huge_record_fails_before_it_is_read_into_memory(tmp_path):
+    """Issue 25: one 500 Mbp read from a 1.7 MB .gz took 7.8 GB in prepare; the reader now stops
+    once a record passes MAX_RECORD_BYTES (here a 64 MB record must fail within ~40 MB)."""
+    import tracemalloc
+
+    from virnucpro.errors import InputError
+    from virnucpro.fasta import MAX_RECORD_BYTES, read_records
+
+    path = tmp_path / "huge.fa.gz"
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(f">ok\n{CODING}\n>big one\n".encode())
+        for _ in range(64):
+            out.write((b"ACGT" * 255 + b"\n") * 1028)
+        out.write(f">after\n{CODING}\n".encode())
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as refused:
+            list(read_records(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(refused.value).startswith(f"{path}: line 3: record 'big' is longer than {MAX_RECORD_BYTES:,} bytes")
+    assert peak < MAX_RECORD_BYTES + (16 << 20), peak
 
 
 def test_rna_reads_translate_like_dna(tmp_path, capsys):

@@ -40,6 +40,12 @@ IUPAC_LETTERS = frozenset("ACGTNRYSWKMBDHV")
 # A header line longer than this is refused: ids are copied into every table and output, and a
 # 200 MB header once cost 8.8 GB of memory and 7.1 GB of disk before anything failed.
 MAX_HEADER_CHARACTERS = 10_000
+# A record longer than this (bytes in the file: sequence, line breaks and header) is refused as it
+# is read. VirNucPro classifies reads and contigs cut into 300/500 bp chunks, and prepare holds a
+# whole record and its six-frame translation in memory (one 500 Mbp read from a 1.7 MB .gz once
+# took 7.8 GB). 32 MB keeps the largest bacterial chromosomes (~16 Mbp) and giant viruses; a
+# record at the limit costs one prepare worker ~0.75 GB at worst (no stop codon: every frame kept).
+MAX_RECORD_BYTES = 32_000_000
 
 
 def _both_cases(letters: str) -> bytes:
@@ -127,6 +133,8 @@ def fasta_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[B
                     # inside a record longer than a block: keep reading, unless it is all header
                     header_open = (header_open or not parts) and b"\n" not in data
                     parts.append(data)
+                    if sum(map(len, parts)) > MAX_RECORD_BYTES:
+                        raise InputError(_long_record_message(path, line, parts[0]))
                     if header_open and sum(map(len, parts)) > 4 * MAX_HEADER_CHARACTERS:
                         # fail now, not after reading a header of gigabytes into memory
                         start = parts[0].find(b">")
@@ -169,6 +177,16 @@ def _long_header_message(path: Path, line: int, start: bytes) -> str:
     shown = _decode_header(start[:40])
     return (f"{path}: line {line}: the header of record '{shown}...' is longer than {MAX_HEADER_CHARACTERS:,} "
             f"characters (the limit); shorten the read ids and descriptions")
+
+
+def _long_record_message(path: Path, line: int, start: bytes) -> str:
+    at = max(start.find(b">"), 0)
+    line += start[:at].count(b"\n")
+    words = start[at + 1:at + 200].split(maxsplit=1)
+    name = _decode_header(words[0][:40]) if words else "?"
+    return (f"{path}: line {line}: record '{name}' is longer than "
+            f"{MAX_RECORD_BYTES:,} bytes (the limit: VirNucPro classifies reads and contigs in 300/500 bp chunks, and "
+            f"a longer record is held whole in memory); split it into pieces (e.g. seqkit sliding) or leave it out")
 
 
 def _bad_letters_message(path: Path, record_id: str, sequence: bytes, alphabet: Alphabet) -> str:

@@ -85,9 +85,32 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
 
 
+# The layers of a pickled MLPClassifier and their kinds. Its tensors are read from these by
+# structure: no method of the unpickled object runs (state_dict() would run the file's state-dict
+# hooks and recurse forever into a module that contains itself).
+_LAYERS = {"hidden_layer": nn.Linear, "bn1": nn.BatchNorm1d, "output_layer": nn.Linear}
+
+
+def _module_tensors(obj: nn.Module) -> dict | None:
+    modules = vars(obj).get("_modules")
+    if not isinstance(modules, dict) or set(modules) - {*_LAYERS, "dropout"}:
+        return None
+    state = {}
+    for name, kind in _LAYERS.items():
+        layer = modules.get(name)
+        if type(layer) is not kind:
+            return None
+        for group in ("_parameters", "_buffers"):
+            tensors = vars(layer).get(group)
+            if not isinstance(tensors, dict):
+                return None
+            state.update({f"{name}.{key}": value for key, value in tensors.items() if value is not None})
+    return state
+
+
 def _state_dict_of(obj) -> dict | None:
     if isinstance(obj, nn.Module):
-        return obj.state_dict()
+        return _module_tensors(obj)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -98,11 +121,13 @@ def _state_dict_of(obj) -> dict | None:
 def load_classifier(path: str | Path, trust_pickles: bool = False) -> MLPClassifier:
     """Load a released whole-module .pth or a state_dict into a fresh MLPClassifier in eval mode.
 
-    Safely (see the module docstring) unless `trust_pickles`, which runs code from the file."""
+    Safely (see the module docstring) unless `trust_pickles`, which runs code from the file. The
+    widths come from the weights, which safe_load.check_weights has seen store every value, so
+    what is built is no larger than the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classifier model not found: {path}")
-    expected = "expected a VirNucPro MLPClassifier (whole pickled module or its state_dict)"
+    expected = "a VirNucPro MLPClassifier (whole pickled module or its state_dict)"
     try:
         if trust_pickles:
             obj = _torch_load_as_main(path)
@@ -111,16 +136,19 @@ def load_classifier(path: str | Path, trust_pickles: bool = False) -> MLPClassif
     except safe_load.UnsafeModelFileError:
         raise
     except (AttributeError, ModuleNotFoundError) as exc:  # pickle names a class we do not have
-        raise ClassifierFileError(f"{path}: pickles an unknown class ({_first_line(exc)}); {expected}") from None
+        raise ClassifierFileError(f"{path}: pickles an unknown class ({_first_line(exc)}); expected {expected}") from None
     except Exception as exc:  # torch raises many types for a non-torch file
-        raise ClassifierFileError(f"{path}: not a readable PyTorch file ({_first_line(exc)}); {expected}") from None
+        raise ClassifierFileError(f"{path}: not a readable PyTorch file ({_first_line(exc)}); expected {expected}") from None
     state = _state_dict_of(obj)
+    if state is None:
+        raise ClassifierFileError(f"{path}: wrong structure; expected {expected}")
+    safe_load.check_weights(path, state, expected)
     try:
         hidden_w, output_w = state["hidden_layer.weight"], state["output_layer.weight"]
         model = MLPClassifier(hidden_w.shape[1], hidden_w.shape[0], output_w.shape[0])
         model.load_state_dict(state, strict=True)
     except Exception:
-        raise ClassifierFileError(f"{path}: wrong structure; {expected}") from None
+        raise ClassifierFileError(f"{path}: wrong structure; expected {expected}") from None
     return model.eval()
 
 

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VirnucproError
+from .safe_load import check_weights, declared_float, declared_size
 
 FALLBACK_HINT = "use --dnabert-remote-code to run the model folder's own code instead"
 # Architectures whose weights are MosaicBERT's (Wqkv, GLU MLP, ALiBi): DNABERT-S and DNABERT-2.
 KNOWN_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HEAD_PREFIXES = ("cls.", "classifier.")  # MLM / classification heads: not part of the encoder
+MAX_CONFIG_BYTES = 1 << 20  # config.json is read whole: a few kB in any real model folder
 
 
 class DnabertModelError(VirnucproError):
@@ -75,9 +77,14 @@ def read_config(folder: Path) -> dict:
     if not path.is_file():
         raise DnabertModelError(f"{path}: missing; a DNABERT-S folder needs config.json, tokenizer.json and model.safetensors or pytorch_model.bin")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DnabertModelError(f"{path}: not a readable JSON file ({exc})") from None
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise DnabertModelError(f"{path}: larger than {MAX_CONFIG_BYTES >> 10} KiB, so not a model's config.json "
+                                    "(DNABERT-S's is 1 kB); copy the model folder again")
+        config = json.loads(data.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
+        raise DnabertModelError(f"{path}: not a readable JSON file ({str(exc)[:200]})") from None
     if not isinstance(config, dict):
         raise DnabertModelError(f"{path}: not a model config (expected a JSON object)")
     return config
@@ -95,15 +102,19 @@ def architecture(folder: Path, config: dict) -> DnabertArch:
     act = config.get("hidden_act", "gelu")
     if act != "gelu":
         raise DnabertModelError(f"{path}: hidden_act {act!r} is not the exact GELU of DNABERT-S; {FALLBACK_HINT}")
-    try:
-        arch = DnabertArch(
-            vocab_size=int(config["vocab_size"]), hidden_size=int(config["hidden_size"]),
-            num_layers=int(config["num_hidden_layers"]), num_heads=int(config["num_attention_heads"]),
-            intermediate_size=int(config["intermediate_size"]), layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
-            type_vocab_size=int(config.get("type_vocab_size", 2)))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DnabertModelError(f"{path}: missing or invalid size field {exc}; {FALLBACK_HINT}") from None
-    if arch.num_heads <= 0 or arch.hidden_size % arch.num_heads:
+    # Types and signs here; each size is compared with the weights in encoder_weights, before
+    # anything of that size is built.
+    def size(field: str, default=None) -> int:
+        if field not in config and default is None:
+            raise DnabertModelError(f"{path}: size field {field!r} missing; {FALLBACK_HINT}")
+        return declared_size(path, field, config.get(field, default))
+
+    arch = DnabertArch(
+        vocab_size=size("vocab_size"), hidden_size=size("hidden_size"), num_layers=size("num_hidden_layers"),
+        num_heads=size("num_attention_heads"), intermediate_size=size("intermediate_size"),
+        layer_norm_eps=declared_float(path, "layer_norm_eps", config.get("layer_norm_eps", 1e-12)),
+        type_vocab_size=size("type_vocab_size", 2))
+    if arch.hidden_size % arch.num_heads:
         raise DnabertModelError(f"{path}: hidden_size {arch.hidden_size} is not a multiple of num_attention_heads {arch.num_heads}")
     return arch
 
@@ -150,6 +161,8 @@ def encoder_weights(path: Path, state: dict, arch: DnabertArch) -> dict:
     if "embeddings.position_embeddings.weight" in state:
         raise DnabertModelError(f"{path}: has learned position embeddings, so it is a classic BERT, not DNABERT-S's "
                                 f"ALiBi MosaicBERT; {FALLBACK_HINT}")
+    check_weights(path, state, "a DNABERT-S checkpoint")
+    check_sizes(path, state, arch)
     h, i, n = arch.hidden_size, arch.intermediate_size, arch.num_layers
     shapes = {
         "embeddings.word_embeddings.weight": (arch.vocab_size, h),
@@ -179,6 +192,29 @@ def encoder_weights(path: Path, state: dict, arch: DnabertArch) -> dict:
     if extra:
         raise DnabertModelError(f"{path}: unexpected weight {extra[0]}: the encoder is not DNABERT-S's; {FALLBACK_HINT}")
     return {k: state[k] for k in shapes}
+
+
+def _layer_count(state: dict) -> int:
+    """Encoder layers present: distinct `encoder.layer.N.` indices (bounded by the weights stored)."""
+    return len({key.split(".", 3)[2] for key in state if key.startswith("encoder.layer.")})
+
+
+def check_sizes(path: Path, state: dict, arch: DnabertArch) -> None:
+    """config.json's sizes against the weights present, before anything of those sizes is built
+    (`num_hidden_layers: 1e8` once built a 7.8 GB shape table before failing)."""
+    config, mismatch = path.parent / "config.json", f"config.json does not describe {path.name}"
+    measured = {"embeddings.word_embeddings.weight": ("vocab_size", "hidden_size"),
+                "embeddings.token_type_embeddings.weight": ("type_vocab_size", "hidden_size"),
+                "encoder.layer.0.mlp.wo.weight": ("hidden_size", "intermediate_size")}
+    for key, fields in measured.items():
+        if key not in state:
+            raise DnabertModelError(f"{path}: weight {key} missing: not a DNABERT-S (MosaicBERT) checkpoint; {FALLBACK_HINT}")
+        shape = tuple(state[key].shape)
+        if len(shape) != len(fields):
+            raise DnabertModelError(f"{path}: {key} has shape {shape}, expected {len(fields)} dimensions")
+        for field, present in zip(fields, shape):
+            declared_size(config, field, getattr(arch, field), present, mismatch)
+    declared_size(config, "num_hidden_layers", arch.num_layers, _layer_count(state), mismatch)
 
 
 def read_tokenizer(folder: Path):

@@ -50,13 +50,50 @@ def _load_checkpoint(path: str | Path, trust_pickles: bool = False) -> dict:
     return safe_load.load(path, ESM_ALLOWED_GLOBALS, trust=trust_pickles)
 
 
-def _load_hub_file(url: str, trust_pickles: bool = False) -> dict:
-    """Like fair-esm's load_hub_workaround, but loaded safely; uses (and fills) the torch hub cache."""
+def _hub_file(url: str) -> Path:
+    """The torch hub cache's copy of a fair-esm file, downloaded into it when missing."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if not cached.is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(cached), progress=False)  # temp file, then rename
-    return _load_checkpoint(cached, trust_pickles)
+    return cached
+
+
+_LAYER_KEY = re.compile(r"encoder\.sentence_encoder\.layers\.(\d+)\.")
+EXPECTED = "a fair-esm ESM-2 checkpoint (esm2_*.pt from fair-esm, or a fair-esm model name)"
+
+
+def check_checkpoint(path: Path, model_data, regression_data) -> None:
+    """The cfg's sizes against the weights present, and the weights themselves (safe_load's
+    checks), before fair-esm builds a model of those sizes (`encoder_layers = 1e6` once
+    allocated 7.6 GB; 0 heads divided by zero)."""
+    if not isinstance(model_data, dict) or not isinstance(model_data.get("model"), dict) or "cfg" not in model_data:
+        raise safe_load.ModelFileError(f"{path}: not a fair-esm ESM-2 checkpoint (expected a dict with 'model' and 'cfg')")
+    cfg = model_data["cfg"].get("model") if isinstance(model_data["cfg"], dict) else None
+    if not isinstance(cfg, argparse.Namespace):
+        raise safe_load.ModelFileError(f"{path}: no cfg['model'] namespace of sizes; expected {EXPECTED}")
+    state = model_data["model"]
+    safe_load.check_weights(path, state, EXPECTED)
+    if regression_data is not None:
+        regression = regression_data.get("model") if isinstance(regression_data, dict) else None
+        if not isinstance(regression, dict):
+            raise safe_load.ModelFileError(f"{path}: its -contact-regression.pt holds no 'model' dict; expected {EXPECTED}")
+        safe_load.check_weights(path.with_name(f"{path.stem}-contact-regression.pt"), regression, EXPECTED)
+    embedding = state.get("encoder.sentence_encoder.embed_tokens.weight")
+    if embedding is None or embedding.dim() != 2:
+        raise safe_load.ModelFileError(f"{path}: no 2-D encoder.sentence_encoder.embed_tokens.weight; expected {EXPECTED}")
+    layers = {m.group(1) for m in map(_LAYER_KEY.match, state) if m}
+    mismatch = f"the cfg does not describe the weights; expected {EXPECTED}"
+    get = lambda field: getattr(cfg, field, None)  # noqa: E731
+    dim = safe_load.declared_size(path, "cfg encoder_embed_dim", get("encoder_embed_dim"), embedding.shape[1], mismatch)
+    safe_load.declared_size(path, "cfg encoder_layers", get("encoder_layers"), len(layers), mismatch)
+    heads = safe_load.declared_size(path, "cfg encoder_attention_heads", get("encoder_attention_heads"), what=EXPECTED)
+    if not isinstance(get("token_dropout"), bool):  # a truthy string or a tensor changed or broke every embedding
+        raise safe_load.ModelFileError(f"{path}: cfg token_dropout is {get('token_dropout')!r:.60}, not true or false; "
+                                       f"expected {EXPECTED}")
+    if dim % heads:
+        raise safe_load.ModelFileError(f"{path}: cfg encoder_embed_dim {dim} is not a multiple of "
+                                       f"encoder_attention_heads {heads}; expected {EXPECTED}")
 
 
 def _read_local(path: Path, trust_pickles: bool = False) -> tuple[str, dict, dict | None]:
@@ -67,8 +104,6 @@ def _read_local(path: Path, trust_pickles: bool = False) -> tuple[str, dict, dic
             f"architecture from the file name); rename it, keeping its -contact-regression.pt beside it"
         )
     model_data = _load_checkpoint(path, trust_pickles)
-    if not isinstance(model_data, dict) or "model" not in model_data or "cfg" not in model_data:
-        raise ValueError(f"{path}: not a fair-esm ESM-2 checkpoint (expected a dict with 'model' and 'cfg')")
     regression_path = path.with_name(f"{name}-contact-regression.pt")
     regression_data = _load_checkpoint(regression_path, trust_pickles) if regression_path.is_file() else None
     return name, model_data, regression_data
@@ -87,16 +122,24 @@ def load_esm2(spec: str, device: str | torch.device = "cpu", trust_pickles: bool
         name, model_data, regression_data = _read_local(path, trust_pickles)
     elif re.fullmatch(r"esm2_t\d+_\w+", spec):
         name = spec
-        model_data = _load_hub_file(f"{ESM_DOWNLOAD_ROOT}/models/{name}.pt", trust_pickles)
-        regression_data = _load_hub_file(f"{ESM_DOWNLOAD_ROOT}/regression/{name}-contact-regression.pt", trust_pickles)
+        path = _hub_file(f"{ESM_DOWNLOAD_ROOT}/models/{name}.pt")
+        model_data = _load_checkpoint(path, trust_pickles)
+        regression_data = _load_checkpoint(_hub_file(f"{ESM_DOWNLOAD_ROOT}/regression/{name}-contact-regression.pt"),
+                                           trust_pickles)
     else:
         raise ValueError(f"{spec!r} is neither a local esm2_*.pt file nor a fair-esm ESM-2 model name")
 
+    check_checkpoint(path, model_data, regression_data)
     with warnings.catch_warnings():
         # Without the regression file fair-esm only warns that *contacts* will be wrong; we never
         # predict contacts, so the warning would only mislead.
         warnings.filterwarnings("ignore", message="Regression weights not found")
-        model, alphabet = esm.pretrained.load_model_and_alphabet_core(name, model_data, regression_data)
+        try:
+            model, alphabet = esm.pretrained.load_model_and_alphabet_core(name, model_data, regression_data)
+        except (RuntimeError, KeyError, AttributeError, TypeError, ValueError, AssertionError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]  # load_state_dict's names the weights
+            raise safe_load.ModelFileError(f"{path}: weights do not fit the ESM-2 its cfg describes "
+                                           f"({type(exc).__name__}: {first}); expected {EXPECTED}") from None
     model = model.eval().to(device)
     return ESM2Model(model, alphabet, name, int(model.embed_dim), int(model.num_layers))
 

@@ -16,6 +16,13 @@ Allow-listed classes are only instantiated and given their pickled attributes (`
 of our own code or a plain `__dict__` update): no function named by the file is ever called.
 A file that needs any other global is refused with one line naming the file and the global.
 `trust=True` (`--trust-model-pickles`) is the only way around that, and it RUNS CODE FROM THE FILE.
+
+Sizes in a model file are untrusted too: a 1 kB config.json or pickled cfg can declare 10^8 layers,
+and a 4 kB pickle can hold a 10^7-wide tensor expanded from one value (stride 0). Every loader
+checks, before it builds anything: each weight with `check_weights` (floating point, every value
+stored), each declared size with `declared_size` (a positive whole number, equal to the size of
+the weights actually present) and each declared float with `declared_float` (finite, positive).
+What gets allocated is then bounded by the bytes of the file itself.
 """
 
 from __future__ import annotations
@@ -35,6 +42,10 @@ _UNSUPPORTED = re.compile(r"GLOBAL ([\w.]+)")
 
 class UnsafeModelFileError(InputError, ValueError):
     """A model file whose pickle needs a global outside the allow-list (it could run code)."""
+
+
+class ModelFileError(InputError, ValueError):
+    """A model file whose weights or declared sizes are not those of a real model (one line naming it)."""
 
 
 def _name_of(entry) -> str:
@@ -96,3 +107,52 @@ def load(path: str | Path, allow: Iterable = (), *, trust: bool = False, mmap: b
             if not names:
                 raise
             raise refusal(path, names, expected) from None
+
+
+def _stores_every_value(tensor) -> bool:
+    """False for an expanded or otherwise self-overlapping tensor (a stride of 0 on a dimension of
+    size > 1): it claims more values than its storage holds."""
+    if tensor.numel() <= 1:
+        return True
+    reach = 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()) if size > 1)
+    return reach >= tensor.numel() and all(stride > 0 for size, stride in zip(tensor.shape, tensor.stride()) if size > 1)
+
+
+def check_weights(path: Path, weights: dict, what: str) -> None:
+    """Every weight a floating-point tensor that stores each of its values; integer scalars (a
+    BatchNorm's num_batches_tracked counter) pass. Bool or integer weights are refused rather than
+    cast, and an expanded tensor rather than materialized."""
+    import torch
+
+    for name, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ModelFileError(f"{path}: {name} is a {type(tensor).__name__}, not a tensor; expected {what}")
+        counter = tensor.dim() == 0 and tensor.dtype in (torch.int64, torch.int32)
+        if not (tensor.is_floating_point() or counter):
+            raise ModelFileError(f"{path}: weight {name} holds {str(tensor.dtype).removeprefix('torch.')} values, not "
+                                 f"floating point (a model's weights are float); expected {what}")
+        if not _stores_every_value(tensor):
+            raise ModelFileError(f"{path}: weight {name} of shape {tuple(tensor.shape)} is expanded from fewer stored "
+                                 f"values (stride {tuple(tensor.stride())}); a real model stores every weight; expected {what}")
+
+
+def declared_size(path: Path, field: str, value, present: int | None = None, what: str = "") -> int:
+    """A size a model's configuration declares: a positive whole number, equal to `present` (the
+    size measured on the weights in the file) when given."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelFileError(f"{path}: {field} is {value!r:.60}, not a positive whole number; {what or 'fix the model configuration'}")
+    if present is not None and value != present:
+        raise ModelFileError(f"{path}: {field} is {value} but the weights present have {present}; "
+                             f"{what or 'the configuration does not match the weights'}")
+    return value
+
+
+def declared_float(path: Path, field: str, value, what: str = "") -> float:
+    """A float a model's configuration declares (an epsilon): finite and positive."""
+    import math
+
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ModelFileError(f"{path}: {field} is {value!r:.60}, not a finite positive number (a NaN or infinite value "
+                             f"would make every result NaN); {what or 'fix the model configuration'}")
+    return float(number)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import io
+import logging
+import warnings
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+# matplotlib logs a WARNING at import when its config folder ($MPLCONFIGDIR, else
+# ~/.config/matplotlib) is not writable, as on compute nodes with a read-only home, and then uses
+# a temporary folder, which is all a report needs: two lines of console noise per run, silenced here.
+logging.getLogger("matplotlib").setLevel(logging.ERROR)
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from ..pipeline import STAGES
 from .data import CALLS, SCORE_BINS, InputStats, IntegerCounts, RunReport
@@ -20,8 +27,17 @@ DPI = 100
 def png_bytes(figure: Figure) -> bytes:
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
+    with warnings.catch_warnings():
+        # An input name in a script the bundled font lacks (CJK, a tab) is drawn as boxes; the page
+        # beside the figure gives the name exactly, so the per-glyph warnings are only noise.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
+
+
+def _title(figure: Figure, name: str) -> None:
+    # parse_math=False: an input named like 'a$\foo$b' is text, not mathtext (which failed to parse)
+    figure.suptitle(name, fontsize=11, fontweight="bold", parse_math=False)
 
 
 def _nothing_yet(ax, title: str, why: str = "no data yet") -> None:
@@ -79,7 +95,7 @@ def input_scores_figure(stats: InputStats, min_score: float | None) -> bytes:
     _score_histogram(right, stats.read_scores.counts, stats.read_scores.total, "Best virus score per read",
                      "max_virus_score over the read's frames", min_score,
                      f"--min-score {min_score:g}: virus at or above" if min_score is not None else "")
-    figure.suptitle(stats.name, fontsize=11, fontweight="bold")
+    _title(figure, stats.name)
     return png_bytes(figure)
 
 
@@ -113,7 +129,7 @@ def input_reads_figure(stats: InputStats) -> bytes:
         _nothing_yet(frames_ax, "Frames lost to stop codons")
     _integer_bars(chunks_ax, stats.chunks_per_read, "Chunks per read", "chunks", COLOURS["bar"])
     _integer_bars(kept_ax, stats.frames_per_read, "Stop-free frames per read", "frames kept", COLOURS["kept"])
-    figure.suptitle(stats.name, fontsize=11, fontweight="bold")
+    _title(figure, stats.name)
     return png_bytes(figure)
 
 

@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .. import console
+from ..errors import ShardError
 from ..orchestration.runner import ShardInterrupted, StageContext
 from ..direct_io import CongruentBuffers
 from ..storage import ShardCheckpoint, read_shard_frames
@@ -102,6 +103,7 @@ def embed_shard(ctx: StageContext, kind: str, shard: int, sequences_of: Callable
             matrix = embed(sequences[a:b], out=out)
             if matrix.shape != (b - a, dim):
                 raise RuntimeError(f"{kind} engine returned {matrix.shape} for {b - a} sequences")
+            require_finite(matrix, (attrs or {}).get("model", kind), f"{kind} shard {shard}", a)
             if pending is not None:
                 pending.result()
             pending = writer.submit(append, a, matrix)
@@ -114,6 +116,16 @@ def embed_shard(ctx: StageContext, kind: str, shard: int, sequences_of: Callable
     return {"frames": len(sequences), "tokens": int(costs.sum()), "computed_tokens": computed_tokens,
             "resumed_from": start, "compute_seconds": round(seconds, 3),
             "tokens_per_second": round(computed_tokens / seconds, 1) if seconds > 0 and computed_tokens else None}
+
+
+def require_finite(values: np.ndarray, model, where: str, first_row: int = 0) -> None:
+    """A NaN or infinite embedding or score fails the shard, naming the model that produced it
+    (a NaN in a model file or its configuration would otherwise call every read 'others')."""
+    if np.isfinite(values).all():  # one reduction per window
+        return
+    row = first_row + int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+    raise ShardError(f"{model}: {where}: frame {row} came out NaN or infinite; the model file holds NaN/inf weights "
+                     "or settings, or is not a trained model: replace it (e.g. 'virnucpro-slurm models download')")
 
 
 def narrowing_append(checkpoint: ShardCheckpoint) -> Callable[[int, np.ndarray], None]:

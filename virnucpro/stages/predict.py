@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ..errors import InputError, StaleInputError
 from ..orchestration.runner import StageContext
 from ..storage import RowReader, open_matrix, read_ahead, read_frame_ids, write_shard_matrix
-from .embedding import resolve_device
+from .embedding import require_finite, resolve_device
 
 ROWS_PER_BLOCK = 8_192  # a shard's features never sit in memory all at once (two 109 MB blocks at 3328 wide)
 
@@ -90,6 +90,7 @@ def open_stage(ctx: StageContext):
                 except ValueError as exc:
                     raise InputError(f"{config.models.classifier}: {exc} (DNABERT-S {dna.shape[1]} + ESM-2 "
                                      f"{protein.shape[1]}); use the classifier that matches these models") from None
+        require_finite(scores, config.models.classifier, f"predict shard {shard}")
         write_shard_matrix(workdir.predictions(shard), ids, scores, name="scores")
         return {"frames": len(ids)}
     return process

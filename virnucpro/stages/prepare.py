@@ -263,11 +263,11 @@ KNOWN_WIDTHS = {"zhihan1996/DNABERT-S": 768, **FAIR_ESM2_WIDTHS}
 def dnabert_width(spec: str) -> int | None:
     config = Path(spec) / "config.json"
     if config.is_file():
-        try:
-            return int(json.loads(config.read_text(encoding="utf-8"))["hidden_size"])
-        except (ValueError, KeyError, TypeError):
-            raise InputError(f"{config}: not a DNABERT-S model configuration (no hidden_size); "
-                             "give the DNABERT-S folder or 'zhihan1996/DNABERT-S'") from None
+        from ..engines.dnabert_files import read_config  # bounded read, one line when unreadable
+        from ..engines.safe_load import declared_size
+
+        return declared_size(config, "hidden_size", read_config(Path(spec)).get("hidden_size"),
+                             what="give the DNABERT-S folder or 'zhihan1996/DNABERT-S'")
     return KNOWN_WIDTHS.get(spec)
 
 
@@ -277,7 +277,7 @@ def esm_width(spec: str, trust_pickles: bool = False) -> int | None:
         return KNOWN_WIDTHS[path.stem]
     if not path.is_file():
         return None
-    from ..engines.esm2 import ESM_ALLOWED_GLOBALS
+    from ..engines.esm2 import ESM_ALLOWED_GLOBALS, check_checkpoint
     from ..engines.safe_load import UnsafeModelFileError, load
 
     try:  # memory-mapped: only the pickled configuration is read, not the weights
@@ -294,11 +294,8 @@ def esm_width(spec: str, trust_pickles: bool = False) -> int | None:
         except Exception as exc:
             raise InputError(f"{path}: not a readable ESM-2 checkpoint ({type(exc).__name__}); "
                              "give an esm2_*.pt file from fair-esm or a fair-esm model name") from None
-    try:
-        return int(data["cfg"]["model"].encoder_embed_dim)
-    except (KeyError, TypeError, AttributeError):
-        raise InputError(f"{path}: not a fair-esm ESM-2 checkpoint (no cfg.model.encoder_embed_dim); "
-                         "give an esm2_*.pt file from fair-esm or a fair-esm model name") from None
+    check_checkpoint(path, data, None)  # the cfg's sizes against the weights, before any GPU work
+    return int(data["cfg"]["model"].encoder_embed_dim)
 
 
 def check_models(config) -> None:

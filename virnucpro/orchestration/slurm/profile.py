@@ -40,9 +40,24 @@ STAGE_KEYS = ("time", "mem", "cpus", "partition")
 # (setup.cfg data_files) under <prefix>/share/virnucpro/slurm_templates.
 TEMPLATE_FOLDERS = (Path("slurm_templates"), Path(__file__).resolve().parents[3] / "slurm_templates",
                     Path(sys.prefix) / "share" / "virnucpro" / "slurm_templates")
-_TIME = re.compile(r"^(\d+|\d+:\d{2}(:\d{2})?|\d+-\d{1,2}(:\d{2}(:\d{2})?)?)$")
-_MEM = re.compile(r"^\d+[KMGT]?$")
-_NAME = re.compile(r"^[A-Za-z0-9_.:+-]+$")
+# Every pattern is used with fullmatch: `$` alone also matches before a final newline, and a
+# newline in a value ends its #SBATCH line (the rest becomes a shell line of the script).
+_TIME = re.compile(r"\d+|\d+:\d{2}(:\d{2})?|\d+-\d{1,2}(:\d{2}(:\d{2})?)?")
+_MEM = re.compile(r"\d+[KMGT]?")
+_NAME = re.compile(r"[A-Za-z0-9_.:+-]+")
+_SBATCH_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")  # a long option name, as `sbatch --help` lists them
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Directives every stage script already writes (sbatch.py and submitit; a test keeps this list
+# complete), plus --mem's mutually exclusive forms. An `sbatch:` entry may not override them: an
+# `array` would start tasks with no work, an `output` hide the logs `status` reads.
+OWNED_SBATCH_OPTIONS = frozenset({
+    "job-name", "partition", "time", "cpus-per-task", "mem", "account", "qos", "dependency", "array", "output",
+    "error", "chdir", "signal", "kill-on-invalid-dep", "requeue", "gres", "nodes", "open-mode", "wckey",
+    "mem-per-cpu", "mem-per-gpu"})
+# A profile is a few lines of settings; the cap (and refusing YAML aliases) keeps a hostile file
+# from expanding into gigabytes while it is parsed.
+MAX_PROFILE_BYTES = 64 << 10
+MAX_PROFILE_DEPTH = 8
 
 
 def find_profile(spec: str) -> Path:
@@ -68,7 +83,7 @@ def load_profile(spec: str | None) -> tuple[dict, str]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(_profile_text(path)) or {}
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}" if where else ""
@@ -77,6 +92,33 @@ def load_profile(spec: str | None) -> tuple[dict, str]:
         raise InputError(f"{path}: a SLURM profile must be a mapping of settings (see slurm_templates/example-site.yaml)")
     merge_settings(profile, data, str(path))
     return profile, str(path)
+
+
+def _profile_text(path: Path) -> str:
+    """The profile's text, refused when over MAX_PROFILE_BYTES or when it uses YAML anchors or
+    aliases (a few lines of aliases expand to gigabytes: a "billion laughs")."""
+    import yaml
+
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_PROFILE_BYTES + 1)
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the SLURM profile ({getattr(exc, 'strerror', None) or exc}); "
+                         "give a readable UTF-8 YAML file") from None
+    if len(data) > MAX_PROFILE_BYTES:
+        raise InputError(f"{path}: a SLURM profile is at most {MAX_PROFILE_BYTES >> 10} KiB (a few lines of settings); "
+                         "this one is larger: give the right file")
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise InputError(f"{path}: line {event.start_mark.line + 1}: YAML anchors and aliases ('&', '*') are not "
+                             "accepted in a SLURM profile; write each value out")
+        depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+        if depth > MAX_PROFILE_DEPTH:  # PyYAML builds nested values recursively: 20,000 '[' overflowed the stack
+            raise InputError(f"{path}: line {event.start_mark.line + 1}: nested deeper than {MAX_PROFILE_DEPTH} levels; "
+                             "a SLURM profile is settings, per-stage settings and sbatch options")
+    return text
 
 
 def merge_settings(profile: dict, data: dict, origin: str) -> None:
@@ -97,9 +139,23 @@ def merge_settings(profile: dict, data: dict, origin: str) -> None:
         elif key == "sbatch":
             if not isinstance(value, dict):
                 raise InputError(f"{origin}: 'sbatch' must map sbatch option names to values, e.g. {{constraint: a100}}")
-            profile["sbatch"].update({str(k): v for k, v in value.items()})
+            profile["sbatch"].update({sbatch_option(k, v, origin): v for k, v in value.items()})
         else:
             profile[key] = validate_setting(key, key, value, origin)
+
+
+def sbatch_option(key, value, origin: str) -> str:
+    """An extra `#SBATCH --key=value` line: an option name, and a one-line scalar value."""
+    if not isinstance(key, str) or not _SBATCH_OPTION.fullmatch(key):
+        raise InputError(f"{origin}: sbatch option name {key!r:.80} is not an sbatch long option (letters, digits, '-'); "
+                         "write it as in `sbatch --help`, without the leading '--'")
+    if key.replace("_", "-") in OWNED_SBATCH_OPTIONS:
+        raise InputError(f"{origin}: sbatch.{key} is written by virnucpro itself (array, logs, resources, dependencies); "
+                         "use the profile's settings (partition, account, qos, gres_name, stages.STAGE.time/mem/cpus)")
+    if isinstance(value, (dict, list)) or value is None or value is False or _CONTROL.search(str(value)):
+        raise InputError(f"{origin}: sbatch.{key} value {value!r:.80} is not a one-line value; give a single line of text "
+                         "(true for a flag without a value)")
+    return key
 
 
 def validate_setting(label: str, kind: str, value, origin: str):
@@ -107,12 +163,12 @@ def validate_setting(label: str, kind: str, value, origin: str):
         return None
     if kind == "time":
         value = str(value)
-        if not _TIME.match(value):
-            raise InputError(f"{origin}: {label} '{value}' is not a SLURM time (minutes, H:MM:SS or D-HH:MM:SS)")
+        if not _TIME.fullmatch(value):
+            raise InputError(f"{origin}: {label} {value!r:.80} is not a SLURM time (minutes, H:MM:SS or D-HH:MM:SS)")
     elif kind == "mem":
         value = str(value).upper().removesuffix("B")
-        if not _MEM.match(value):
-            raise InputError(f"{origin}: {label} '{value}' is not a memory size (e.g. 16G or 4000M)")
+        if not _MEM.fullmatch(value):
+            raise InputError(f"{origin}: {label} {value!r:.80} is not a memory size (e.g. 16G or 4000M)")
     elif kind in ("cpus", "gpus_per_task", "max_parallel_gpus"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{origin}: {label} must be a positive whole number, not {value!r}")
@@ -120,8 +176,8 @@ def validate_setting(label: str, kind: str, value, origin: str):
         value = "\n".join(value) if isinstance(value, list) else str(value)
     elif kind in ("partition", "cpu_partition", "account", "qos", "gres_name"):
         value = str(value)
-        if not _NAME.match(value):
-            raise InputError(f"{origin}: {label} '{value}' is not a valid SLURM name")
+        if not _NAME.fullmatch(value):
+            raise InputError(f"{origin}: {label} {value!r:.80} is not a valid SLURM name")
     return value
 
 
