@@ -1,0 +1,339 @@
+"""Training rows streamed from a workdir's shard files, never all in memory.
+
+A row is one frame: its DNABERT-S and ESM-2 embeddings side by side (float16 or float32 on disk,
+float32 here), its label (that of the frame's input) and its side of the split. Only two bytes per
+row stay in memory (label, side); features are read when a batch needs them, in blocks of
+BLOCK_ROWS consecutive rows of one shard, straight from the matrices' bytes (the files this
+package writes are contiguous HDF5 datasets, checked once against the shard's frame table).
+
+The split is by sequence: a frame is held out when the hash of (seed, input index, read id) falls
+below the held-out fraction, so every frame of a read (or genome record) lies on one side, and
+the split does not depend on the shard count or order. The original split frames at random, which
+put frames of one chunk on both sides.
+
+The training order of an epoch is a pure function of (seed, epoch): the order of all blocks is
+shuffled, consecutive groups of WINDOW_BLOCKS blocks form a window, and a window's training rows
+are shuffled among themselves. Memory is bounded by a few windows whatever the row count, and a
+resumed epoch skips to any batch without reading the windows before it (their row counts are
+known).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+import xxhash
+
+from ..errors import InputError, StaleInputError
+from ..storage import open_matrix, read_shard_frames
+
+BLOCK_ROWS = 512  # rows read at once from one shard (6.8 MB at 3328 float32 values)
+WINDOW_BLOCKS = 8  # blocks whose rows are shuffled together (4096 rows, 54 MB at 3328 float32)
+HOLDOUT_GAP_ROWS = 64  # held-out runs closer than this are read as one range
+OPEN_FILES = 64  # file descriptors kept open between reads
+EMBEDDINGS = ("dnabert", "esm2")
+CLASS_NAMES = ("other", "virus")
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """One shard of a workdir: its frame table and its two embedding matrices."""
+
+    frames: Path  # Workdir.shard_frames(k)
+    dnabert: Path  # Workdir.embeddings("dnabert", k)
+    esm2: Path  # Workdir.embeddings("esm2", k)
+    shard: int = 0  # names the producer of a damaged file: ("dnabert", shard) ... (StaleInputError)
+
+
+def holdout_reads(input_index: np.ndarray, read_ids: Sequence[str], seed: int, fraction: float) -> np.ndarray:
+    """Per row, whether its read is held out: xxh64(seed; "input index TAB read id") < fraction of
+    2^64, so it depends on the seed, the input and the read id only."""
+    threshold = int(fraction * 2.0 ** 64)
+    seed &= (1 << 64) - 1
+    out = np.empty(len(read_ids), dtype=bool)
+    last, side = None, False
+    for row, key in enumerate(zip(np.asarray(input_index).tolist(), read_ids)):
+        if key != last:  # a read's frames are consecutive: one hash per read
+            last, side = key, xxhash.xxh64_intdigest(f"{key[0]}\t{key[1]}".encode(), seed=seed) < threshold
+        out[row] = side
+    return out
+
+
+@dataclass
+class _Matrix:
+    """Where one shard's rows of one embedding lie."""
+
+    path: Path
+    offset: int | None  # of the contiguous data in the file; None: read through HDF5
+    dtype: np.dtype
+    width: int
+    identity: tuple  # (size, mtime_ns): a recomputed file is other training data
+
+
+@dataclass
+class ShardRows:
+    source: ShardSource
+    labels: np.ndarray  # int8 per row
+    held_out: np.ndarray  # bool per row
+    matrices: dict  # kind -> _Matrix
+    ids_sha256: str
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+
+def _open_shard(source: ShardSource, labels_by_input: np.ndarray, seed: int, fraction: float) -> ShardRows:
+    table = read_shard_frames(source.frames)
+    ids = table.frame_ids
+    inputs = table.input_index
+    if len(inputs) and int(inputs.max()) >= len(labels_by_input):
+        raise StaleInputError(f"{source.frames}: frames of input {int(inputs.max())} but the run has "
+                              f"{len(labels_by_input)} inputs; the prepare stage will run again", "prepare", 0)
+    matrices = {}
+    for kind in EMBEDDINGS:
+        path = getattr(source, kind)
+        with open_matrix(path, ids, producer=(kind, source.shard)) as (_, matrix):
+            contiguous = matrix.chunks is None and matrix.compression is None
+            offset = matrix.id.get_offset() if contiguous else None
+            stat = os.stat(path)
+            matrices[kind] = _Matrix(path, None if offset is None else int(offset), np.dtype(matrix.dtype),
+                                     int(matrix.shape[1]), (stat.st_size, stat.st_mtime_ns))
+    return ShardRows(source, labels_by_input[inputs].astype(np.int8),
+                     holdout_reads(inputs, table.read_ids, seed, fraction), matrices, ids.digest)
+
+
+class RowIndex:
+    """Labels and sides of every row of the training shards, and how to read their features."""
+
+    def __init__(self, sources: Sequence[ShardSource], labels_by_input: Sequence[int], seed: int, fraction: float):
+        if not 0 < fraction < 1:
+            raise InputError(f"held-out fraction {fraction}: must lie between 0 and 1 (e.g. 0.1)")
+        labels = np.asarray(labels_by_input, dtype=np.int8)
+        self.seed = seed
+        self.shards = [_open_shard(source, labels, seed, fraction) for source in sources]
+        self.widths, self.dtypes = self._layout()
+        # blocks: (shard number, first row, end row), and the training rows in each
+        self.blocks = [(number, start, min(start + BLOCK_ROWS, shard.rows))
+                       for number, shard in enumerate(self.shards) for start in range(0, shard.rows, BLOCK_ROWS)]
+        self.block_training_rows = np.array([int((~self.shards[s].held_out[a:b]).sum()) for s, a, b in self.blocks],
+                                            dtype=np.int64)
+        self.counts = {(side, label): sum(int(((shard.held_out == side) & (shard.labels == label)).sum())
+                                          for shard in self.shards)
+                       for side in (False, True) for label in (0, 1)}
+        self._check_classes(labels, fraction)
+
+    def _layout(self) -> tuple[dict, dict]:
+        """Width and stored dtype of each embedding, the same in every shard."""
+        widths, dtypes = {}, {}
+        for shard in self.shards:
+            for kind, matrix in shard.matrices.items():
+                if (widths.setdefault(kind, matrix.width), dtypes.setdefault(kind, matrix.dtype)) != \
+                        (matrix.width, matrix.dtype):
+                    raise StaleInputError(f"{matrix.path}: rows of {matrix.width} {matrix.dtype} values, other "
+                                          f"shards have {widths[kind]} {dtypes[kind]}; the {kind} stage will run "
+                                          f"again for shard {shard.source.shard}", kind, shard.source.shard)
+        return widths, dtypes
+
+    def _check_classes(self, labels: np.ndarray, fraction: float) -> None:
+        present = set(labels.tolist())
+        if len(present) < 2:
+            only = CLASS_NAMES[present.pop()] if present else "no input"
+            raise InputError(f"every input is labelled '{only}': training needs inputs labelled 'virus' and 'other'")
+        for label, name in enumerate(CLASS_NAMES):
+            if self.counts[(False, label)] + self.counts[(True, label)] == 0:
+                raise InputError(f"the inputs labelled '{name}' gave no frame to train on (no stop-free frame of "
+                                 f"the chunk length); add '{name}' sequences longer than the chunk length")
+        for side, split in ((True, "held-out"), (False, "training")):
+            for label, name in enumerate(CLASS_NAMES):
+                if self.counts[(side, label)] == 0:
+                    raise InputError(f"the {split} split (--holdout {fraction}, seed {self.seed}) has no '{name}' "
+                                     f"frame: add '{name}' sequences or change --holdout")
+
+    @property
+    def width(self) -> int:
+        return sum(self.widths[kind] for kind in EMBEDDINGS)
+
+    @property
+    def training_rows(self) -> int:
+        return self.counts[(False, 0)] + self.counts[(False, 1)]
+
+    @property
+    def held_out_rows(self) -> int:
+        return self.counts[(True, 0)] + self.counts[(True, 1)]
+
+    def identity(self) -> list:
+        """What the rows are made of: a checkpoint of other rows is never resumed."""
+        return [[shard.rows, shard.ids_sha256, *(list(shard.matrices[k].identity) for k in EMBEDDINGS)]
+                for shard in self.shards]
+
+    # ------------------------------------------------------------ the order of an epoch
+
+    def epoch_windows(self, epoch: int) -> list[list[int]]:
+        """Block numbers of each window of this epoch, in training order."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks)).tolist()
+        return [order[start:start + WINDOW_BLOCKS] for start in range(0, len(order), WINDOW_BLOCKS)]
+
+    def window_order(self, epoch: int, window: int, rows: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch, window]).permutation(rows)
+
+
+class _Files:
+    """Open file descriptors of the matrices, the least recently used closed beyond OPEN_FILES."""
+
+    def __init__(self):
+        self.open: collections.OrderedDict[Path, int] = collections.OrderedDict()
+
+    def read(self, matrix: _Matrix, start: int, stop: int, out: np.ndarray, producer: tuple) -> None:
+        try:
+            if matrix.offset is None:  # not written by this package: through HDF5
+                with h5py.File(matrix.path, "r") as h5:
+                    out[:] = h5["embeddings"][start:stop]
+                return
+            fd = self.open.pop(matrix.path, None)
+            if fd is None:
+                fd = os.open(matrix.path, os.O_RDONLY)
+                if len(self.open) >= OPEN_FILES:
+                    os.close(self.open.popitem(last=False)[1])
+            self.open[matrix.path] = fd
+            view, position = memoryview(out).cast("B"), matrix.offset + start * matrix.width * matrix.dtype.itemsize
+            done = 0
+            while done < len(view):
+                count = os.preadv(fd, [view[done:]], position + done)
+                if count == 0:
+                    raise OSError(f"ends before byte {position + len(view)}")
+                done += count
+        except OSError as exc:
+            raise StaleInputError(f"{matrix.path}: unreadable rows ({exc}); the {producer[0]} stage will run "
+                                  f"again for shard {producer[1]}", *producer) from None
+
+    def close(self) -> None:
+        while self.open:
+            os.close(self.open.popitem()[1])
+
+
+class RowStream:
+    """Batches of (features float32 [n, width], labels int64 [n]) read from the shard files; the
+    next group of rows is read by a helper thread while the current one is used. Use as a
+    context manager."""
+
+    def __init__(self, index: RowIndex):
+        self.index = index
+        self.files = _Files()
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-rows")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.reader.shutdown(cancel_futures=True)
+        self.files.close()
+
+    def _gather(self, pieces: list[tuple[int, int, int]], held_out: bool, order: np.ndarray | None):
+        """Rows of these (shard, start, end) pieces on one side of the split, in `order` (of
+        the selected rows) or as they lie."""
+        total = sum(b - a for _, a, b in pieces)
+        side, labels = np.empty(total, bool), np.empty(total, np.int8)
+        raw = {kind: np.empty((total, self.index.widths[kind]), self.index.dtypes[kind]) for kind in EMBEDDINGS}
+        row = 0
+        for number, start, stop in pieces:
+            shard = self.index.shards[number]
+            side[row:row + stop - start] = shard.held_out[start:stop]
+            labels[row:row + stop - start] = shard.labels[start:stop]
+            for kind in EMBEDDINGS:
+                self.files.read(shard.matrices[kind], start, stop, raw[kind][row:row + stop - start],
+                                (kind, shard.source.shard))
+            row += stop - start
+        chosen = np.flatnonzero(side == held_out)
+        if order is not None:
+            chosen = chosen[order]
+        chosen = torch.from_numpy(chosen)
+        features = torch.empty((len(chosen), self.index.width), dtype=torch.float32)
+        column = 0
+        for kind in EMBEDDINGS:
+            width = self.index.widths[kind]
+            features[:, column:column + width] = torch.from_numpy(raw[kind]).index_select(0, chosen)
+            column += width
+        return features, torch.from_numpy(labels).index_select(0, chosen).long()
+
+    def _prefetched(self, jobs: list):
+        """Results of the jobs (callables) in order, each next one running while this one is used."""
+        pending = self.reader.submit(jobs[0]) if jobs else None
+        for number in range(len(jobs)):
+            result = pending.result()
+            pending = self.reader.submit(jobs[number + 1]) if number + 1 < len(jobs) else None
+            yield result
+
+    def training_batches(self, epoch: int, batch_size: int, first_batch: int = 0) -> Iterator:
+        """The epoch's training batches from batch `first_batch` on (a resumed epoch reads no
+        window before it). A last batch of one row is left out (BatchNorm cannot train on it)."""
+        index = self.index
+        windows = index.epoch_windows(epoch)
+        counts = [int(index.block_training_rows[w].sum()) for w in windows]
+        skip, first_window = first_batch * batch_size, 0
+        while first_window < len(windows) and skip >= counts[first_window]:
+            skip -= counts[first_window]
+            first_window += 1
+
+        def job(number: int):
+            pieces = [index.blocks[block] for block in windows[number]]
+            return lambda: self._gather(pieces, False, index.window_order(epoch, number, counts[number]))
+
+        carry = None  # rows of a batch that straddles two windows
+        for features, labels in self._prefetched([job(n) for n in range(first_window, len(windows))]):
+            if skip:
+                features, labels, skip = features[skip:], labels[skip:], 0
+            start = 0
+            if carry is not None:
+                start = min(batch_size - len(carry[1]), len(labels))
+                carry = (torch.cat([carry[0], features[:start]]), torch.cat([carry[1], labels[:start]]))
+                if len(carry[1]) < batch_size:
+                    continue
+                yield carry
+                carry = None
+            for begin in range(start, len(labels), batch_size):
+                if begin + batch_size <= len(labels):
+                    yield features[begin:begin + batch_size], labels[begin:begin + batch_size]
+                else:
+                    carry = (features[begin:], labels[begin:])
+        if carry is not None and len(carry[1]) > 1:
+            yield carry
+
+    def held_out_batches(self, rows_per_batch: int) -> Iterator:
+        """The held-out rows in shard order, about `rows_per_batch` a batch (only their runs are read)."""
+        pieces = []
+        for number, shard in enumerate(self.index.shards):
+            runs = _runs(shard.held_out)
+            for start, stop in runs:
+                for a in range(start, stop, rows_per_batch):
+                    pieces.append((number, a, min(a + rows_per_batch, stop)))
+        groups, group, rows = [], [], 0
+        for piece in pieces:
+            if group and rows + piece[2] - piece[1] > rows_per_batch:
+                groups.append(group)
+                group, rows = [], 0
+            group.append(piece)
+            rows += piece[2] - piece[1]
+        if group:
+            groups.append(group)
+        yield from self._prefetched([lambda g=g: self._gather(g, True, None) for g in groups])
+
+
+def _runs(held_out: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) ranges covering the held-out rows, runs closer than HOLDOUT_GAP_ROWS merged."""
+    edges = np.flatnonzero(np.diff(np.r_[False, held_out, False].astype(np.int8)))
+    runs = []
+    for start, stop in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+        if runs and start - runs[-1][1] <= HOLDOUT_GAP_ROWS:
+            runs[-1] = (runs[-1][0], stop)
+        else:
+            runs.append((start, stop))
+    return runs
