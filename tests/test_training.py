@@ -82,7 +82,7 @@ def test_epoch_order_covers_every_training_row_once_and_depends_on_seed_and_epoc
     index = training_rows.RowIndex(sources, labels, 7, 0.2)
     with training_rows.RowStream(index) as stream:
         def epoch_rows(epoch, first=0):
-            return torch.cat([features for features, _ in stream.training_batches(epoch, 32, first)])
+            return torch.cat([features.clone() for features, _ in stream.training_batches(epoch, 32, first)])  # views of reused buffers
         first, second = epoch_rows(0), epoch_rows(1)
         assert len(first) == index.training_rows
         # the same rows (as a multiset), another order
@@ -90,7 +90,7 @@ def test_epoch_order_covers_every_training_row_once_and_depends_on_seed_and_epoc
         assert not torch.equal(first, second)
         assert torch.equal(epoch_rows(0), first)  # deterministic
         assert torch.equal(epoch_rows(0, first=5), first[5 * 32:])  # resumed at batch 5: the same rows
-        held_out = torch.cat([features for features, _ in stream.held_out_batches(100)])
+        held_out = torch.cat([features.clone() for features, _ in stream.held_out_batches(100)])
         assert len(held_out) == index.held_out_rows
         assert not set(map(tuple, held_out.tolist())) & set(map(tuple, first.tolist()))
 

@@ -26,7 +26,7 @@ from .recipe import ORIGINAL, Recipe
 from .rows import EMBEDDINGS, RowIndex, RowStream, ShardSource
 
 CHECKPOINT_FORMAT = "virnucpro-training-checkpoint"
-HELD_OUT_BATCH = 4096  # rows scored at once on the held-out side (does not change the result)
+HELD_OUT_BATCH = 1024  # rows scored at once on the held-out side (does not change the result)
 
 
 class TrainingInterrupted(Exception):

@@ -35,8 +35,8 @@ import xxhash
 from ..errors import InputError, StaleInputError
 from ..storage import open_matrix, read_shard_frames
 
-BLOCK_ROWS = 512  # rows read at once from one shard (6.8 MB at 3328 float32 values)
-WINDOW_BLOCKS = 8  # blocks whose rows are shuffled together (4096 rows, 54 MB at 3328 float32)
+BLOCK_ROWS = 256  # rows read at once from one shard (3.4 MB at 3328 float32 values)
+WINDOW_BLOCKS = 8  # blocks whose rows are shuffled together (2048 rows, 27 MB at 3328 float32)
 HOLDOUT_GAP_ROWS = 64  # held-out runs closer than this are read as one range
 OPEN_FILES = 64  # file descriptors kept open between reads
 EMBEDDINGS = ("dnabert", "esm2")
@@ -221,14 +221,25 @@ class _Files:
 
 
 class RowStream:
-    """Batches of (features float32 [n, width], labels int64 [n]) read from the shard files; the
-    next group of rows is read by a helper thread while the current one is used. Use as a
+    """Batches of (features float32 [n, width], labels int64 [n]) read from the shard files. A
+    helper thread reads a group of blocks (a window) straight into reused buffers (stored dtype,
+    no copy), puts its rows of one side in order and widens them into a reused float32 buffer of
+    whole rows, while the batches of the previous window (views of its buffer) are used. Use as a
     context manager."""
+
+    SLOTS = 2  # window k + 2 is read into k's buffers only once k's last batch has been used
 
     def __init__(self, index: RowIndex):
         self.index = index
         self.files = _Files()
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-rows")
+        rows = BLOCK_ROWS * WINDOW_BLOCKS
+        self.buffers = [{"raw": {kind: np.empty((rows, index.widths[kind]), index.dtypes[kind]) for kind in EMBEDDINGS},
+                         "ordered": {kind: torch.empty((rows, index.widths[kind]),
+                                                       dtype=torch.from_numpy(np.empty(0, index.dtypes[kind])).dtype)
+                                     for kind in EMBEDDINGS},
+                         "features": torch.empty((rows, index.width), dtype=torch.float32)}
+                        for _ in range(self.SLOTS)]
 
     def __enter__(self):
         return self
@@ -237,44 +248,46 @@ class RowStream:
         self.reader.shutdown(cancel_futures=True)
         self.files.close()
 
-    def _gather(self, pieces: list[tuple[int, int, int]], held_out: bool, order: np.ndarray | None):
-        """Rows of these (shard, start, end) pieces on one side of the split, in `order` (of
-        the selected rows) or as they lie."""
+    def _read(self, slot: int, pieces: list[tuple[int, int, int]], held_out: bool, order: np.ndarray | None):
+        """The rows of these (shard, start, end) pieces on one side of the split, in `order` (of
+        those rows) or as they lie: (features, labels), views of buffer `slot`."""
+        buffers = self.buffers[slot]
         total = sum(b - a for _, a, b in pieces)
         side, labels = np.empty(total, bool), np.empty(total, np.int8)
-        raw = {kind: np.empty((total, self.index.widths[kind]), self.index.dtypes[kind]) for kind in EMBEDDINGS}
         row = 0
         for number, start, stop in pieces:
             shard = self.index.shards[number]
             side[row:row + stop - start] = shard.held_out[start:stop]
             labels[row:row + stop - start] = shard.labels[start:stop]
             for kind in EMBEDDINGS:
-                self.files.read(shard.matrices[kind], start, stop, raw[kind][row:row + stop - start],
+                self.files.read(shard.matrices[kind], start, stop, buffers["raw"][kind][row:row + stop - start],
                                 (kind, shard.source.shard))
             row += stop - start
         chosen = np.flatnonzero(side == held_out)
         if order is not None:
             chosen = chosen[order]
         chosen = torch.from_numpy(chosen)
-        features = torch.empty((len(chosen), self.index.width), dtype=torch.float32)
-        column = 0
+        features, column = buffers["features"][:len(chosen)], 0
         for kind in EMBEDDINGS:
-            width = self.index.widths[kind]
-            features[:, column:column + width] = torch.from_numpy(raw[kind]).index_select(0, chosen)
-            column += width
+            ordered = buffers["ordered"][kind][:len(chosen)]
+            torch.index_select(torch.from_numpy(buffers["raw"][kind][:total]), 0, chosen, out=ordered)
+            features[:, column:column + ordered.shape[1]].copy_(ordered)  # float16 widened here
+            column += ordered.shape[1]
         return features, torch.from_numpy(labels).index_select(0, chosen).long()
 
-    def _prefetched(self, jobs: list):
-        """Results of the jobs (callables) in order, each next one running while this one is used."""
-        pending = self.reader.submit(jobs[0]) if jobs else None
+    def _windows(self, jobs: list):
+        """The jobs' windows in order, job n read into slot n % SLOTS while window n - 1 is used."""
+        pending = self.reader.submit(jobs[0], 0) if jobs else None
         for number in range(len(jobs)):
-            result = pending.result()
-            pending = self.reader.submit(jobs[number + 1]) if number + 1 < len(jobs) else None
-            yield result
+            window = pending.result()
+            if number + 1 < len(jobs):
+                pending = self.reader.submit(jobs[number + 1], (number + 1) % self.SLOTS)
+            yield window
 
     def training_batches(self, epoch: int, batch_size: int, first_batch: int = 0) -> Iterator:
         """The epoch's training batches from batch `first_batch` on (a resumed epoch reads no
-        window before it). A last batch of one row is left out (BatchNorm cannot train on it)."""
+        window before it). A last batch of one row is left out (BatchNorm cannot train on it).
+        A batch is valid until the next one is asked for (a view of a reused buffer)."""
         index = self.index
         windows = index.epoch_windows(epoch)
         counts = [int(index.block_training_rows[w].sum()) for w in windows]
@@ -285,13 +298,11 @@ class RowStream:
 
         def job(number: int):
             pieces = [index.blocks[block] for block in windows[number]]
-            return lambda: self._gather(pieces, False, index.window_order(epoch, number, counts[number]))
+            return lambda slot: self._read(slot, pieces, False, index.window_order(epoch, number, counts[number]))
 
-        carry = None  # rows of a batch that straddles two windows
-        for features, labels in self._prefetched([job(n) for n in range(first_window, len(windows))]):
-            if skip:
-                features, labels, skip = features[skip:], labels[skip:], 0
-            start = 0
+        carry = None  # the rows of a batch that straddles two windows (a copy: its buffer is reused)
+        for features, labels in self._windows([job(n) for n in range(first_window, len(windows))]):
+            features, labels, skip, start = features[skip:], labels[skip:], 0, 0
             if carry is not None:
                 start = min(batch_size - len(carry[1]), len(labels))
                 carry = (torch.cat([carry[0], features[:start]]), torch.cat([carry[1], labels[:start]]))
@@ -303,28 +314,30 @@ class RowStream:
                 if begin + batch_size <= len(labels):
                     yield features[begin:begin + batch_size], labels[begin:begin + batch_size]
                 else:
-                    carry = (features[begin:], labels[begin:])
+                    carry = (features[begin:].clone(), labels[begin:].clone())
         if carry is not None and len(carry[1]) > 1:
             yield carry
 
     def held_out_batches(self, rows_per_batch: int) -> Iterator:
-        """The held-out rows in shard order, about `rows_per_batch` a batch (only their runs are read)."""
-        pieces = []
-        for number, shard in enumerate(self.index.shards):
-            runs = _runs(shard.held_out)
-            for start, stop in runs:
-                for a in range(start, stop, rows_per_batch):
-                    pieces.append((number, a, min(a + rows_per_batch, stop)))
+        """The held-out rows in shard order, at most `rows_per_batch` a batch (only their runs
+        are read); valid until the next batch is asked for."""
+        most = BLOCK_ROWS * WINDOW_BLOCKS
         groups, group, rows = [], [], 0
-        for piece in pieces:
-            if group and rows + piece[2] - piece[1] > rows_per_batch:
-                groups.append(group)
-                group, rows = [], 0
-            group.append(piece)
-            rows += piece[2] - piece[1]
+        for number, shard in enumerate(self.index.shards):
+            for start, stop in _runs(shard.held_out):
+                for a in range(start, stop, most):
+                    piece = (number, a, min(a + most, stop))
+                    if group and rows + piece[2] - piece[1] > most:
+                        groups.append(group)
+                        group, rows = [], 0
+                    group.append(piece)
+                    rows += piece[2] - piece[1]
         if group:
             groups.append(group)
-        yield from self._prefetched([lambda g=g: self._gather(g, True, None) for g in groups])
+        jobs = [lambda slot, g=g: self._read(slot, g, True, None) for g in groups]
+        for features, labels in self._windows(jobs):
+            for begin in range(0, len(labels), rows_per_batch):
+                yield features[begin:begin + rows_per_batch], labels[begin:begin + rows_per_batch]
 
 
 def _runs(held_out: np.ndarray) -> list[tuple[int, int]]:
