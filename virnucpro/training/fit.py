@@ -230,4 +230,6 @@ def held_out_metrics(truth: np.ndarray, scores: np.ndarray, loss: float) -> dict
     except ImportError:  # the evaluation package lands separately; until then accuracy alone
         return {"level": "frame", "loss": loss, "n": int(len(truth)),
                 "accuracy": float(((scores >= 0.5) == truth).mean())}
-    return {"level": "frame", "loss": loss, **binary_metrics(truth, scores)}
+    metrics = binary_metrics(truth, scores)
+    return {"level": "frame", "loss": loss, **{key: value.item() if isinstance(value, np.generic) else value
+                                               for key, value in metrics.items()}}

@@ -235,8 +235,7 @@ class RowStream:
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-rows")
         rows = BLOCK_ROWS * WINDOW_BLOCKS
         self.buffers = [{"raw": {kind: np.empty((rows, index.widths[kind]), index.dtypes[kind]) for kind in EMBEDDINGS},
-                         "ordered": {kind: torch.empty((rows, index.widths[kind]),
-                                                       dtype=torch.from_numpy(np.empty(0, index.dtypes[kind])).dtype)
+                         "ordered": {kind: torch.from_numpy(np.empty((rows, index.widths[kind]), index.dtypes[kind]))
                                      for kind in EMBEDDINGS},
                          "features": torch.empty((rows, index.width), dtype=torch.float32)}
                         for _ in range(self.SLOTS)]
