@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import xxhash
 
+from ..direct_io import DirectReader, staging_buffers
 from ..errors import InputError, StaleInputError
 from ..storage import open_matrix, read_shard_frames
 
@@ -187,10 +188,13 @@ class RowIndex:
 
 
 class _Files:
-    """Open file descriptors of the matrices, the least recently used closed beyond OPEN_FILES."""
+    """Readers of the matrices' bytes past the page cache (direct_io: the files are read once
+    per epoch, far larger than memory), sharing one staging buffer (one reading thread); the
+    least recently used closed beyond OPEN_FILES."""
 
     def __init__(self):
-        self.open: collections.OrderedDict[Path, int] = collections.OrderedDict()
+        self.open: collections.OrderedDict[Path, DirectReader] = collections.OrderedDict()
+        self.stagings = staging_buffers(1)
 
     def read(self, matrix: _Matrix, start: int, stop: int, out: np.ndarray, producer: tuple) -> None:
         try:
@@ -198,26 +202,25 @@ class _Files:
                 with h5py.File(matrix.path, "r") as h5:
                     out[:] = h5["embeddings"][start:stop]
                 return
-            fd = self.open.pop(matrix.path, None)
-            if fd is None:
-                fd = os.open(matrix.path, os.O_RDONLY)
+            reader = self.open.pop(matrix.path, None)
+            if reader is None:
+                reader = DirectReader(matrix.path, self.stagings)
                 if len(self.open) >= OPEN_FILES:
-                    os.close(self.open.popitem(last=False)[1])
-            self.open[matrix.path] = fd
+                    self.open.popitem(last=False)[1].close()
+            self.open[matrix.path] = reader
             view, position = memoryview(out).cast("B"), matrix.offset + start * matrix.width * matrix.dtype.itemsize
-            done = 0
-            while done < len(view):
-                count = os.preadv(fd, [view[done:]], position + done)
-                if count == 0:
-                    raise OSError(f"ends before byte {position + len(view)}")
-                done += count
+            for done in range(0, len(view), DirectReader.LONGEST):
+                length = min(DirectReader.LONGEST, len(view) - done)
+                view[done:done + length] = reader.read(position + done, length, 0)
         except OSError as exc:
             raise StaleInputError(f"{matrix.path}: unreadable rows ({exc}); the {producer[0]} stage will run "
                                   f"again for shard {producer[1]}", *producer) from None
 
     def close(self) -> None:
         while self.open:
-            os.close(self.open.popitem()[1])
+            self.open.popitem()[1].close()
+        for staging in self.stagings:
+            staging.close()
 
 
 class RowStream:
