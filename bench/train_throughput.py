@@ -43,6 +43,12 @@ INPUTS = 4
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike getrusage's ru_maxrss it does not carry the peak of
+    the parent that forked it, which wrote the files)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
