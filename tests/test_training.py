@@ -247,44 +247,55 @@ def test_a_checkpoint_of_other_data_is_not_resumed(trained, shards, tmp_path):
     assert any("made from other data or another recipe; training starts over" in line for line in lines)
 
 
-KILLED_TRAINING = """
-import json, os, sys, time
+SIGNALLED_TRAINING = """
+import sys, time
+from pathlib import Path
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from dataclasses import replace
 from training_shards import shard_paths
-from virnucpro.training import ORIGINAL, fit
-folder, marker = {folder!r}, {marker!r}
+from virnucpro.orchestration.runner import StopFlag
+from virnucpro.training import ORIGINAL, TrainingInterrupted, fit
+flag = StopFlag().install()  # what the runner gives a stage as ctx.stop_requested
 calls = iter(range(10**9))
 def stop():
-    if next(calls) == {hang_at}:  # mid-training: tell the test, and wait to be killed
-        open(marker, "w").close()
-        time.sleep(600)
-    return False
-fit([shard_paths(__import__("pathlib").Path({shards!r}), k) for k in range(3)], [0, 1, 0, 1], 0.2, 7,
-    (__import__("pathlib").Path(folder) / "checkpoint.safetensors", __import__("pathlib").Path(folder) / "checkpoint.json"),
-    "cpu", stop, print, replace(ORIGINAL, max_epochs=3))
+    if next(calls) == {signal_at}:  # mid-training: tell the test, and give it time to signal
+        open({marker!r}, "w").close()
+        time.sleep(600 if {hang} else 2)
+    return flag()
+try:
+    fit([shard_paths(Path({shards!r}), k) for k in range(3)], [0, 1, 0, 1], 0.2, 7,
+        (Path({folder!r}) / "checkpoint.safetensors", Path({folder!r}) / "checkpoint.json"), "cpu", stop, print,
+        replace(ORIGINAL, max_epochs=3))
+except TrainingInterrupted as stopped:
+    sys.exit(3)
 """
 
 
-def test_kill_9_mid_training_then_resume_gives_bitwise_the_same_weights(trained, shards, tmp_path):
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "SIGTERM"])
+def test_killed_or_terminated_mid_training_then_resumed_gives_bitwise_the_same_weights(trained, shards, tmp_path,
+                                                                                        signal_number):
     uninterrupted, _, _ = trained
     per_epoch = -(-int(uninterrupted.rows["training"]) // 32)
-    marker = tmp_path / "hanging"
-    code = KILLED_TRAINING.format(tests=str(TESTS), folder=str(tmp_path), marker=str(marker),
-                                  hang_at=per_epoch + 10, shards=str(shards[0][0].frames.parent))
+    marker = tmp_path / "signal-now"
+    code = SIGNALLED_TRAINING.format(tests=str(TESTS), folder=str(tmp_path), marker=str(marker),
+                                     signal_at=per_epoch + 10, hang=signal_number == signal.SIGKILL,
+                                     shards=str(shards[0][0].frames.parent))
     process = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        os.kill(process.pid, signal.SIGKILL)
+        os.kill(process.pid, signal_number)
     finally:
-        process.wait()
+        returncode = process.wait()
     state = json.loads((tmp_path / "checkpoint.json").read_text())
-    assert (state["epoch"], state["batch"]) == (1, 0)  # the last checkpoint: the end of epoch 1
+    if signal_number == signal.SIGKILL:  # the last checkpoint: the end of epoch 1
+        assert returncode == -signal.SIGKILL and (state["epoch"], state["batch"]) == (1, 0)
+    else:  # stopped at the next batch boundary, checkpoint written there
+        assert returncode == 3 and (state["epoch"], state["batch"]) == (1, 10)
     resumed = train(shards, tmp_path)
     assert_same_weights(resumed.state, uninterrupted.state)
 
