@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 import xxhash
 
-from ..direct_io import DirectReader, staging_buffers
+from ..direct_io import READS_IN_FLIGHT, DirectReader, staging_buffers
 from ..errors import InputError, StaleInputError
 from ..storage import open_matrix, read_shard_frames
 
@@ -188,35 +190,56 @@ class RowIndex:
 
 
 class _Files:
-    """Readers of the matrices' bytes past the page cache (direct_io: the files are read once
-    per epoch, far larger than memory), sharing one staging buffer (one reading thread); the
-    least recently used closed beyond OPEN_FILES."""
+    """Readers of the matrices' bytes past the page cache (direct_io: the files are read once per
+    epoch and are far larger than memory), READS_IN_FLIGHT reads at once (this VM's virtual disk
+    serves several requests faster than one), each through one of as many shared staging buffers;
+    the least recently used file is closed beyond OPEN_FILES."""
 
     def __init__(self):
         self.open: collections.OrderedDict[Path, DirectReader] = collections.OrderedDict()
-        self.stagings = staging_buffers(1)
+        self.lock = threading.Lock()
+        self.stagings = staging_buffers(READS_IN_FLIGHT)
+        self.free_stagings: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for number in range(READS_IN_FLIGHT):
+            self.free_stagings.put(number)
+        self.pool = ThreadPoolExecutor(max_workers=READS_IN_FLIGHT, thread_name_prefix="training-reads")
 
-    def read(self, matrix: _Matrix, start: int, stop: int, out: np.ndarray, producer: tuple) -> None:
+    def _reader(self, path: Path) -> DirectReader:
+        with self.lock:
+            reader = self.open.pop(path, None)
+            if reader is None:
+                reader = DirectReader(path, self.stagings)
+                if len(self.open) >= OPEN_FILES:  # far more than the files of one window: none in use
+                    self.open.popitem(last=False)[1].close()
+            self.open[path] = reader
+            return reader
+
+    def read_all(self, reads: list) -> None:
+        """Every (matrix, start row, end row, out array, producer) read, READS_IN_FLIGHT at once."""
+        for done in [self.pool.submit(self._read, *read) for read in reads]:
+            done.result()
+
+    def _read(self, matrix: _Matrix, start: int, stop: int, out: np.ndarray, producer: tuple) -> None:
         try:
             if matrix.offset is None:  # not written by this package: through HDF5
                 with h5py.File(matrix.path, "r") as h5:
                     out[:] = h5["embeddings"][start:stop]
                 return
-            reader = self.open.pop(matrix.path, None)
-            if reader is None:
-                reader = DirectReader(matrix.path, self.stagings)
-                if len(self.open) >= OPEN_FILES:
-                    self.open.popitem(last=False)[1].close()
-            self.open[matrix.path] = reader
+            reader = self._reader(matrix.path)
             view, position = memoryview(out).cast("B"), matrix.offset + start * matrix.width * matrix.dtype.itemsize
-            for done in range(0, len(view), DirectReader.LONGEST):
-                length = min(DirectReader.LONGEST, len(view) - done)
-                view[done:done + length] = reader.read(position + done, length, 0)
+            staging = self.free_stagings.get()
+            try:
+                for done in range(0, len(view), DirectReader.LONGEST):
+                    length = min(DirectReader.LONGEST, len(view) - done)
+                    view[done:done + length] = reader.read(position + done, length, staging)
+            finally:
+                self.free_stagings.put(staging)
         except OSError as exc:
             raise StaleInputError(f"{matrix.path}: unreadable rows ({exc}); the {producer[0]} stage will run "
                                   f"again for shard {producer[1]}", *producer) from None
 
     def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
         while self.open:
             self.open.popitem()[1].close()
         for staging in self.stagings:
@@ -225,10 +248,10 @@ class _Files:
 
 class RowStream:
     """Batches of (features float32 [n, width], labels int64 [n]) read from the shard files. A
-    helper thread reads a group of blocks (a window) straight into reused buffers (stored dtype,
-    no copy), puts its rows of one side in order and widens them into a reused float32 buffer of
-    whole rows, while the batches of the previous window (views of its buffer) are used. Use as a
-    context manager."""
+    helper thread reads a group of blocks (a window; its blocks' files several at once) into
+    reused buffers (stored dtype), puts its rows of one side in order and widens them into a
+    reused float32 buffer of whole rows, while the batches of the previous window (views of its
+    buffer) are used. Use as a context manager."""
 
     SLOTS = 2  # window k + 2 is read into k's buffers only once k's last batch has been used
 
@@ -256,15 +279,15 @@ class RowStream:
         buffers = self.buffers[slot]
         total = sum(b - a for _, a, b in pieces)
         side, labels = np.empty(total, bool), np.empty(total, np.int8)
-        row = 0
+        row, reads = 0, []
         for number, start, stop in pieces:
             shard = self.index.shards[number]
             side[row:row + stop - start] = shard.held_out[start:stop]
             labels[row:row + stop - start] = shard.labels[start:stop]
-            for kind in EMBEDDINGS:
-                self.files.read(shard.matrices[kind], start, stop, buffers["raw"][kind][row:row + stop - start],
-                                (kind, shard.source.shard))
+            reads += [(shard.matrices[kind], start, stop, buffers["raw"][kind][row:row + stop - start],
+                       (kind, shard.source.shard)) for kind in EMBEDDINGS]
             row += stop - start
+        self.files.read_all(reads)
         chosen = np.flatnonzero(side == held_out)
         if order is not None:
             chosen = chosen[order]
