@@ -154,7 +154,8 @@ def main() -> None:
                                      "--epoch-batches", str(args.epoch_batches), "--device", args.device],
                                     check=True, capture_output=True, text=True)
             got = json.loads(result.stdout.strip().splitlines()[-1])
-            print(f"{dtype:8} {got['rows']:>9} {written:>8.1f} {got['index_s']:>8.1f} {got['input_rows_per_s']:>13,.0f} "
+            print(f"{dtype:8} {got['rows']:>9} {written:>8.1f} {got['index_s']:>8.1f} "
+                  f"{got['input_rows_per_s']:>13,.0f} "
                   f"{got['held_out_rows_per_s']:>16,.0f} {got.get('epoch_rows_per_s', 0):>13,.0f} "
                   f"{got['peak_rss_input_mb']:>13,.0f} {got['peak_rss_epoch_mb']:>13,.0f}", flush=True)
             if not args.keep:

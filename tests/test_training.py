@@ -82,7 +82,8 @@ def test_epoch_order_covers_every_training_row_once_and_depends_on_seed_and_epoc
     index = training_rows.RowIndex(sources, labels, 7, 0.2)
     with training_rows.RowStream(index) as stream:
         def epoch_rows(epoch, first=0):
-            return torch.cat([features.clone() for features, _ in stream.training_batches(epoch, 32, first)])  # views of reused buffers
+            # batches are views of reused buffers: copied to be kept
+            return torch.cat([features.clone() for features, _ in stream.training_batches(epoch, 32, first)])
         first, second = epoch_rows(0), epoch_rows(1)
         assert len(first) == index.training_rows
         # the same rows (as a multiset), another order
@@ -112,10 +113,12 @@ def test_training_learns_and_uses_the_original_recipe(trained):
     assert result.rows["held_out_virus"] > 0 and result.rows["held_out_other"] > 0
     state = json.loads((folder / "checkpoint.json").read_text())
     assert state["data"]["recipe"] == {**ORIGINAL.to_dict(), "max_epochs": 3}
-    assert (state["data"]["recipe"]["hidden"], state["data"]["recipe"]["batch_size"], state["data"]["recipe"]["patience"]) == (512, 32, 5)
+    recipe = state["data"]["recipe"]
+    assert (recipe["hidden"], recipe["batch_size"], recipe["patience"], recipe["lr_step_epochs"]) == (512, 32, 5, 10)
     group = state["optimizer_groups"][0]
     assert (group["initial_lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (2e-4, 0.9, 0, False)
-    assert (state["scheduler"]["step_size"], state["scheduler"]["gamma"], state["scheduler"]["last_epoch"]) == (10, 0.85, 3)
+    scheduler = state["scheduler"]
+    assert (scheduler["step_size"], scheduler["gamma"], scheduler["last_epoch"]) == (10, 0.85, 3)
     assert state["finished"] and state["epoch"] == 3
     # the embedded state (what a resume reads) is the same as the readable copy
     from safetensors import safe_open
@@ -200,7 +203,8 @@ def test_unusable_labels_or_splits_are_refused(tmp_path, case, match):
         sources, _ = write_training_shards(tmp_path, shards=1, reads=20, inputs=2)
         labels = [0, 0]
     elif case == "no virus rows":  # input 1 (virus) has no frame
-        sources, labels = write_training_shards(tmp_path, shards=1, reads=20, inputs=3, input_of_read=lambda r: 2 * (r % 2))
+        sources, labels = write_training_shards(tmp_path, shards=1, reads=20, inputs=3,
+                                                input_of_read=lambda r: 2 * (r % 2))
     else:  # one virus read only: it falls on the training side
         sources, labels = write_training_shards(tmp_path, shards=1, reads=20, inputs=2,
                                                 input_of_read=lambda r: int(r == 0))
@@ -308,8 +312,10 @@ def fake_run(shards, folder: Path):
     workdir = SimpleNamespace(
         shard_frames=lambda k: shard_paths(shard_folder, k).frames,
         embeddings=lambda kind, k: getattr(shard_paths(shard_folder, k), kind),
-        training_checkpoint=folder / "training/checkpoint.safetensors", training_state=folder / "training/checkpoint.json",
-        classifier_weights=folder / "classifier/classifier.safetensors", classifier_meta=folder / "classifier/classifier.json")
+        training_checkpoint=folder / "training/checkpoint.safetensors",
+        training_state=folder / "training/checkpoint.json",
+        classifier_weights=folder / "classifier/classifier.safetensors",
+        classifier_meta=folder / "classifier/classifier.json")
     config = SimpleNamespace(
         shards=len(sources), labels=["virus" if label else "other" for label in labels], holdout=0.2, seed=7,
         device="cpu", chunk_length=300, embedding_dtype="float32", input_names=[f"in{i}" for i in range(4)],
@@ -333,6 +339,7 @@ def test_train_stage_writes_the_classifier_and_stops_with_shard_interrupted(trai
     document = read_classifier_meta(workdir.classifier_weights)
     assert document["models"] == {"dnabert": {"name": "DNABERT-S", "sha256": "cd" * 32},
                                   "esm2": {"name": "esm2_t6_8M_UR50D", "sha256": None}}
-    assert document["training_inputs"][0] == {"name": "in0", "path": "/data/in0.fa", "label": "other", "sha256": "ab" * 32}
+    assert document["training_inputs"][0] == {"name": "in0", "path": "/data/in0.fa", "label": "other",
+                                              "sha256": "ab" * 32}
     assert document["chunk_length"] == 300 and document["input_widths"] == {"dnabert": 8, "esm2": 12}
     assert_same_weights(load_classifier(workdir.classifier_weights).state_dict(), trained[0].state)

@@ -17,7 +17,8 @@ POOL_ROWS = 4096
 
 
 def shard_paths(folder: Path, shard: int) -> ShardSource:
-    return ShardSource(folder / f"frames-{shard}.tsv", folder / f"dnabert-{shard}.h5", folder / f"esm2-{shard}.h5", shard)
+    return ShardSource(folder / f"frames-{shard}.tsv", folder / f"dnabert-{shard}.h5", folder / f"esm2-{shard}.h5",
+                       shard)
 
 
 def write_training_shards(folder: Path, shards: int = 2, reads: int = 300, frames_per_read: int = 3,

@@ -23,7 +23,7 @@ from ..atomic import atomic_write_bytes, atomic_write_text
 from ..engines.classifier import MLPClassifier
 from ..errors import InputError
 from .recipe import ORIGINAL, Recipe
-from .rows import EMBEDDINGS, RowIndex, RowStream, ShardSource
+from .rows import CLASS_NAMES, EMBEDDINGS, RowIndex, RowStream, ShardSource
 
 CHECKPOINT_FORMAT = "virnucpro-training-checkpoint"
 HELD_OUT_BATCH = 1024  # rows scored at once on the held-out side (does not change the result)
@@ -219,8 +219,8 @@ def fit(sources: Sequence[ShardSource], labels_by_input: Sequence[int], holdout:
         epochs=progress["epoch"], best_epoch=progress["best_epoch"], history=progress["history"],
         metrics=held_out_metrics(truth, scores, progress["best_loss"]),
         rows={"training": index.training_rows, "held_out": index.held_out_rows,
-              **{f"{side}_{name}": index.counts[(held, label)] for held, side in ((False, "training"), (True, "held_out"))
-                 for label, name in enumerate(("other", "virus"))}})
+              **{f"{side}_{name}": index.counts[(held, label)]
+                 for held, side in ((False, "training"), (True, "held_out")) for label, name in enumerate(CLASS_NAMES)}})
 
 
 def held_out_metrics(truth: np.ndarray, scores: np.ndarray, loss: float) -> dict:

@@ -34,16 +34,16 @@ import numpy as np
 import torch
 import xxhash
 
+from ..classifier_meta import CLASS_NAMES
 from ..direct_io import READS_IN_FLIGHT, DirectReader, staging_buffers
 from ..errors import InputError, StaleInputError
 from ..storage import open_matrix, read_shard_frames
 
 BLOCK_ROWS = 256  # rows read at once from one shard (3.4 MB at 3328 float32 values)
 WINDOW_BLOCKS = 8  # blocks whose rows are shuffled together (2048 rows, 27 MB at 3328 float32)
-HOLDOUT_GAP_ROWS = 64  # held-out runs closer than this are read as one range
+HOLDOUT_GAP_ROWS = 8  # held-out runs closer than this are read as one (small reads beat reading the rest)
 OPEN_FILES = 64  # file descriptors kept open between reads
 EMBEDDINGS = ("dnabert", "esm2")
-CLASS_NAMES = ("other", "virus")
 
 
 @dataclass(frozen=True)
