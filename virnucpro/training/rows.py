@@ -123,7 +123,7 @@ class RowIndex:
         labels = np.asarray(labels_by_input, dtype=np.int8)
         self.seed = seed
         self.shards = [_open_shard(source, labels, seed, fraction) for source in sources]
-        self.widths, self.dtypes = self._layout()
+        self.widths = self._widths()
         # blocks: (shard number, first row, end row), and the training rows in each
         self.blocks = [(number, start, min(start + BLOCK_ROWS, shard.rows))
                        for number, shard in enumerate(self.shards) for start in range(0, shard.rows, BLOCK_ROWS)]
@@ -134,17 +134,16 @@ class RowIndex:
                        for side in (False, True) for label in (0, 1)}
         self._check_classes(labels, fraction)
 
-    def _layout(self) -> tuple[dict, dict]:
-        """Width and stored dtype of each embedding, the same in every shard."""
-        widths, dtypes = {}, {}
+    def _widths(self) -> dict:
+        """Width of each embedding, the same in every shard (float16 and float32 may mix)."""
+        widths = {}
         for shard in self.shards:
             for kind, matrix in shard.matrices.items():
-                if (widths.setdefault(kind, matrix.width), dtypes.setdefault(kind, matrix.dtype)) != \
-                        (matrix.width, matrix.dtype):
-                    raise StaleInputError(f"{matrix.path}: rows of {matrix.width} {matrix.dtype} values, other "
-                                          f"shards have {widths[kind]} {dtypes[kind]}; the {kind} stage will run "
-                                          f"again for shard {shard.source.shard}", kind, shard.source.shard)
-        return widths, dtypes
+                if widths.setdefault(kind, matrix.width) != matrix.width:
+                    raise StaleInputError(f"{matrix.path}: rows of {matrix.width} values, other shards have "
+                                          f"{widths[kind]}; the {kind} stage will run again for shard "
+                                          f"{shard.source.shard}", kind, shard.source.shard)
+        return widths
 
     def _check_classes(self, labels: np.ndarray, fraction: float) -> None:
         present = set(labels.tolist())
@@ -220,18 +219,23 @@ class _Files:
             done.result()
 
     def _read(self, matrix: _Matrix, start: int, stop: int, out: np.ndarray, producer: tuple) -> None:
+        """Rows [start, stop) into `out` (float32, the embedding's columns of wider rows: float16
+        is widened as it is copied out of the staging buffer)."""
         try:
             if matrix.offset is None:  # not written by this package: through HDF5
                 with h5py.File(matrix.path, "r") as h5:
                     out[:] = h5["embeddings"][start:stop]
                 return
             reader = self._reader(matrix.path)
-            view, position = memoryview(out).cast("B"), matrix.offset + start * matrix.width * matrix.dtype.itemsize
+            row_bytes = matrix.width * matrix.dtype.itemsize
+            piece_rows = max(1, DirectReader.LONGEST // row_bytes)
             staging = self.free_stagings.get()
             try:
-                for done in range(0, len(view), DirectReader.LONGEST):
-                    length = min(DirectReader.LONGEST, len(view) - done)
-                    view[done:done + length] = reader.read(position + done, length, staging)
+                for first in range(start, stop, piece_rows):
+                    last = min(first + piece_rows, stop)
+                    data = reader.read(matrix.offset + first * row_bytes, (last - first) * row_bytes, staging)
+                    rows = np.frombuffer(data, matrix.dtype).reshape(last - first, matrix.width)
+                    torch.from_numpy(out[first - start:last - start]).copy_(torch.from_numpy(rows))
             finally:
                 self.free_stagings.put(staging)
         except OSError as exc:
@@ -248,10 +252,10 @@ class _Files:
 
 class RowStream:
     """Batches of (features float32 [n, width], labels int64 [n]) read from the shard files. A
-    helper thread reads a group of blocks (a window; its blocks' files several at once) into
-    reused buffers (stored dtype), puts its rows of one side in order and widens them into a
-    reused float32 buffer of whole rows, while the batches of the previous window (views of its
-    buffer) are used. Use as a context manager."""
+    helper thread reads a group of blocks (a window; its blocks' files several at once) into a
+    reused float32 buffer of whole rows (each embedding into its columns, float16 widened on the
+    way) and gathers the rows of one side, in order, into another, while the batches of the
+    previous window (views of its buffer) are used. Use as a context manager."""
 
     SLOTS = 2  # window k + 2 is read into k's buffers only once k's last batch has been used
 
@@ -260,9 +264,8 @@ class RowStream:
         self.files = _Files()
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-rows")
         rows = BLOCK_ROWS * WINDOW_BLOCKS
-        self.buffers = [{"raw": {kind: np.empty((rows, index.widths[kind]), index.dtypes[kind]) for kind in EMBEDDINGS},
-                         "ordered": {kind: torch.from_numpy(np.empty((rows, index.widths[kind]), index.dtypes[kind]))
-                                     for kind in EMBEDDINGS},
+        # per slot: the window's rows as they lie, side by side in float32, and those of one side in order
+        self.buffers = [{"rows": torch.empty((rows, index.width), dtype=torch.float32),
                          "features": torch.empty((rows, index.width), dtype=torch.float32)}
                         for _ in range(self.SLOTS)]
 
@@ -280,24 +283,25 @@ class RowStream:
         total = sum(b - a for _, a, b in pieces)
         side, labels = np.empty(total, bool), np.empty(total, np.int8)
         row, reads = 0, []
+        window = buffers["rows"][:total].numpy()
         for number, start, stop in pieces:
             shard = self.index.shards[number]
             side[row:row + stop - start] = shard.held_out[start:stop]
             labels[row:row + stop - start] = shard.labels[start:stop]
-            reads += [(shard.matrices[kind], start, stop, buffers["raw"][kind][row:row + stop - start],
-                       (kind, shard.source.shard)) for kind in EMBEDDINGS]
+            column = 0
+            for kind in EMBEDDINGS:
+                width = self.index.widths[kind]
+                reads.append((shard.matrices[kind], start, stop, window[row:row + stop - start, column:column + width],
+                              (kind, shard.source.shard)))
+                column += width
             row += stop - start
         self.files.read_all(reads)
         chosen = np.flatnonzero(side == held_out)
         if order is not None:
             chosen = chosen[order]
         chosen = torch.from_numpy(chosen)
-        features, column = buffers["features"][:len(chosen)], 0
-        for kind in EMBEDDINGS:
-            ordered = buffers["ordered"][kind][:len(chosen)]
-            torch.index_select(torch.from_numpy(buffers["raw"][kind][:total]), 0, chosen, out=ordered)
-            features[:, column:column + ordered.shape[1]].copy_(ordered)  # float16 widened here
-            column += ordered.shape[1]
+        features = buffers["features"][:len(chosen)]
+        torch.index_select(buffers["rows"][:total], 0, chosen, out=features)
         return features, torch.from_numpy(labels).index_select(0, chosen).long()
 
     def _windows(self, jobs: list):
