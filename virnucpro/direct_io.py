@@ -157,11 +157,15 @@ class DirectReader:
     LONGEST = READ_PIECE - ALIGN  # the longest range one call gives
     STAGINGS = READS_IN_FLIGHT
 
-    def __init__(self, path):
+    def __init__(self, path, stagings: list | None = None):
+        """`stagings` (from `staging_buffers`): buffers shared by readers of many files, used by
+        one thread at a time and closed by their owner; by default the reader's own STAGINGS."""
         self.path = path
         self.direct = _open_direct(path, os.O_RDONLY)
         self.fd = os.open(path, os.O_RDONLY)
-        self.stagings = [_Staging(READ_PIECE) for _ in range(self.STAGINGS)] if self.direct is not None else []
+        self.own_stagings = stagings is None
+        self.stagings = (staging_buffers(self.STAGINGS) if stagings is None else stagings) \
+            if self.direct is not None else []
 
     def read(self, position: int, length: int, staging: int) -> memoryview:
         """Bytes [position, position + length) as a view of staging buffer `staging` (0 to
@@ -190,9 +194,15 @@ class DirectReader:
             if fd is not None:
                 os.close(fd)
         self.direct = self.fd = None
-        for staging in self.stagings:
-            staging.close()
+        if self.own_stagings:
+            for staging in self.stagings:
+                staging.close()
         self.stagings = []
+
+
+def staging_buffers(count: int) -> list:
+    """Page-aligned buffers for DirectReader (READ_PIECE each; memory is touched as it is used)."""
+    return [_Staging(READ_PIECE) for _ in range(count)]
 
 
 def _pread_exact(fd: int, out: memoryview, position: int, path) -> None:

@@ -1,4 +1,7 @@
-"""The VirNucPro MLP classifier and loading of its released checkpoints.
+"""The VirNucPro MLP classifier and loading of its released checkpoints and of trained ones.
+
+A trained classifier (`virnucpro-slurm train`) is a .safetensors file of the state_dict with its
+description (classifier_meta) beside it: tensors only, nothing to unpickle.
 
 The released 300_model.pth / 500_model.pth are whole modules pickled by `torch.save(model)` from a
 training script run as `__main__`, so the pickle names the class `__main__.MLPClassifier`. We
@@ -23,16 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from virnucpro.classifier_meta import ClassifierFileError, read_classifier_meta, weights_sha256
 from virnucpro.engines import safe_load
-from virnucpro.errors import InputError
 
 BATCH_SIZE = 256
 _MAIN_LOCK = threading.Lock()  # the __main__ injection is process-global
 _MISSING = object()
-
-
-class ClassifierFileError(InputError, ValueError):
-    """A file that is not a VirNucPro classifier (one line naming the file and what was expected)."""
 
 
 class MLPClassifier(nn.Module):
@@ -118,15 +117,51 @@ def _state_dict_of(obj) -> dict | None:
     return None
 
 
-def load_classifier(path: str | Path, trust_pickles: bool = False) -> MLPClassifier:
-    """Load a released whole-module .pth or a state_dict into a fresh MLPClassifier in eval mode.
+def _mlp_shapes(width: int, hidden: int, classes: int) -> dict[str, tuple[int, ...]]:
+    """The tensors of MLPClassifier(width, hidden, classes) and their shapes, without building one."""
+    shapes = {"hidden_layer.weight": (hidden, width), "hidden_layer.bias": (hidden,),
+              "output_layer.weight": (classes, hidden), "output_layer.bias": (classes,),
+              "bn1.num_batches_tracked": ()}
+    shapes.update({f"bn1.{name}": (hidden,) for name in ("weight", "bias", "running_mean", "running_var")})
+    return shapes
 
-    Safely (see the module docstring) unless `trust_pickles`, which runs code from the file. The
+
+def _load_safetensors(path: Path) -> MLPClassifier:
+    """A trained classifier: its description says the shapes, its tensors must have exactly them
+    (checked before the model is built, so a description cannot make it larger than the file)."""
+    from safetensors.torch import load
+
+    meta = read_classifier_meta(path)
+    data = path.read_bytes()
+    if weights_sha256(data) != meta["weights_sha256"]:
+        raise ClassifierFileError(f"{path}: not the weights its {path.with_suffix('.json').name} describes "
+                                  "(SHA-256 differs); keep the .safetensors and .json written together")
+    width, hidden, classes = sum(meta["input_widths"].values()), meta["hidden"], len(meta["classes"])
+    try:
+        state = load(data)
+    except Exception as exc:
+        raise ClassifierFileError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
+    safe_load.check_weights(path, state, "a classifier written by 'virnucpro-slurm train'")
+    if {key: tuple(value.shape) for key, value in state.items()} != _mlp_shapes(width, hidden, classes):
+        raise ClassifierFileError(f"{path}: its tensors are not those of the MLPClassifier({width}, {hidden}, "
+                                  f"{classes}) its description names; the file is damaged or not from 'train'")
+    model = MLPClassifier(width, hidden, classes)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def load_classifier(path: str | Path, trust_pickles: bool = False) -> MLPClassifier:
+    """Load a trained .safetensors classifier (with its .json beside it), a released whole-module
+    .pth or a state_dict into a fresh MLPClassifier in eval mode.
+
+    Safely (see the module docstring) unless `trust_pickles`, which runs code from a .pth. The
     widths come from the weights, which safe_load.check_weights has seen store every value, so
     what is built is no larger than the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classifier model not found: {path}")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
     expected = "a VirNucPro MLPClassifier (whole pickled module or its state_dict)"
     try:
         if trust_pickles:

@@ -1,0 +1,30 @@
+"""The trained classifier's files: classifier.safetensors (weights) and classifier.json (description)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import atomic_write_bytes, atomic_write_text
+from ..classifier_meta import CLASS_NAMES, FORMAT, weights_sha256
+from .fit import TrainedClassifier
+
+
+def write_classifier(weights: Path, meta: Path, trained: TrainedClassifier, metadata: dict) -> None:
+    """Both files atomically, the weights first: a description is only ever written for weights
+    that are complete (it records their SHA-256). `metadata`: what the caller knows of the run
+    (chunk_length, models, training inputs with their labels and SHA-256)."""
+    from safetensors.torch import save
+
+    data = save({key: value.contiguous() for key, value in trained.state.items()}, metadata={"format": FORMAT})
+    atomic_write_bytes(weights, data)
+    document = {
+        **metadata,
+        "format": FORMAT, "version": 1, "weights": Path(weights).name, "weights_sha256": weights_sha256(data),
+        "input_widths": trained.input_widths, "hidden": trained.recipe.hidden, "classes": list(CLASS_NAMES),
+        "recipe": trained.recipe.to_dict(), "seed": trained.seed, "holdout": trained.holdout,
+        "split": "by read: every frame of a read (or genome record) on one side",
+        "epochs": trained.epochs, "best_epoch": trained.best_epoch, "rows": trained.rows,
+        "held_out_metrics": trained.metrics, "history": trained.history,
+    }
+    atomic_write_text(meta, json.dumps(document, indent=1) + "\n")
