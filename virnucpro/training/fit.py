@@ -22,6 +22,7 @@ from torch import nn
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..engines.classifier import MLPClassifier
 from ..errors import InputError
+from ..evaluation.metrics import binary_metrics
 from .recipe import ORIGINAL, Recipe
 from .rows import CLASS_NAMES, EMBEDDINGS, RowIndex, RowStream, ShardSource
 
@@ -225,11 +226,4 @@ def fit(sources: Sequence[ShardSource], labels_by_input: Sequence[int], holdout:
 
 def held_out_metrics(truth: np.ndarray, scores: np.ndarray, loss: float) -> dict:
     """Per frame, of the best weights (a frame called virus when its virus score >= 0.5)."""
-    try:
-        from ..evaluation.metrics import binary_metrics
-    except ImportError:  # the evaluation package lands separately; until then accuracy alone
-        return {"level": "frame", "loss": loss, "n": int(len(truth)),
-                "accuracy": float(((scores >= 0.5) == truth).mean())}
-    metrics = binary_metrics(truth, scores)
-    return {"level": "frame", "loss": loss, **{key: value.item() if isinstance(value, np.generic) else value
-                                               for key, value in metrics.items()}}
+    return {"level": "frame", "loss": loss, **binary_metrics(truth, scores)}
