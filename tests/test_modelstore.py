@@ -5,6 +5,7 @@ pickles are refused and never run)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,6 +52,9 @@ class Server:
         self.body: dict[str, bytes] = {}
         self.limit: dict[str, int] = {}
         self.slow: dict[str, threading.Event] = {}  # send 4 kB at a time until the event is set
+        # answer 200 without Content-Length and send this chunk again and again (after a pause)
+        # until the client hangs up or 200 MB went: an endless or dripping body
+        self.stream: dict[str, tuple[bytes, float]] = {}
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -62,6 +67,18 @@ class Server:
             def do_GET(self):
                 path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
                 server.requests.append((path, self.headers.get("Range")))
+                if path in server.stream:
+                    chunk, pause = server.stream[path]
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        for _ in range((200 << 20) // len(chunk)):
+                            self.wfile.write(chunk)
+                            self.wfile.flush()
+                            time.sleep(pause)
+                    return
                 if path in server.status or path not in server.routes:
                     code = server.status.get(path, 404)
                     self.send_response(code)
@@ -531,3 +548,130 @@ def test_real_formats_load_safely(demo_models, tmp_path):
     assert type(model).__module__ == "virnucpro.engines.classifier"
     torch.save(model.state_dict(), tmp_path / "state.pth")
     assert torch.equal(load_classifier(tmp_path / "state.pth").hidden_layer.weight, model.hidden_layer.weight)
+
+
+# ---------------------------------------------------------------- issue 25: hostile folders and mirrors
+
+CLASSIFIER = "300_model.pth"
+
+
+def _hostile_mirror(server: Server, demo_models: Path, tmp_path: Path, files: list[dict]) -> Server:
+    """A mirror whose manifest lists `files` (each completed from the demo 300_model.pth entry);
+    each file is served as that classifier's bytes."""
+    real = manifest_of(demo_models)[CLASSIFIER]
+    entries = [{**vars(real), **item} for item in files]
+    server.routes["/" + mf.MANIFEST_NAME] = json.dumps({"version": 1, "files": entries}).encode()
+    for entry in entries:
+        server.routes.setdefault("/" + entry["path"], demo_models / CLASSIFIER)
+    return server
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["link to a file", "dangling link"])
+def test_a_planted_part_link_is_refused_and_nothing_outside_is_written(mirror, tmp_path, dangling):
+    """Issue 25 item 2: a `.300_model.pth.part` symlink in DIR made the download overwrite (or
+    create) the file it points to, then rename the link to the final name."""
+    victim = tmp_path / "victim" / "t.txt"
+    victim.parent.mkdir()
+    if not dangling:
+        victim.write_text("short\n")
+    target = tmp_path / "models"
+    target.mkdir()
+    part_path(target / CLASSIFIER).symlink_to(victim)
+    done = cli("models", "download", target, "--mirror", mirror.url, "--only", "classifiers")
+    assert done.returncode == 1
+    (line,) = [l for l in error_lines(done.stderr) if CLASSIFIER in l]
+    assert line == (f"error: {part_path(target / CLASSIFIER)}: a symbolic link where 'models download' keeps its "
+                    "partial file; it never writes through one: remove it and run again"), line
+    assert (victim.read_text() == "short\n") if not dangling else not victim.exists()
+    assert not (target / CLASSIFIER).exists() and part_path(target / CLASSIFIER).is_symlink()
+
+
+def test_a_planted_part_fifo_is_refused_at_once(mirror, tmp_path):
+    target = tmp_path / "models"
+    target.mkdir()
+    os.mkfifo(part_path(target / CLASSIFIER))
+    done = cli("models", "download", target, "--mirror", mirror.url, "--only", "classifiers")
+    assert done.returncode == 1 and "not a regular file where 'models download' keeps" in done.stderr
+
+
+def test_a_body_longer_than_listed_stops_at_the_listed_size_plus_one(mirror, demo_models, tmp_path):
+    """Issue 25 item 3: a body without Content-Length past the listed size was written on and on
+    (300 MB into a 20 MB tmpfs), and the message said it resumes."""
+    size = manifest_of(demo_models)[CLASSIFIER].size
+    mirror.stream["/" + CLASSIFIER] = (b"x" * 65536, 0.0)
+    target = tmp_path / "models"
+    done = cli("models", "download", target, "--mirror", mirror.url, "--only", "classifiers")
+    assert done.returncode == 1
+    (line,) = [l for l in error_lines(done.stderr) if CLASSIFIER in l]
+    assert line.startswith(f"error: {CLASSIFIER}: 127.0.0.1:") and f"sent more than the {size} bytes listed" in line
+    assert f"stopped after {size + 1} bytes" in line and f"{mirror.url}/{CLASSIFIER}" in line and "resume" not in line
+    assert not part_path(target / CLASSIFIER).exists() and not (target / CLASSIFIER).exists()
+
+
+def test_an_oversized_mirror_manifest_is_refused_without_reading_it_whole(server, tmp_path):
+    """Issue 25 item 4: a 2 GB manifest was read whole (4.3 GB RSS)."""
+    server.stream["/" + mf.MANIFEST_NAME] = (b" " * (1 << 20), 0.0)
+    done = cli("models", "download", tmp_path / "models", "--mirror", server.url)
+    assert done.returncode == 1
+    (line,) = error_lines(done.stderr)
+    assert "larger than 16 MiB, so not a models manifest" in line and f"{server.url}/{mf.MANIFEST_NAME}" in line
+
+
+@pytest.mark.parametrize("files, problem", [
+    ([{"path": "a\u0000b.pth"}], "a control character in the name"),
+    ([{"path": "x" * 300 + ".pth"}], "a name longer than 255 bytes"),
+    ([{"path": ".virnucpro-download.json"}], "a hidden name or the manifest's own"),
+    ([{"path": "." + CLASSIFIER + ".part"}], "a hidden name or the manifest's own"),
+    ([{"path": mf.MANIFEST_NAME}], "a hidden name or the manifest's own"),
+    ([{"path": CLASSIFIER}, {"path": CLASSIFIER}], "listed twice"),
+    ([{"path": "d"}, {"path": "d/e.pth"}], "listed twice (or as a file and a folder)"),
+    ([{"size": -1}], "of the wrong type"),
+    ([{"size": True}], "of the wrong type"),
+    ([{"url": ["x"]}], "url is not text"),
+], ids=["NUL", "300 characters", "the download's record", "a .part", "the manifest", "twice", "file and folder",
+        "negative size", "bool size", "url list"])
+def test_hostile_mirror_manifest_entries_are_one_line(server, demo_models, tmp_path, files, problem):
+    """Issue 25 item 12: NUL bytes and 300-character names were internal errors; an entry named
+    like the download's own record was reported done, then deleted; duplicates shared a .part."""
+    _hostile_mirror(server, demo_models, tmp_path, files)
+    target = tmp_path / "models"
+    done = cli("models", "download", target, "--mirror", server.url)
+    assert done.returncode == 2, done.stderr
+    (line,) = error_lines(done.stderr)
+    assert line.startswith(f"error: {server.url}/{mf.MANIFEST_NAME}: not a virnucpro models manifest") and problem in line
+    assert "Traceback" not in done.stderr and not target.exists()
+
+
+def test_a_mirror_path_that_looks_like_markup_downloads(server, demo_models, tmp_path):
+    """Issue 25 item 12: a mirror path `x[/]y.pth` was an internal error (rich markup)."""
+    _hostile_mirror(server, demo_models, tmp_path, [{"path": "x[/]y.pth"}])
+    target = tmp_path / "models"
+    done = cli("models", "download", target, "--mirror", server.url)
+    assert done.returncode == 0, done.stderr
+    assert "fetched x[/]y.pth" in done.stderr
+    assert (target / "x[" / "]y.pth").read_bytes() == (demo_models / CLASSIFIER).read_bytes()
+
+
+def test_a_dripping_mirror_is_abandoned_at_the_file_deadline(mirror, tmp_path):
+    """Issue 25 item 12: a mirror sending 1 byte per 5 s was never abandoned."""
+    mirror.stream["/" + CLASSIFIER] = (b"x", 0.2)
+    target = tmp_path / "models"
+    started = time.monotonic()
+    done = cli("models", "download", target, "--mirror", mirror.url, "--only", "classifiers", "--file-deadline", "1")
+    assert done.returncode == 1 and time.monotonic() - started < 60
+    (line,) = [l for l in error_lines(done.stderr) if CLASSIFIER in l]
+    assert line.startswith(f"error: {CLASSIFIER}: not complete after 1 s from 127.0.0.1:") and "resume" in line
+    assert 0 < part_path(target / CLASSIFIER).stat().st_size < 50  # kept for the next run
+
+
+def test_a_linked_models_subfolder_is_refused(mirror, demo_models, tmp_path):
+    """A new hostile case: DIR/DNABERT-S as a link to another folder got the hub files written there."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    target = tmp_path / "models"
+    target.mkdir()
+    dnabert = next(p for p in manifest_of(demo_models) if "/" in p).split("/")[0]
+    (target / dnabert).symlink_to(victim)
+    done = cli("models", "download", target, "--mirror", mirror.url, "--only", "dnabert")
+    assert done.returncode == 1 and f"{target / dnabert}: a symbolic link" in done.stderr
+    assert list(victim.iterdir()) == []

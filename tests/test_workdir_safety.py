@@ -495,3 +495,65 @@ def test_report_on_a_read_only_workdir_is_one_line_naming_the_folder(quiet_demo_
             subprocess.run(["umount", str(workdir)], check=True)
         else:
             subprocess.run(["chmod", "-R", "u+w", str(workdir)], check=True)
+
+
+def _planted_victim(tmp_path: Path) -> tuple[Path, dict]:
+    """Issue 25 item 1: a folder outside the workdir holding hidden temp-named files of its own."""
+    victim = tmp_path / "V"
+    (victim / "deep").mkdir(parents=True)
+    (victim / ".notes.tmp").write_text("x\n")
+    (victim / "deep" / ".draft.tmp").write_text("x\n")
+    return victim, {p: p.read_bytes() for p in victim.rglob("*") if p.is_file()}
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "Traceback" not in err and "internal error" not in err, err
+    return errors[0]
+
+
+@pytest.mark.parametrize("argv", [["report"], ["run", "--restart"], ["run"]], ids=["report", "run --restart", "run"])
+@pytest.mark.parametrize("linked", ["report", "results", "state.d", "logs", "embeddings/esm2"])
+def test_a_symlinked_workdir_folder_is_refused_and_nothing_is_written_or_deleted_through_it(
+        quiet_demo_run, tmp_path, capsys, argv, linked, demo_models):
+    """Issue 25 item 1: `report` walked a symlinked W/report into V, deleted V's hidden .tmp files
+    (recursively) and wrote index.html there; --restart kept the link (rmtree's refusal ignored)."""
+    import shutil
+
+    workdir = tmp_path / "W"
+    shutil.copytree(quiet_demo_run.workdir, workdir)
+    victim, before = _planted_victim(tmp_path)
+    shutil.rmtree(workdir / linked)
+    (workdir / linked).symlink_to(victim, target_is_directory=True)
+    if argv[0] == "run":
+        from virnucpro.orchestration.config import RunConfig
+        from virnucpro.paths import Workdir
+
+        argv = ["run", RunConfig.load(Workdir(workdir)).inputs_list, "--demo", "--models", str(demo_models), *argv[1:]]
+    capsys.readouterr()
+    assert main([*argv, "--workdir", str(workdir), "--quiet"]) == 2
+    line = _one_error(capsys)
+    assert f"{workdir / linked}: a symbolic link inside the workdir" in line, line
+    assert {p: p.read_bytes() for p in victim.rglob("*") if p.is_file()} == before  # nothing deleted, nothing written
+    assert (workdir / linked).is_symlink()
+
+
+def test_removing_temp_files_never_follows_a_link(tmp_path):
+    """Issue 25 item 1, the shared mechanism: a shard's owner clearing temp files refuses a linked
+    folder (or a file whose folder is a link) before removing anything."""
+    from virnucpro.atomic import remove_stale_temp_files
+
+    victim, before = _planted_victim(tmp_path)
+    owned = tmp_path / "W" / "embeddings"
+    owned.mkdir(parents=True)
+    (owned / ".00001.h5.abc.tmp").write_bytes(b"mine")
+    (owned / "esm2").symlink_to(victim)
+    (tmp_path / "W" / "results").symlink_to(victim)
+    for paths in ([owned], [tmp_path / "W" / "results" / "reads.tsv"], [tmp_path / "W" / "results"]):
+        with pytest.raises(StateError, match="a symbolic link inside the workdir"):
+            remove_stale_temp_files(paths)
+    assert {p: p.read_bytes() for p in victim.rglob("*") if p.is_file()} == before
+    assert (owned / ".00001.h5.abc.tmp").exists()  # refused before removing anything
+    (owned / "esm2").unlink()
+    assert remove_stale_temp_files([owned]) == 1

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import OutputError
+from .errors import OutputError, StateError
 
 
 def fsync_dir(directory: Path) -> None:
@@ -31,12 +31,58 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def open_lock(path: Path):
+    """A lock file (created if needed, never unlinked) opened for flock without following a
+    symbolic link: a planted link would make the tool create or lock a file outside its folder."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise StateError(f"{path}: a symbolic link where virnucpro keeps a lock file; it never opens one: "
+                         "remove it and run again") from None
+    return os.fdopen(fd, "a+")
+
+
+def _linked_folder_error(link: str) -> StateError:
+    return StateError(f"{link}: a symbolic link inside the workdir; virnucpro never writes or deletes through "
+                      "one (what it points to is not the run's); replace it with a real folder, or use a new "
+                      "--workdir (nothing was changed)")
+
+
+def refuse_linked_folders(folder: Path) -> None:
+    """Refuse `folder` when it, or anything below it, is a symbolic link to a folder (or to nothing):
+    writing or deleting inside such a link would reach files outside the workdir. Walks without
+    following links; lists folders but stats only the links themselves."""
+    if Path(folder).is_symlink() and not Path(folder).is_file():
+        raise _linked_folder_error(str(folder))
+    pending = [str(folder)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        if not entry.is_file():  # a link to a file is replaced by a rename, never written through
+                            raise _linked_folder_error(entry.path)
+                    elif entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+
+
 def remove_stale_temp_files(paths) -> int:
     """Remove the temp files a killed writer left beside these files or anywhere inside these
     folders; returns how many.  A temp file of a large shard can hold gigabytes, so the next owner
-    of the shard clears them.  Only for paths that no live process is writing."""
+    of the shard clears them.  Only for paths that no live process is writing. Refuses (before
+    removing anything) a folder to walk, or the folder of a file, that is or holds a symbolic link."""
+    paths = list(map(Path, paths))
+    for path in paths:
+        if path.is_dir() or path.is_symlink():
+            refuse_linked_folders(path)
+        elif path.parent.is_symlink():
+            raise _linked_folder_error(str(path.parent))
     removed = 0
-    for path in map(Path, paths):
+    for path in paths:
         if path.is_dir():
             found = path.rglob(".*.tmp")
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -80,6 +81,25 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return value
+
+
+WATCH_MIN_SECONDS = 0.5  # a redraw folds every state record: faster would be a busy loop on a big run
+
+
+def positive_seconds(text: str) -> float:
+    """A duration option: a finite number of seconds > 0, refused at parse time (-1, nan, inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _watch_seconds(text: str) -> float:
+    """--watch SECONDS; tiny values are raised to the minimum."""
+    return max(positive_seconds(text), WATCH_MIN_SECONDS)
 
 
 def _device(text: str) -> str:
@@ -171,7 +191,7 @@ def cmd_run(args) -> int:
         run_locally(ctx, state)
     if config.models.demo:
         console.warn(DEMO_WARNING)
-    console.info(f"[bold green]done[/bold green]: results in {workdir.results}")
+    console.info(("done", "bold green"), f": results in {workdir.results}")
     for name in config.input_names:
         console.info(f"  {workdir.result_dir(name)}")
     console.info(f"report: {workdir.report_index}")
@@ -305,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "  virnucpro-slurm status --workdir W --json | jq .complete")
     status.add_argument("--workdir", "-w", type=Path, required=True, help="the run's workdir")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
+    status.add_argument("--watch", nargs="?", type=_watch_seconds, const=5.0, metavar="SECONDS",
                         help="redraw every SECONDS (default 5) until the run is complete or nothing is left running")
     _add_common(status)
     status.set_defaults(func=cmd_status)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.errors import MarkupError
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -94,15 +93,13 @@ def _to_file(level: int, message: str, exc_info=None) -> None:
         _file_handler.handle(record)
 
 
-def info(message: str) -> None:
-    """`message` may carry rich markup ([bold]...); the log file gets the plain text."""
-    try:
-        plain = Text.from_markup(message).plain
-    except MarkupError:
-        plain = message
-    _to_file(logging.INFO, plain)
+def info(*parts: str | tuple[str, str]) -> None:
+    """Print the parts as literal text: paths, read ids and names are user text, never markup
+    (`read[/1]`, a workdir `W[/]x`). A part given as (text, style) is styled: ("done", "green")."""
+    text = Text.assemble(*parts)
+    _to_file(logging.INFO, text.plain)
     if not _quiet:
-        _print(message)
+        _print(text)
 
 
 def warn(message: str) -> None:

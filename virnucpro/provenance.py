@@ -210,10 +210,22 @@ def _run_lock(workdir: Workdir):
 
 
 def read_provenance(workdir: Workdir) -> dict:
+    """provenance.json as recorded. Only its environments and events are carried into the next
+    version (the rest is recomputed), so a damaged file, or a damaged one of those two, counts as absent."""
     try:
-        return json.loads(workdir.provenance.read_text(encoding="utf-8"))
+        record = json.loads(workdir.provenance.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         return {}
+    if not isinstance(record, dict):
+        return {}
+    environments = record.get("environments", {})
+    if not isinstance(environments, dict) or not all(
+            isinstance(env, dict) and isinstance(env.get("gpus", []), list)
+            and all(isinstance(gpu, str) for gpu in env.get("gpus", [])) for env in environments.values()):
+        record["environments"] = {}
+    if not isinstance(record.get("events", []), list):
+        record["events"] = []
+    return record
 
 
 def _merge_environment(record: dict, event: str, here: dict) -> dict:

@@ -120,7 +120,7 @@ def _submit_held(request, options, planned) -> int:
         console.warn(note)
     jobs, rerun = slurm.jobs_for(plan, options.gpus_per_task, options.gpus_capped)
     if not jobs:
-        console.info(f"[green]nothing to submit[/green]: every stage of {workdir.root} is done")
+        console.info(("nothing to submit", "green"), f": every stage of {workdir.root} is done")
         return 0
     for stage, shards in rerun.items():  # done, but made from recomputed inputs or missing a file: compute again
         for shard in shards:
@@ -171,7 +171,7 @@ def write_dry_run(workdir, jobs, options) -> None:
         atomic_write_text(path, script)
         header = f"# ==== {path} -- {describe(job)}"
         if tty:
-            out.print(f"[bold]{header}[/bold]")
+            out.print(header, style="bold", markup=False)
             out.print(Syntax(script, "bash", word_wrap=True))
         else:
             print(header)
@@ -184,8 +184,9 @@ def write_dry_run(workdir, jobs, options) -> None:
 def print_submission(workdir, jobs, record) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"submitted {workdir.root}")
+    table = Table(title=Text(f"submitted {workdir.root}"))
     for column in ("stage", "job id", "tasks", "shards", "after"):
         table.add_column(column)
     for job in jobs:
@@ -197,7 +198,7 @@ def print_submission(workdir, jobs, record) -> None:
     out = Console(highlight=False)
     out.print(table)
     out.print(f"logs: {workdir.logs}/<stage>/<job>_<task>.err   follow: virnucpro-slurm status -w {workdir.root} --watch",
-              soft_wrap=True)  # one line, whatever the width: the paths are copied from it
+              soft_wrap=True, markup=False)  # one line, whatever the width: the paths are copied from it
 
 
 def cmd_cancel(args) -> int:

@@ -35,6 +35,8 @@ def _only(text: str) -> set[str]:
 
 
 def register(subparsers, add_common, add_run_options) -> None:
+    from ..cli import positive_seconds
+
     models = subparsers.add_parser("models", help="download the real models for a cluster (login node), verify them",
                                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     verbs = models.add_subparsers(dest="models_command", metavar="download|verify")
@@ -46,6 +48,9 @@ def register(subparsers, add_common, add_run_options) -> None:
     download.add_argument("--dnabert-revision", default=None, metavar="REV",
                           help="DNABERT-S hub revision (default main; the manifest records the commit it resolved to)")
     download.add_argument("--jobs", type=int, default=4, metavar="N", help="files fetched at once (default 4)")
+    download.add_argument("--file-deadline", type=positive_seconds, default=None, metavar="SECONDS",
+                          help="abandon a file not complete after SECONDS, all retries together (default 12 hours); "
+                               "what arrived is kept and the next run resumes it")
     add_common(download)
     download.set_defaults(func=cmd_download)
     verify = verbs.add_parser("verify", help="re-hash DIR's files against its manifest (exit 0 only if all match)")
@@ -57,7 +62,7 @@ def register(subparsers, add_common, add_run_options) -> None:
 
 def cmd_download(args) -> int:
     from ..errors import VirnucproError
-    from .download import download
+    from .download import DEADLINE_S, download
     from .manifest import manifest_path, size_text
     from .sources import DNABERT_REVISION, mirror_jobs, original_jobs
 
@@ -72,12 +77,12 @@ def cmd_download(args) -> int:
         jobs = original_jobs(args.only, args.dnabert_revision or DNABERT_REVISION)
     known = sum(j.size or 0 for j in jobs)
     console.info(f"{len(jobs)} file(s){f' ({size_text(known)} listed)' if known else ''} into {args.directory}")
-    entries, errors = download(args.directory, jobs, workers=args.jobs)
+    entries, errors = download(args.directory, jobs, workers=args.jobs, deadline_s=args.file_deadline or DEADLINE_S)
     if errors:
         console.error(f"{len(errors)} of {len(jobs)} file(s) failed (see above); run the same command again to "
                       "resume; nothing partial is under a final name")
         return 1
-    console.info(f"[green]done[/green]: {len(entries)} file(s), {size_text(sum(e.size for e in entries))}; "
+    console.info(("done", "green"), f": {len(entries)} file(s), {size_text(sum(e.size for e in entries))}; "
                  f"manifest {manifest_path(args.directory)}")
     console.info(f"use it with: --models {args.directory}")
     return 0
@@ -93,5 +98,5 @@ def cmd_verify(args) -> int:
         console.error(f"{len(problems)} file(s) of {args.directory} do not match its manifest; download them again "
                       f"('virnucpro-slurm models download {args.directory}')")
         return 1
-    console.info(f"[green]ok[/green]: {len(ok)} file(s) of {args.directory} match its manifest")
+    console.info(("ok", "green"), f": {len(ok)} file(s) of {args.directory} match its manifest")
     return 0

@@ -19,21 +19,25 @@ import json
 import os
 import re
 import shutil
+import stat
 import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 from .. import console
-from ..atomic import atomic_write_text, fsync_dir
+from ..atomic import atomic_write_text, fsync_dir, open_lock
 from .manifest import Entry, entry_for, read_manifest, sha256_file, size_text, write_manifest
 from .sources import TIMEOUT_S, USER_AGENT, DownloadError, Job, describe_url_error
 
 STATE_NAME = ".virnucpro-download.json"
 LOCK_NAME = ".virnucpro-download.lock"  # held while a download writes DIR; never unlinked
 BLOCK = 1 << 20
+DEADLINE_S = 12 * 3600.0  # per file, all attempts together (--file-deadline): a mirror dripping bytes is abandoned
 RETRIES = 3  # further attempts per file after a dropped connection or a 5xx, each resuming with Range
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -49,7 +53,7 @@ class _Stopped(Exception):
 
 @contextlib.contextmanager
 def _exclusive(directory: Path):
-    with open(directory / LOCK_NAME, "a+") as lock:
+    with open_lock(directory / LOCK_NAME) as lock:
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -63,6 +67,42 @@ def _exclusive(directory: Path):
 
 def part_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.part")
+
+
+def _not_ours(path: Path, what: str) -> DownloadError:
+    return DownloadError(f"{path}: {what} where 'models download' keeps its partial file; it never writes "
+                         "through one: remove it and run again")
+
+
+def _part_size(part: Path) -> int:
+    """Bytes the .part holds (0 when absent); refuses a link or anything but a regular file."""
+    try:
+        mode = os.lstat(part)
+    except FileNotFoundError:
+        return 0
+    if stat.S_ISLNK(mode.st_mode):
+        raise _not_ours(part, "a symbolic link")
+    if not stat.S_ISREG(mode.st_mode):
+        raise _not_ours(part, "not a regular file")
+    return mode.st_size
+
+
+def _open_part(part: Path, append: bool):
+    """The .part opened for writing without following a link (O_NOFOLLOW), a regular file only
+    (O_NONBLOCK: a planted FIFO fails at once instead of blocking the download)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_APPEND if append else os.O_TRUNC)
+    try:
+        fd = os.open(part, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _not_ours(part, "a symbolic link") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):
+            raise _not_ours(part, "not a regular file") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _not_ours(part, "not a regular file")
+    return os.fdopen(fd, "ab" if append else "wb")
 
 
 class _Record:
@@ -122,18 +162,21 @@ class _Bars:
     def task(self, name: str):
         if not self.progress:
             return None
-        return self.progress.add_task(name, total=None)
+        from rich.markup import escape
+
+        return self.progress.add_task(escape(name), total=None)  # a mirror's path is not markup
 
     def update(self, task, **fields):
         if self.progress and task is not None:
             self.progress.update(task, **fields)
 
 
-def _open(job: Job, offset: int):
+def _open(job: Job, offset: int, deadline: float):
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    return urllib.request.urlopen(urllib.request.Request(job.url, headers=headers), timeout=TIMEOUT_S)
+    timeout = max(0.1, min(TIMEOUT_S, deadline - time.monotonic()))  # a silent server ends with the deadline too
+    return urllib.request.urlopen(urllib.request.Request(job.url, headers=headers), timeout=timeout)
 
 
 def _hash_prefix(part: Path) -> "hashlib._Hash":
@@ -146,7 +189,7 @@ def _hash_prefix(part: Path) -> "hashlib._Hash":
 
 def _attempt(job: Job, part: Path, bars: _Bars, task, state: dict, stop: threading.Event) -> None:
     """One request: continue the .part from its current size. Sets state['total'] and ['digest']."""
-    offset = part.stat().st_size if part.exists() else 0
+    offset = _part_size(part)
     total = job.size if job.size is not None else state.get("total")
     if total is not None and offset > total:
         part.unlink()
@@ -156,7 +199,7 @@ def _attempt(job: Job, part: Path, bars: _Bars, task, state: dict, stop: threadi
             state["digest"] = _hash_prefix(part)
         return
     try:
-        response = _open(job, offset)
+        response = _open(job, offset, state["deadline"])
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # nothing past what we hold: start over (size unknown or changed)
             part.unlink()
@@ -193,10 +236,11 @@ def _attempt(job: Job, part: Path, bars: _Bars, task, state: dict, stop: threadi
         bars.update(task, total=total, completed=offset)
         digest = state["digest"]
         try:
-            with open(part, mode) as handle:
+            with _open_part(part, append=mode == "ab") as handle:
                 while True:
                     try:
-                        block = response.read1(BLOCK)  # what has arrived: Ctrl-C and the bars stay prompt
+                        # what has arrived (Ctrl-C and the bars stay prompt), never past the listed size + 1 byte
+                        block = response.read1(BLOCK if total is None else min(BLOCK, total + 1 - offset))
                     except (http.client.IncompleteRead, OSError, http.client.HTTPException) as exc:
                         handle.flush()
                         raise _Retry(f"connection lost after {size_text(offset)} ({type(exc).__name__})") from None
@@ -204,10 +248,17 @@ def _attempt(job: Job, part: Path, bars: _Bars, task, state: dict, stop: threadi
                         break
                     if stop.is_set():
                         raise _Stopped()
+                    if total is not None and offset + len(block) > total:
+                        handle.close()
+                        part.unlink()
+                        raise DownloadError(f"{job.path}: {_source(job)} sent more than the {total} bytes listed "
+                                            f"for it ({job.url}); stopped after {total + 1} bytes and removed the "
+                                            "partial file; check the mirror")
                     handle.write(block)
                     digest.update(block)
                     offset += len(block)
                     bars.update(task, completed=offset)
+                    _check_deadline(job, state, offset)
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as exc:
@@ -220,6 +271,17 @@ def _attempt(job: Job, part: Path, bars: _Bars, task, state: dict, stop: threadi
         raise _Retry(f"connection closed after {size_text(offset)} of {size_text(total)}")
 
 
+def _source(job: Job) -> str:
+    return urllib.parse.urlsplit(job.url).netloc or "the server"
+
+
+def _check_deadline(job: Job, state: dict, held: int) -> None:
+    if time.monotonic() > state["deadline"]:
+        raise DownloadError(f"{job.path}: not complete after {state['deadline_s']:g} s from {_source(job)} "
+                            f"({job.url}); {size_text(held)} kept in its .part: run the same command again to "
+                            "resume (or raise --file-deadline)")
+
+
 def _check_space(job: Job, part: Path, needed: int) -> None:
     free = shutil.disk_usage(part.parent).free
     if needed > free:
@@ -228,13 +290,17 @@ def _check_space(job: Job, part: Path, needed: int) -> None:
 
 
 def fetch(job: Job, directory: Path, bars: _Bars, retries: int = RETRIES,
-          stop: threading.Event | None = None) -> tuple[str, int]:
+          stop: threading.Event | None = None, deadline_s: float = DEADLINE_S) -> tuple[str, int]:
     """Fetch one file to DIR/job.path; returns (sha256, size). Raises DownloadError (one line)."""
     target = directory / job.path
+    for folder in list(Path(job.path).parents)[:-1]:  # DNABERT-S/ of DNABERT-S/config.json
+        if (directory / folder).is_symlink():
+            raise DownloadError(f"{directory / folder}: a symbolic link; 'models download' never writes through "
+                                "one: replace it with a real folder and run again")
     target.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(target)
     task = bars.task(job.path)
-    state: dict = {"digest": None}
+    state: dict = {"digest": None, "deadline": time.monotonic() + deadline_s, "deadline_s": deadline_s}
     stop = stop or threading.Event()
     last = ""
     for attempt in range(retries + 1):
@@ -243,16 +309,17 @@ def fetch(job: Job, directory: Path, bars: _Bars, retries: int = RETRIES,
             break
         except _Retry as exc:
             last = str(exc)
+            _check_deadline(job, state, _part_size(part))
             if attempt < retries and not stop.is_set():
                 console.warn(f"{job.path}: {last}; resuming (attempt {attempt + 2} of {retries + 1})")
                 if stop.wait(min(2 ** attempt, 10)):
                     raise _Stopped()
     else:
-        held = part.stat().st_size if part.exists() else 0
+        held = _part_size(part)
         where = "" if job.url in last else f" ({job.url})"
         raise DownloadError(f"{job.path}: {last}{where}; {size_text(held)} kept in {part.name}, run the same "
                             "command again to resume")
-    size = part.stat().st_size
+    size = _part_size(part)
     expected_size = job.size if job.size is not None else state.get("total")
     if expected_size is not None and size != expected_size:
         part.unlink()
@@ -269,7 +336,8 @@ def fetch(job: Job, directory: Path, bars: _Bars, retries: int = RETRIES,
     return sha, size
 
 
-def download(directory: Path, jobs: list[Job], workers: int = 4, retries: int = RETRIES) -> tuple[list[Entry], list[str]]:
+def download(directory: Path, jobs: list[Job], workers: int = 4, retries: int = RETRIES,
+             deadline_s: float = DEADLINE_S) -> tuple[list[Entry], list[str]]:
     """Fetch every job into `directory` (skipping completed ones); then write the manifest if all
     succeeded. Returns (entries of this run's files, one error line per failed file)."""
     directory = Path(directory)
@@ -278,10 +346,11 @@ def download(directory: Path, jobs: list[Job], workers: int = 4, retries: int = 
     except OSError as exc:
         raise DownloadError(f"{directory}: cannot create the models folder ({exc.strerror}); choose a writable DIR") from None
     with _exclusive(directory):
-        return _download(directory, jobs, workers, retries)
+        return _download(directory, jobs, workers, retries, deadline_s)
 
 
-def _download(directory: Path, jobs: list[Job], workers: int, retries: int) -> tuple[list[Entry], list[str]]:
+def _download(directory: Path, jobs: list[Job], workers: int, retries: int,
+              deadline_s: float) -> tuple[list[Entry], list[str]]:
     record = _Record(directory)
     previous = {e.path: e for e in read_manifest(directory) or []}
     run_entries: dict[str, Entry] = {}
@@ -303,7 +372,7 @@ def _download(directory: Path, jobs: list[Job], workers: int, retries: int) -> t
 
     def one(job: Job) -> None:
         try:
-            sha, size = fetch(job, directory, bars, retries, stop)
+            sha, size = fetch(job, directory, bars, retries, stop, deadline_s)
         except _Stopped:
             return
         except DownloadError as exc:

@@ -28,6 +28,9 @@ from ..errors import InputError
 MANIFEST_NAME = "virnucpro-models.json"
 MANIFEST_VERSION = 1
 KINDS = ("esm2", "dnabert", "classifiers")
+# A manifest lists a handful of files (kilobytes); past this it is not one, and is not read into memory.
+MAX_MANIFEST_BYTES = 16 << 20
+NAME_MAX = 255  # bytes in one path component (Linux filesystems)
 
 
 @dataclass
@@ -75,29 +78,66 @@ def manifest_path(directory: Path) -> Path:
     return Path(directory) / MANIFEST_NAME
 
 
+def _path_problem(path: str) -> str | None:
+    """Why a listed path cannot be a file of a models folder, or None. Hidden names are the
+    download's own (.NAME.part, its record and lock): a manifest never lists them, nor itself."""
+    parts = path.split("/")
+    if path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+        return "not a relative path inside the folder"
+    if any(ord(c) < 32 or c == "\x7f" for c in path):
+        return "a control character in the name"
+    if any(len(p.encode("utf-8", "surrogatepass")) > NAME_MAX for p in parts):
+        return f"a name longer than {NAME_MAX} bytes"
+    if any(p.startswith(".") for p in parts) or path == MANIFEST_NAME:
+        return "a hidden name or the manifest's own (the download's bookkeeping)"
+    return None
+
+
+def _check_entries(entries: list[Entry]) -> None:
+    seen: set[str] = set()
+    folders = {"/".join(e.path.split("/")[:n]) for e in entries if isinstance(e.path, str)
+               for n in range(1, e.path.count("/") + 1)}
+    for entry in entries:
+        if not isinstance(entry.path, str) or not isinstance(entry.size, int) or isinstance(entry.size, bool) \
+                or entry.size < 0 or not isinstance(entry.sha256, str):
+            raise ValueError(f"entry {str(entry.path)[:40]!r}: path, size or sha256 of the wrong type")
+        problem = _path_problem(entry.path)
+        if problem:
+            raise ValueError(f"path {entry.path[:60]!r}: {problem}")
+        if entry.path in seen or entry.path in folders:
+            raise ValueError(f"path {entry.path[:60]!r} listed twice (or as a file and a folder)")
+        seen.add(entry.path)
+        for name in ("kind", "url", "revision"):
+            if getattr(entry, name) is not None and not isinstance(getattr(entry, name), str):
+                raise ValueError(f"entry {entry.path[:60]!r}: {name} is not text")
+
+
 def parse_manifest(text: str, where: str) -> list[Entry]:
     try:
         data = json.loads(text)
         entries = [Entry.from_dict(item) for item in data["files"]]
-        for entry in entries:
-            if not isinstance(entry.path, str) or not isinstance(entry.size, int) or not isinstance(entry.sha256, str):
-                raise ValueError(entry)
-            parts = entry.path.split("/")
-            if entry.path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in entry.path:
-                raise ValueError(f"unsafe path {entry.path!r}")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{where}: not a virnucpro models manifest ({type(exc).__name__}: {str(exc)[:80]}); "
+        _check_entries(entries)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{where}: not a virnucpro models manifest ({type(exc).__name__}: {str(exc)[:120]}); "
                          f"recreate it with 'virnucpro-slurm models download'") from None
     return entries
+
+
+def too_large(where: str) -> InputError:
+    return InputError(f"{where}: larger than {MAX_MANIFEST_BYTES >> 20} MiB, so not a models manifest (it lists a "
+                      "few files); check the folder or the mirror URL")
 
 
 def read_manifest(directory: Path) -> list[Entry] | None:
     path = manifest_path(directory)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         return None
-    return parse_manifest(text, str(path))
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise too_large(str(path))
+    return parse_manifest(data.decode("utf-8", "replace"), str(path))
 
 
 def write_manifest(directory: Path, entries: list[Entry]) -> Path:

@@ -34,7 +34,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from ..errors import VirnucproError
-from .manifest import KINDS, MANIFEST_NAME, kind_of, parse_manifest
+from .manifest import KINDS, MANIFEST_NAME, MAX_MANIFEST_BYTES, kind_of, parse_manifest, too_large
 
 ESM_NAME = "esm2_t36_3B_UR50D"
 FAIR_ESM_ROOT = "https://dl.fbaipublicfiles.com/fair-esm"
@@ -92,13 +92,16 @@ def describe_url_error(exc: BaseException, url: str) -> str:
 
 
 def fetch_small(url: str, what: str) -> bytes:
-    """GET a listing or manifest (kilobytes) into memory."""
+    """GET a listing or manifest (kilobytes) into memory; refused past MAX_MANIFEST_BYTES."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            return response.read()
+            data = response.read(MAX_MANIFEST_BYTES + 1)
     except Exception as exc:  # urllib raises HTTPError, URLError, OSError, http.client errors
         raise DownloadError(f"{what}: {describe_url_error(exc, url)}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise DownloadError(str(too_large(f"{what}: {url}"))) from None
+    return data
 
 
 def esm2_jobs(root: str = FAIR_ESM_ROOT, name: str = ESM_NAME) -> list[Job]:

@@ -9,7 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import remove_stale_temp_files
+from ..atomic import refuse_linked_folders, remove_stale_temp_files
 from ..errors import InputError, StateError
 from ..paths import Workdir
 from ..pipeline import reset_by_options, shard_counts
@@ -106,8 +106,12 @@ PRE_CONFIG_ENTRIES = {".state.lock", ".hash-cache.json", ".writer.lock", ".write
 
 def check_is_workdir_or_empty(workdir: Workdir) -> None:
     """Refuse a non-empty folder that is not a virnucpro workdir (no run.json, or one that is not
-    this tool's): nothing in it is ours, so nothing in it may be deleted or mixed with a run's files."""
-    if not workdir.root.is_dir() or read_run_marker(workdir) is not None:
+    this tool's): nothing in it is ours, so nothing in it may be deleted or mixed with a run's files.
+    Refuse a workdir holding a symbolic link to a folder: a run would write or delete through it."""
+    if not workdir.root.is_dir():
+        return
+    refuse_linked_folders(workdir.root)
+    if read_run_marker(workdir) is not None:
         return
     foreign = sorted(p.name for p in workdir.root.iterdir() if p.name not in PRE_CONFIG_ENTRIES)
     if foreign:

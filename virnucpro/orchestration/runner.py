@@ -183,9 +183,9 @@ def _run_stages(ctx: StageContext, state: StateFile, plan, stages: tuple[str, ..
         todo = plan.todo[stage]
         total = pipeline.STAGE[stage].shard_count(ctx.config)
         if not todo:
-            console.info(f"[dim]{stage}: {total}/{total} shards already done, skipped[/dim]")
+            console.info((f"{stage}: {total}/{total} shards already done, skipped", "dim"))
             continue
-        console.info(f"[bold]{stage}[/bold]: {len(todo)} of {total} shard(s) to run")
+        console.info((stage, "bold"), f": {len(todo)} of {total} shard(s) to run")
         started = time.time()
         outcome = run_stage_shards(ctx, state, stage, todo)
         if outcome.failed:
@@ -204,5 +204,5 @@ def _run_stages(ctx: StageContext, state: StateFile, plan, stages: tuple[str, ..
         if outcome.stale:
             return outcome.stale
         state.fold()
-        console.info(f"[green]{stage}[/green]: done in {time.time() - started:.1f} s")
+        console.info((stage, "green"), f": done in {time.time() - started:.1f} s")
     return {}

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, open_lock
 from ..errors import StateError
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
@@ -59,6 +59,27 @@ class ShardState:
 
 
 DEFAULT_ENTRY = asdict(ShardState())
+_NUMBER, _TEXT, _INT = (int, float), (str,), (int,)
+# the type every field of a record read back from disk must have (None allowed where the default is None)
+FIELD_TYPES = {"status": _TEXT, "attempts": _INT, "requeues": _INT, "started": _NUMBER, "finished": _NUMBER,
+               "seconds": _NUMBER, "error": _TEXT, "log": _TEXT, "host": _TEXT, "pid": _INT, "job_id": _TEXT,
+               "metrics": (dict,)}
+
+
+def record_problem(record: dict) -> str | None:
+    """Why a state record read back from disk cannot be a (stage, shard)'s state, or None."""
+    for name, types in FIELD_TYPES.items():
+        value = record.get(name, DEFAULT_ENTRY[name])
+        if value is None and DEFAULT_ENTRY[name] is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            return f"{name} is {type(value).__name__}, not {'/'.join(t.__name__ for t in types)}"
+    metrics = record.get("metrics") or {}
+    if not all(v is None or (isinstance(v, _NUMBER) and not isinstance(v, bool)) for v in metrics.values()):
+        return "a metric that is not a number"  # they are summed into throughput and compute time
+    if record.get("status", PENDING) not in (PENDING, RUNNING, DONE, FAILED):
+        return f"status {str(record['status'])[:20]!r} is none of {PENDING}, {RUNNING}, {DONE}, {FAILED}"
+    return None
 
 
 @contextlib.contextmanager
@@ -66,7 +87,7 @@ def exclusive_lock(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive flock on `lock_path` (created if needed, never unlinked). Only for files
     written by processes of one node (provenance, jobs.json, the report); never for state."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as lock:
+    with open_lock(lock_path) as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -96,9 +117,10 @@ class StateFile:
             return None
         except (ValueError, UnicodeDecodeError):
             data = None
-        if not isinstance(data, dict):
-            raise StateError(f"{path}: damaged state record; delete it (that shard is then run again) "
-                             "and run the same command again")
+        problem = "not a JSON object" if not isinstance(data, dict) else record_problem(data)
+        if problem:
+            raise StateError(f"{path}: damaged state record ({problem}); delete it (that shard is then run "
+                             "again) and run the same command again")
         return data
 
     def read_entry(self, stage: str, shard: int) -> ShardState:

@@ -184,8 +184,9 @@ def render_status(report: dict):
     from .slurm import format_states
 
     from rich import box
+    from rich.markup import escape  # user text (paths, errors quoting read ids) is never markup
 
-    table = Table(title=f"virnucpro run {report['workdir']}", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=f"virnucpro run {escape(str(report['workdir']))}", box=box.SIMPLE_HEAD, pad_edge=False)
     columns = ["stage", "shards", "done", "running", "pending", "failed", "requeued", "tok/s", "ETA"]
     slurm_column = report["slurm_source"] is not None or any(s["slurm"] for s in report["stages"])
     if slurm_column:
@@ -196,7 +197,7 @@ def render_status(report: dict):
     lines = []
     if report.get("holder"):
         from .writer import describe_holder
-        lines.append(f"in use by {describe_holder(report['holder'])}")
+        lines.append(f"in use by {escape(describe_holder(report['holder']))}")
     for s in report["stages"]:
         row = [s["stage"], str(s["shards"]), f"[green]{s['done']}[/green]", str(s["running"]), str(s["pending"]),
                f"[red]{s['failed']}[/red]" if s["failed"] else "0",
@@ -204,16 +205,16 @@ def render_status(report: dict):
                f"{s['tokens_per_second']:,.0f}" if s["tokens_per_second"] else "-", format_seconds(s["eta_seconds"])]
         if slurm_column:
             job = s["slurm"]
-            row.append(f"{job['latest']}: {format_states(job['states'])}" if job else "-")
+            row.append(escape(f"{job['latest']}: {format_states(job['states'])}") if job else "-")
         table.add_row(*row)
         for failure in s["failures"][:MAX_LISTED_FAILURES]:
-            lines.append(f"[red]{s['stage']} shard {failure['shard']} failed[/red]: {failure['error']}"
-                         + (f" (log: {failure['log']})" if failure.get("log") else ""))
+            lines.append(f"[red]{s['stage']} shard {failure['shard']} failed[/red]: {escape(str(failure['error']))}"
+                         + (f" (log: {escape(str(failure['log']))})" if failure.get("log") else ""))
         if len(s["failures"]) > MAX_LISTED_FAILURES:
             lines.append(f"[red]{s['stage']}: {len(s['failures']) - MAX_LISTED_FAILURES} more failed shard(s)[/red] "
                          "(--json lists them all)")
     for gone in report.get("missing", [])[:MAX_LISTED_FAILURES]:
-        lines.append(f"[yellow]{gone['path']} is missing[/yellow]: will be recomputed by the next run/submit "
+        lines.append(f"[yellow]{escape(str(gone['path']))} is missing[/yellow]: will be recomputed by the next run/submit "
                      f"({gone['recomputed']})")
     if len(report.get("missing", [])) > MAX_LISTED_FAILURES:
         lines.append(f"[yellow]{len(report['missing']) - MAX_LISTED_FAILURES} more missing file(s)[/yellow] (--json lists them all)")

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, open_lock
 from ..errors import StateError
 
 HEARTBEAT_SECONDS = 30.0
@@ -46,6 +46,17 @@ def _pid_alive(pid: int, start: str | None) -> bool:
     except PermissionError:
         pass  # someone else's process: alive
     return start is None or _process_start(pid) in (None, start)
+
+
+_RECORD_TYPES = {"command": str, "host": str, "pid": int, "pid_start": (str, type(None)), "started": (int, float),
+                 "heartbeat": (int, float)}
+
+
+def _record_types_ok(record: dict) -> bool:
+    """A holder record read back from disk has the fields this module writes, of their types (a
+    damaged one counts as no record: the flock still guards the workdir)."""
+    return all(isinstance(record.get(name), types) and not isinstance(record.get(name), bool)
+               for name, types in _RECORD_TYPES.items())
 
 
 def holder_alive(record: dict, now: float | None = None) -> bool:
@@ -87,7 +98,7 @@ class WorkdirWriter:
             record = json.loads(self.record_path.read_text(encoding="utf-8"))
         except (OSError, ValueError, UnicodeDecodeError):
             return None
-        return record if isinstance(record, dict) else None
+        return record if isinstance(record, dict) and _record_types_ok(record) else None
 
     def busy(self, record: dict | None) -> StateError:
         return StateError(f"{self.root}: in use by {describe_holder(record)}; wait for it to finish or stop it "
@@ -96,7 +107,7 @@ class WorkdirWriter:
     def acquire(self) -> None:
         if self._lock is not None:
             return
-        lock = open(self.lock_path, "a+")
+        lock = open_lock(self.lock_path)
         for attempt in range(10):  # a `status` probing the lock holds it for microseconds
             try:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,7 +165,7 @@ def current_holder(root: Path) -> dict | None:
     if record is None:
         return None
     try:
-        with open(writer.lock_path, "a+") as lock:
+        with open_lock(writer.lock_path) as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     except BlockingIOError:

@@ -11,10 +11,12 @@ from ..errors import OutputError
 
 
 def cmd_report(args) -> int:
+    from ..atomic import refuse_linked_folders
     from ..orchestration.plan import open_run
     from . import write_report
 
     workdir, config, _ = open_run(args.workdir)
+    refuse_linked_folders(workdir.root)  # before the log file: nothing written through a link
     check_writable(workdir.root, [workdir.run_log().parent, workdir.report_dir, workdir.root])
     console.log_to_file(workdir.run_log())
     index = write_report(workdir, config)

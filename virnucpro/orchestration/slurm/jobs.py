@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -23,13 +24,55 @@ def jobs_path(workdir: Workdir) -> Path:
     return workdir.jobs
 
 
+JOB_ID = re.compile(r"\d+(_\d+)?")  # what sbatch prints (an array job) and what scancel may be given
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _stage_problem(stage, job) -> str | None:
+    from ...pipeline import STAGE
+
+    if stage not in STAGE:
+        return f"unknown stage {str(stage)[:40]!r}"
+    if not isinstance(job, dict) or not isinstance(job.get("job_id"), str) or not JOB_ID.fullmatch(job["job_id"]):
+        return f"{stage}: not a SLURM job id: {str(job.get('job_id') if isinstance(job, dict) else job)[:40]!r}"
+    tasks = job.get("tasks")
+    if not isinstance(tasks, list) or not all(isinstance(t, list) and all(isinstance(s, int) and not isinstance(s, bool)
+                                                                          and s >= 0 for s in t) for t in tasks):
+        return f"{stage}: tasks are not lists of shard numbers"
+    return None
+
+
+def _problem(data) -> str | None:
+    """What is wrong with jobs.json's content (it is passed to scancel, sacct and squeue), or None."""
+    if not isinstance(data, dict) or not isinstance(data.get("submissions"), list):
+        return "no list of submissions"
+    for number, sub in enumerate(data["submissions"]):
+        if not isinstance(sub, dict) or not isinstance(sub.get("stages"), dict) or not _is_number(sub.get("submitted")):
+            return f"submission {number}: not a submission record"
+        if sub.get("cancelled") is not None and not _is_number(sub["cancelled"]):
+            return f"submission {number}: cancelled is not a time"
+        for stage, job in sub["stages"].items():
+            problem = _stage_problem(stage, job)
+            if problem:
+                return f"submission {number}: {problem}"
+    return None
+
+
 def load_jobs(workdir: Workdir) -> dict:
     try:
-        return json.loads(workdir.jobs.read_text(encoding="utf-8"))
+        data = json.loads(workdir.jobs.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {"submissions": []}
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise VirnucproError(f"{workdir.jobs}: unreadable ({exc}); cancel its jobs by hand with scancel") from None
+    problem = _problem(data)
+    if problem:
+        raise VirnucproError(f"{workdir.jobs}: damaged ({problem}); nothing was passed to SLURM: cancel this "
+                             "run's jobs by hand with scancel, then delete the file") from None
+    return data
 
 
 @contextlib.contextmanager
