@@ -5,8 +5,8 @@
 - prediction_results_highestscore.csv (tab-separated, as the original): one row per chunk,
   `Is_Virus = max(score2) >= max(score1)` over the chunk's frames, sorted by Modified_ID;
 - reads.tsv: one row per read, including reads that yielded no frame;
-- viral.fna: the input's records of the reads called virus, byte for byte as in the input
-  (headers, line breaks, letters), ready for CheckV and other downstream tools.
+- viral.fna: the input's records of the reads called virus as they are in the input (whole
+  header, line breaks, letters; CRLF line ends as LF), ready for CheckV and other downstream tools.
 With --compress each of them is gzipped (+ .gz). Beside the folders, for the whole run:
 - results/index.tsv: each input's path and its result folder (names are made unique and safe);
 - results/virnucpro_mqc.tsv: the per-input summary as MultiQC custom content.
@@ -300,8 +300,9 @@ def write_input_results(ctx: StageContext, index: int, tally: InputTally, min_sc
 
 
 def write_viral_records(path: Path, viral: set[str], out) -> None:
-    """The records of `path` whose read id is in `viral`, byte for byte (header line, sequence
-    lines, line ends), in input order. The input is read again only when some read is viral."""
+    """The records of `path` whose read id is in `viral`, in input order, byte for byte but for
+    carriage returns (dropped, as prepare drops them: downstream tools expect LF line ends).
+    The input is read again only when some read is viral."""
     if not viral:
         return
     found = 0
@@ -311,6 +312,7 @@ def write_viral_records(path: Path, viral: set[str], out) -> None:
             header = record[:record.find(b"\n")] if b"\n" in record else record
             name = _decode_header(header)  # the read id as prepare parsed it: up to the first white space
             if name and name.split(maxsplit=1)[0] in viral:
+                record = record.replace(b"\r", b"")
                 out.write(b">" + record + (b"" if record.endswith(b"\n") else b"\n"))
                 found += 1
     if found != len(viral):
