@@ -143,9 +143,9 @@ class RunReport:
     def top_reads(self) -> list[tuple[InputStats, float, str, int, str]]:
         """The run's TOP_READS best-scoring reads, best first (ties: input order, then read order):
         (input, max_virus_score, read id, chunks, call)."""
-        ranked = heapq.nlargest(TOP_READS, ((read, -stats.index, stats) for stats in self.inputs for read in stats.top_reads),
-                                key=lambda item: (item[0][0], item[1], item[0][1]))
-        return [(stats, score, read_id, chunks, call) for (score, _, read_id, chunks, call), _, stats in ranked]
+        candidates = ((stats, read) for stats in self.inputs for read in stats.top_reads)
+        ranked = heapq.nlargest(TOP_READS, candidates, key=lambda item: (item[1][0], -item[0].index, item[1][1]))
+        return [(stats, score, read_id, chunks, call) for stats, (score, _, read_id, chunks, call) in ranked]
 
 
 def read_prepare_summary(workdir: Workdir) -> dict | None:
