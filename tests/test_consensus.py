@@ -1,9 +1,13 @@
 """Output files byte for byte, from hand-chosen scores (ties included), through the real stages."""
 
+import gzip
+
 import numpy as np
 import pytest
+import yaml
 
-from virnucpro.errors import StaleInputError
+from virnucpro.errors import InputError, StaleInputError
+from virnucpro.pipeline import STAGE, reset_by_options
 from virnucpro.orchestration.config import ModelSpec, RunConfig
 from virnucpro.orchestration.runner import StageContext
 from virnucpro.paths import Workdir
@@ -49,13 +53,13 @@ EXPECTED_READS = (
 )
 
 
-def _prepared(tmp_path, shards, scores=SCORES) -> StageContext:
+def _prepared(tmp_path, shards, scores=SCORES, fasta_a=FASTA_A, **options) -> StageContext:
     """prepare run for real, predictions from `scores`: what consensus reads."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "a.fa").write_text(FASTA_A)
+    (tmp_path / "a.fa").write_bytes(fasta_a.encode() if isinstance(fasta_a, str) else fasta_a)
     (tmp_path / "b.fa").write_text(FASTA_B)
     config = RunConfig(inputs_list="", inputs=[str(tmp_path / "a.fa"), str(tmp_path / "b.fa")], input_names=["a", "b"],
-                       chunk_length=500, shards=shards, models=ModelSpec("esm", "dnabert", "clf"))
+                       chunk_length=500, shards=shards, models=ModelSpec("esm", "dnabert", "clf"), **options)
     ctx = StageContext(workdir=Workdir(tmp_path / "w"), config=config)
     prepare.prepare(ctx)
     for shard in range(shards):
@@ -65,9 +69,9 @@ def _prepared(tmp_path, shards, scores=SCORES) -> StageContext:
     return ctx
 
 
-def _run(tmp_path, shards, scores=SCORES):
-    ctx = _prepared(tmp_path, shards, scores)
-    consensus.consensus(ctx)
+def _run(tmp_path, shards, scores=SCORES, min_score=None, **options):
+    ctx = _prepared(tmp_path, shards, scores, **options)
+    consensus.consensus(ctx, min_score)
     return ctx.workdir
 
 
@@ -126,3 +130,74 @@ def test_float32_scores_print_as_the_original_prints_them():
     values = np.concatenate([rng.random(20000, dtype=np.float32), np.exp(-40 * rng.random(5000)).astype(np.float32),
                              np.array([0, 1, 0.5, 1e-5, 1e-45, 3.4e-38, 0.99999994, 0.87899387, 0.12100612], np.float32)])
     assert values.astype(str).tolist() == [str(v) for v in values]
+
+
+# r1 and r3 of FASTA_A as a user's file may hold them: description, wrapped lines, CRLF, RNA
+# letters, a blank line; r1 (best score 0.6) and r3 (0.5) are viral at --min-score 0.5, r2 is not.
+RAW_R1 = b">r1 first read\tof sample\nATGAAACCCGGG\nTTTAAACCCGGG\n"
+RAW_R3 = b">r3\r\nGCUGCUGCUG\r\n\n"
+FASTA_A_RAW = RAW_R1 + b">r2\nNNNNNN\n" + RAW_R3
+
+
+def test_viral_fasta_holds_the_input_records_of_the_viral_reads_byte_for_byte(tmp_path):
+    workdir = _run(tmp_path / "t", 2, min_score=0.5, fasta_a=FASTA_A_RAW)
+    assert workdir.result_file("a", "viral.fna").read_bytes() == RAW_R1 + RAW_R3.replace(b"\r", b"")
+    assert workdir.result_file("b", "viral.fna").read_bytes() == b""  # no viral read: an empty file
+    workdir = _run(tmp_path / "u", 2, min_score=0.55, fasta_a=FASTA_A_RAW)
+    assert workdir.result_file("a", "viral.fna").read_bytes() == RAW_R1
+    names = [path.relative_to(workdir.results).as_posix() for path in STAGE["consensus"].outputs(workdir, 0, _config())]
+    assert names == ["a/prediction_results.txt", "a/prediction_results_highestscore.csv", "a/reads.tsv", "a/viral.fna",
+                     "b/prediction_results.txt", "b/prediction_results_highestscore.csv", "b/reads.tsv", "b/viral.fna",
+                     "index.tsv", "virnucpro_mqc.tsv"]  # what status and healing check
+
+
+def _config(**fields) -> RunConfig:
+    return RunConfig(**{"inputs_list": "", "inputs": ["a.fa", "b.fa"], "input_names": ["a", "b"], "chunk_length": 500,
+                        "shards": 1, "models": ModelSpec("esm", "dnabert", "clf"), **fields})
+
+
+def test_an_input_changed_after_prepare_is_refused_when_its_viral_reads_are_gone(tmp_path):
+    ctx = _prepared(tmp_path, 1, fasta_a=FASTA_A_RAW)
+    (tmp_path / "a.fa").write_bytes(b">other\nACGT\n")
+    with pytest.raises(InputError, match=r"a\.fa: holds 0 of the 2 reads called virus; the file changed"):
+        consensus.consensus(ctx, 0.5)
+    assert not [path for path in ctx.workdir.results.rglob("*") if path.is_file()]  # nothing half-written
+
+
+def test_index_maps_each_input_to_its_result_folder(tmp_path):
+    workdir = _run(tmp_path, 1)
+    assert workdir.results_index.read_text() == f"input\tresults\n{tmp_path}/a.fa\ta\n{tmp_path}/b.fa\tb\n"
+    assert consensus.tsv_field("x\ty\\z\n") == "x\\ty\\\\z\\n"  # one field, one line, whatever the path
+
+
+def test_multiqc_custom_content_header_and_table(tmp_path):
+    workdir = _run(tmp_path, 2, min_score=0.55)
+    text = workdir.multiqc_summary.read_text()
+    assert workdir.multiqc_summary.name.endswith("_mqc.tsv")  # how MultiQC finds custom content
+    comments = [line[2:] for line in text.splitlines() if line.startswith("# ")]
+    header = yaml.safe_load("\n".join(comments))
+    assert header["id"] == "virnucpro" and header["plot_type"] == "table" and header["section_name"]
+    assert header["pconfig"]["id"] and header["headers"]["viral_percent"]["max"] == 100
+    rows = [line.split("\t") for line in text.splitlines() if not line.startswith("#")]
+    assert rows == [["Sample", "reads", "bases", "chunks", "frames", "reads_without_frames", "viral_reads", "viral_percent"],
+                    ["a", "3", "40", "3", "9", "1", "1", "33.33"],
+                    ["b", "1", "9", "1", "0", "1", "0", "0.00"]]
+
+
+def test_compress_gzips_the_result_files_reproducibly_and_a_change_redoes_consensus_only(tmp_path):
+    plain = _run(tmp_path / "plain", 3, min_score=0.5)
+    packed = _run(tmp_path / "packed", 3, min_score=0.5, compress=True)
+    for name in ("a", "b"):
+        for path, gz in zip(plain.result_files(name), packed.result_files(name, compress=True)):
+            assert gz.name == path.name + ".gz" and not (gz.parent / path.name).exists()
+            assert gzip.decompress(gz.read_bytes()) == path.read_bytes()
+    first = packed.result_file("a", "reads.tsv", True).read_bytes()
+    root = tmp_path / "packed"
+    ctx = StageContext(workdir=packed, config=_config(shards=3, inputs=[str(root / "a.fa"), str(root / "b.fa")],
+                                                      compress=True))
+    consensus.consensus(ctx, 0.5)
+    assert packed.result_file("a", "reads.tsv", True).read_bytes() == first  # no time or name in the gzip header
+    ctx.config.compress = False  # the run changed its mind: the .gz files give way to plain ones
+    consensus.consensus(ctx, 0.5)
+    assert sorted(p.name for p in packed.result_dir("a").iterdir()) == sorted(p.name for p in plain.result_dir("a").iterdir())
+    assert reset_by_options(_config(), _config(compress=True)) == ["consensus"]

@@ -19,7 +19,7 @@ from virnucpro.orchestration.state import StateFile
 from virnucpro.paths import STAGES, Workdir
 from virnucpro.provenance import update_provenance
 from virnucpro.report import INDEX, STAGES_PNG, input_figure_names, write_report
-from virnucpro.report.data import SCORE_BINS, gather, load_state
+from virnucpro.report.data import BLOCK_ROWS, SCORE_BINS, TOP_READS, gather, load_state
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTILE_ERROR = "<script>alert(1)</script> disk full"
@@ -155,6 +155,58 @@ def test_report_page_escapes_and_marks_an_unfinished_run(tmp_path):
     assert provenance["stages"]["predict"]["failures"][0]["shard"] == 1
     assert provenance["slurm"]["job_ids_by_stage"]["esm2"] == ["77_0", "77_1"]
     assert provenance["updated_by"] == "report"
+
+
+def test_top_reads_are_the_runs_best_scores_first_whatever_the_blocks(tmp_path):
+    workdir, config, _ = make_synthetic_run(tmp_path / "w")
+    rows = [line.split("\t") for line in (workdir.result_dir("a") / "reads.tsv").read_text().splitlines()[1:]]
+    scored = [(float(r[5]), -row, r[0], int(r[2]), r[6]) for row, r in enumerate(rows) if r[5] != "NA"]
+    expected = [("a", read_id, score, chunks, call) for score, _, read_id, chunks, call in sorted(scored, reverse=True)[:TOP_READS]]
+    for block_rows in (5, 7, BLOCK_ROWS):
+        report = gather(workdir, config, load_state(workdir), block_rows=block_rows)
+        assert [(s.name, read_id, score, chunks, call) for s, score, read_id, chunks, call in report.top_reads()] == expected
+
+
+def test_report_page_has_the_top_reads_every_result_link_and_what_ran(tmp_path):
+    workdir, config, _ = make_synthetic_run(tmp_path / "w")
+    page = write_report(workdir, config).read_text()
+    top = page[page.index('<section id="top-reads">'):]
+    top = top[:top.index("</section>")]
+    assert top.count("<tr>") == TOP_READS + 1 and "max virus score" in top
+    for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "reads.tsv", "viral.fna"):
+        assert f'href="../results/a/{name}"' in page
+    assert 'href="../results/index.tsv"' in page and 'href="../results/virnucpro_mqc.tsv"' in page
+    run = page[page.index('<section id="run">'):]
+    assert "<td class=text>device</td><td class=text>auto <span class=muted>(requested; nothing has run yet)" in run
+    state = StateFile(workdir.state, workdir.state_lock)
+    for shard in (0, 1):  # what the stages record once they ran: --device auto and --precision auto resolved
+        state.mark_done("esm2", shard, {"device": "cuda", "precision": "fp16"})
+        state.mark_done("dnabert", shard, {"device": "cuda", "precision": "fp32"})
+    run = write_report(workdir, config).read_text()
+    run = run[run.index('<section id="run">'):]
+    assert "<td class=text>precision</td><td class=text>dnabert fp32; esm2 fp16</td>" in run
+    assert "<td class=text>device</td><td class=text>dnabert cuda; esm2 cuda</td>" in run
+    assert json.loads(workdir.provenance.read_text())["stages"]["esm2"]["precisions"] == ["fp16"]
+
+
+@pytest.mark.parametrize("calls", [{"virus": 10, "others": 0, "no_frames": 0}, {"virus": 1, "others": 8, "no_frames": 1}])
+def test_read_calls_axis_ends_at_100_percent_with_every_label_inside(calls):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from virnucpro.report.data import InputStats
+    from virnucpro.report.figures import read_calls
+
+    figure = Figure(figsize=(5, 3))
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    read_calls(ax, InputStats(index=0, name="a", path="a.fa", reads=10, has_results=True, calls=calls))
+    assert ax.get_xlim() == (0, 100)
+    renderer = figure.canvas.get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+    for text in ax.texts:
+        box = text.get_window_extent(renderer)
+        assert axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1, text.get_text()
 
 
 # ---------------------------------------------------------------- the demo run's report
@@ -301,7 +353,15 @@ def test_report_renders_in_chromium_without_console_errors(quiet_demo_run, tmp_p
         browser.get((workdir.report_dir / INDEX).as_uri())
         assert browser.title == f"VirNucPro report: {workdir.root.name}"
         headings = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
-        assert headings == ["Summary", "sample_a", "sample_b", "Stages", "Run"]
+        assert headings == ["Summary", "Top-scoring reads", "sample_a", "sample_b", "Stages", "Run"]
+        top = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+               for row in browser.find_elements(By.CSS_SELECTOR, "#top-reads tbody tr")]
+        assert top and [float(row[2]) for row in top] == sorted((float(row[2]) for row in top), reverse=True)
+        run = {row.find_elements(By.TAG_NAME, "td")[0].text: row.find_elements(By.TAG_NAME, "td")[1].text
+               for row in browser.find_elements(By.CSS_SELECTOR, "#run tbody tr")[:6]}
+        assert run["device"] == "dnabert cpu; esm2 cpu; predict cpu" and run["precision"] == "dnabert fp32; esm2 fp32"
+        links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#input-0 a")]
+        assert any(href.endswith("/results/sample_a/prediction_results_highestscore.csv") for href in links)
         summary_rows = browser.find_elements(By.CSS_SELECTOR, "#summary tbody tr")
         reads = json.loads(workdir.prepare_summary.read_text())["inputs"][0]["reads"]
         assert summary_rows[0].find_elements(By.TAG_NAME, "td")[1].text == str(reads)

@@ -70,6 +70,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     calls.add_argument("--min-score", type=_score, metavar="T",
                        help="call a read virus iff its max_virus_score >= T (0..1); default: virus iff at least one "
                             "chunk is viral by the original per-chunk rule. Changing it re-runs consensus only")
+    calls.add_argument("--compress", action="store_true",
+                       help="gzip each input's result files (prediction_results.txt.gz, ...); "
+                            "changing it re-runs consensus only")
 
 
 def _positive_int(text: str) -> int:
@@ -163,7 +166,7 @@ def run_request(args: argparse.Namespace):
         force_chunk_length=args.force_chunk_length, shards=args.shards, precision=args.precision,
         packing=args.packing, device=args.device, esm_token_budget=args.esm_token_budget,
         dnabert_token_budget=args.dnabert_token_budget, checkpoint_tokens=args.checkpoint_tokens,
-        restart=args.restart, demo=args.demo, min_score=args.min_score,
+        restart=args.restart, demo=args.demo, min_score=args.min_score, compress=args.compress,
         dnabert_precision=args.dnabert_precision, dnabert_remote_code=args.dnabert_remote_code,
         embedding_dtype=args.embedding_dtype, trust_model_pickles=args.trust_model_pickles,
         allow_download=args.allow_download,

@@ -14,6 +14,11 @@ from .pipeline import SHARDED_STAGES, STAGE, STAGES  # noqa: F401 (STAGES: the p
 PREDICTION_RESULTS = "prediction_results.txt"
 HIGHEST_SCORE = "prediction_results_highestscore.csv"
 READS_TABLE = "reads.tsv"
+VIRAL_FASTA = "viral.fna"  # the records of the reads called virus, as they were in the input
+RESULT_FILES = (PREDICTION_RESULTS, HIGHEST_SCORE, READS_TABLE, VIRAL_FASTA)
+RESULTS_INDEX = "index.tsv"
+MULTIQC_SUMMARY = "virnucpro_mqc.tsv"  # MultiQC finds custom content by the _mqc suffix
+COMPRESSED_SUFFIX = ".gz"
 REPORT_INDEX = "index.html"
 
 
@@ -115,10 +120,24 @@ class Workdir:
     def result_dir(self, input_name: str) -> Path:
         return self.results / input_name
 
-    def result_files(self, input_name: str) -> tuple[Path, Path, Path]:
-        """What consensus writes for one input: per frame, per chunk (the original's), per read."""
-        out = self.result_dir(input_name)
-        return out / PREDICTION_RESULTS, out / HIGHEST_SCORE, out / READS_TABLE
+    def result_files(self, input_name: str, compress: bool = False) -> tuple[Path, ...]:
+        """What consensus writes for one input (RESULT_FILES): per frame, per chunk (the
+        original's), per read, the viral reads' records; gzipped (+ .gz) with --compress."""
+        return tuple(self.result_file(input_name, name, compress) for name in RESULT_FILES)
+
+    def result_file(self, input_name: str, name: str, compress: bool = False) -> Path:
+        """One of RESULT_FILES of an input, as written with or without --compress."""
+        return self.result_dir(input_name) / (name + COMPRESSED_SUFFIX if compress else name)
+
+    @property
+    def results_index(self) -> Path:
+        """W/results/index.tsv: each input's path and its result folder."""
+        return self.results / RESULTS_INDEX
+
+    @property
+    def multiqc_summary(self) -> Path:
+        """W/results/virnucpro_mqc.tsv: the per-input summary as MultiQC custom content."""
+        return self.results / MULTIQC_SUMMARY
 
     @property
     def report_dir(self) -> Path:

@@ -82,8 +82,10 @@ STAGE_TABLE: tuple[Stage, ...] = (
           summary="classifier scores of each frame"),
     # not report/: `virnucpro-slurm report` may be writing it at any time
     Stage("consensus", parents=("predict",), sharded=False, gpu=False, requeueable=False, redo_after=ANY_EARLIER,
-          outputs=lambda w, shard, config: tuple(path for name in config.input_names for path in w.result_files(name)),
-          owns=lambda w, shard: (w.results,), options=("min_score",),
+          outputs=lambda w, shard, config: (*(path for name in config.input_names
+                                              for path in w.result_files(name, config.compress)),
+                                            w.results_index, w.multiqc_summary),
+          owns=lambda w, shard: (w.results,), options=("min_score", "compress"),
           summary="per-chunk and per-read calls of each input; the report"),
 )
 

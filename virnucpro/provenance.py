@@ -145,6 +145,9 @@ def stage_timings(state: dict[str, dict[int, ShardState]]) -> dict[str, dict]:
             # per task (one GPU each): tokens computed / seconds spent computing them
             "tokens_per_second": round(computed / compute_seconds, 1) if computed and compute_seconds else None,
             "hosts": sorted({e.host for e in entries.values() if e.host}),
+            # what the finished shards ran on (stage metrics): --device auto and --precision auto resolved
+            "devices": sorted({str(e.metrics["device"]) for e in done if e.metrics.get("device")}),
+            "precisions": sorted({str(e.metrics["precision"]) for e in done if e.metrics.get("precision")}),
             "job_ids": sorted({e.job_id for e in entries.values() if e.job_id}),
             "failures": [{"shard": shard, "error": e.error, "log": e.log}
                          for shard, e in sorted(entries.items()) if e.status == FAILED],
@@ -172,6 +175,8 @@ def reproduce_command(config: RunConfig, workdir: Workdir) -> str:
              "--shards", str(config.shards), "--precision", config.precision, "--device", config.device]
     if not config.packing:
         words.append("--no-packing")
+    if getattr(config, "compress", False):
+        words.append("--compress")
     for flag, value in (("--esm-token-budget", config.esm_token_budget),
                         ("--dnabert-token-budget", config.dnabert_token_budget),
                         ("--checkpoint-tokens", config.checkpoint_tokens),

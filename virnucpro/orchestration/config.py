@@ -46,6 +46,7 @@ class RunOptions:
     dnabert_token_budget: int | None = None
     checkpoint_tokens: int | None = None
     min_score: float | None = None  # per-read call threshold; consensus only, so not in the fingerprint
+    compress: bool = False  # gzip the per-input result files; consensus only, so not in the fingerprint
     dnabert_precision: str = "fp32"  # fp32 (the original's numbers), fp16 or bf16 on CUDA
     dnabert_remote_code: bool = False  # run the model folder's own code (trust_remote_code) instead of the native engine
     embedding_dtype: str = "float32"  # dtype of the stored embedding matrices; float16 halves their size
@@ -86,7 +87,7 @@ class RunConfig(RunOptions):
         data = read_run_marker(workdir)
         if data is None:
             raise StateError(f"{workdir.root}: not a virnucpro workdir (no run.json); start a run with 'virnucpro-slurm run'")
-        problem = shape_problem(data, RUN_SHAPE)
+        problem = shape_problem(data, RUN_SHAPE) or names_problem(data["input_names"], data["inputs"])
         if problem:
             again = ("add --restart" if has_restart else
                      "re-run the run's 'virnucpro-slurm run' (or 'submit') command with --restart")
@@ -161,15 +162,39 @@ def shape_problem(value, shape, where: str = "") -> str | None:
     return f"{where} should be {' or '.join(_TYPE_NAMES[kind] for kind in kinds)}"
 
 
+# Result names are folder names inside W/results/ (and prefixes of the report's figures): never
+# hidden, '.', '..' or empty, no separator or control character, short enough for any file system,
+# and not the name of a file results/ itself holds.
+SAFE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._+-]")
+MAX_NAME_CHARACTERS = 200
+RESERVED_RESULT_NAMES = {"index.tsv", "virnucpro_mqc.tsv"}
+
+
+def is_safe_result_name(name: str) -> bool:
+    return (bool(name) and not name.startswith(".") and len(name) <= MAX_NAME_CHARACTERS + 12
+            and not SAFE_NAME_CHARACTERS.search(name) and name not in RESERVED_RESULT_NAMES)
+
+
+def names_problem(names: list[str], inputs: list[str]) -> str | None:
+    """What is wrong with run.json's result names, read back from disk (they become paths)."""
+    unsafe = [name for name in names if not is_safe_result_name(name)]
+    if unsafe:
+        return f"input_names: {unsafe[0]!r} is not a plain folder name"
+    if len(names) != len(inputs) or len(set(names)) != len(names):
+        return "input_names should name each input once"
+    return None
+
+
 def input_names(paths: list[Path]) -> list[str]:
-    """Result folder per input: the file stem (without .gz/.fa), made unique in list order."""
-    names, used = [], set()
+    """Result folder per input: the file stem (without .gz/.fa), made safe (is_safe_result_name)
+    and unique in list order."""
+    names, used = [], set(RESERVED_RESULT_NAMES)
     for path in paths:
         stem = path.name
         for suffix in (".gz", ".fasta", ".fna", ".fa", ".fas", ".ffn", ".txt"):
             if stem.lower().endswith(suffix):
                 stem = stem[: -len(suffix)]
-        stem = re.sub(r"[^A-Za-z0-9._+-]", "_", stem) or "input"
+        stem = SAFE_NAME_CHARACTERS.sub("_", stem).lstrip(".")[:MAX_NAME_CHARACTERS] or "input"
         name, k = stem, 2
         while name in used:
             name, k = f"{stem}-{k}", k + 1

@@ -7,6 +7,8 @@ its rows. Everything works on a run in progress: what is not there yet is report
 
 from __future__ import annotations
 
+import gzip
+import heapq
 import itertools
 import json
 import time
@@ -19,7 +21,7 @@ import numpy as np
 from ..errors import StateError
 from ..orchestration.config import RunConfig
 from ..orchestration.state import DONE, ShardState, StateFile
-from ..paths import PREDICTION_RESULTS, READS_TABLE, Workdir
+from ..paths import COMPRESSED_SUFFIX, PREDICTION_RESULTS, READS_TABLE, Workdir
 from ..provenance import stage_timings
 
 SCORE_BINS = np.linspace(0.0, 1.0, 41)
@@ -31,6 +33,7 @@ _EDGES32 = SCORE_BINS.astype(np.float32)
 BLOCK_ROWS = 65536
 FRAMES_PER_CHUNK = 6
 CALLS = ("virus", "others", "no_frames")
+TOP_READS = 25  # rows of the report's table of the best-scoring reads (of the whole run)
 
 
 class ScoreHistogram:
@@ -68,8 +71,11 @@ class IntegerCounts:
 
 
 def table_blocks(path: Path, columns: tuple[str, ...], block_rows: int = BLOCK_ROWS) -> Iterator[list[list[str]]]:
-    """The named columns of a tab-separated table with a header, `block_rows` rows at a time."""
-    with open(path, encoding="utf-8") as handle:
+    """The named columns of a tab-separated table with a header (gzipped when named .gz), `block_rows`
+    rows at a time."""
+    opened = gzip.open(path, "rt", encoding="utf-8") if path.name.endswith(COMPRESSED_SUFFIX) else \
+        open(path, encoding="utf-8")
+    with opened as handle:
         header = handle.readline().rstrip("\r\n").split("\t")
         missing = [c for c in columns if c not in header]
         if missing:
@@ -110,6 +116,8 @@ class InputStats:
     frame_labels: dict = field(default_factory=lambda: {"virus": 0, "others": 0})
     read_scores: ScoreHistogram = field(default_factory=ScoreHistogram)
     calls: dict = field(default_factory=lambda: {call: 0 for call in CALLS})
+    # the TOP_READS best-scoring reads of this input: (max_virus_score, -row, read_id, chunks, call)
+    top_reads: list = field(default_factory=list)
 
     @property
     def frames_lost_to_stops(self) -> int:
@@ -131,6 +139,13 @@ class RunReport:
     @property
     def complete(self) -> bool:
         return all(s["shards"] and s["done"] == s["shards"] for s in self.stages.values())
+
+    def top_reads(self) -> list[tuple[InputStats, float, str, int, str]]:
+        """The run's TOP_READS best-scoring reads, best first (ties: input order, then read order):
+        (input, max_virus_score, read id, chunks, call)."""
+        candidates = ((stats, read) for stats in self.inputs for read in stats.top_reads)
+        ranked = heapq.nlargest(TOP_READS, candidates, key=lambda item: (item[1][0], -item[0].index, item[1][1]))
+        return [(stats, score, read_id, chunks, call) for stats, (score, _, read_id, chunks, call) in ranked]
 
 
 def read_prepare_summary(workdir: Workdir) -> dict | None:
@@ -229,9 +244,9 @@ class PredictionScores:
 
 
 def read_results(workdir: Workdir, stats: InputStats, block_rows: int, scores: PredictionScores | None = None,
-                 first_frame: int = 0) -> None:
-    folder = workdir.result_dir(stats.name)
-    frames_file, reads_file = folder / PREDICTION_RESULTS, folder / READS_TABLE
+                 first_frame: int = 0, compress: bool = False) -> None:
+    frames_file = workdir.result_file(stats.name, PREDICTION_RESULTS, compress)
+    reads_file = workdir.result_file(stats.name, READS_TABLE, compress)
     if not (frames_file.exists() and reads_file.exists()):
         return
     stats.has_results = True
@@ -248,10 +263,24 @@ def read_results(workdir: Workdir, stats: InputStats, block_rows: int, scores: P
         viral = sum(label == "virus" for label in labels)
         stats.frame_labels["virus"] += viral
         stats.frame_labels["others"] += len(labels) - viral
-    for calls, best in table_blocks(reads_file, ("call", "max_virus_score"), block_rows):
+    row = 0
+    for read_ids, chunks, calls, best in table_blocks(reads_file, ("read_id", "chunks", "call", "max_virus_score"),
+                                                      block_rows):
         for call in CALLS:
             stats.calls[call] += calls.count(call)
-        stats.read_scores.add(np.asarray([s for s in best if s != "NA"], dtype=np.float64))
+        values = np.asarray([-1.0 if s == "NA" else s for s in best], dtype=np.float64)
+        stats.read_scores.add(values[values >= 0])
+        keep_best_reads(stats, values, read_ids, chunks, calls, row)
+        row += len(read_ids)
+
+
+def keep_best_reads(stats: InputStats, values: np.ndarray, read_ids: list[str], chunks: list[str], calls: list[str],
+                    first_row: int) -> None:
+    """Fold a block of reads.tsv into the input's TOP_READS best-scoring reads (reads with a score)."""
+    candidates = np.flatnonzero(values >= 0)
+    candidates = candidates[np.argsort(-values[candidates], kind="stable")[:TOP_READS]]  # ties: the earlier read
+    rows = [(float(values[i]), -(first_row + i), read_ids[i], int(chunks[i]), calls[i]) for i in candidates.tolist()]
+    stats.top_reads = heapq.nlargest(TOP_READS, stats.top_reads + rows)
 
 
 def apply_completion(state: dict[str, dict[int, ShardState]], completing: dict[str, dict] | None) -> None:
@@ -278,7 +307,7 @@ def gather(workdir: Workdir, config: RunConfig, state: dict[str, dict[int, Shard
     for index, (name, path) in enumerate(zip(config.input_names, config.inputs)):
         stats = InputStats(index=index, name=name, path=path)
         read_prepare(workdir, stats, block_rows, prepared)
-        read_results(workdir, stats, block_rows, scores, first_frame)
+        read_results(workdir, stats, block_rows, scores, first_frame, getattr(config, "compress", False))
         first_frame += stats.frames
         inputs.append(stats)
     return RunReport(workdir=workdir, config=config, generated=time.time(), stages=stage_timings(state),

@@ -99,21 +99,28 @@ def input_scores_figure(stats: InputStats, min_score: float | None) -> bytes:
     return png_bytes(figure)
 
 
+def read_calls(ax, stats: InputStats) -> None:
+    """Share of reads per call, on an axis that ends at 100% (the largest share there is)."""
+    if not (stats.has_results and stats.reads):
+        _nothing_yet(ax, "Read calls")
+        return
+    shares = [stats.calls[c] / stats.reads * 100 for c in CALLS]
+    bars = ax.barh(list(CALLS)[::-1], shares[::-1], color=[COLOURS[c] for c in CALLS][::-1])
+    for bar, call in zip(bars, list(CALLS)[::-1]):
+        inside = bar.get_width() > 60  # the count inside a long bar, beside a short one
+        ax.text(bar.get_width() + (-1 if inside else 1), bar.get_y() + bar.get_height() / 2,
+                f"{stats.calls[call]:,} ({stats.calls[call] / stats.reads:.1%})", va="center", fontsize=8,
+                ha="right" if inside else "left", color="white" if inside else "black")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of reads")
+    ax.set_title("Read calls")
+
+
 def input_reads_figure(stats: InputStats) -> bytes:
     figure = Figure(figsize=(10, 6.4))
     (calls_ax, frames_ax), (chunks_ax, kept_ax) = figure.subplots(2, 2, gridspec_kw={
         "left": 0.09, "right": 0.98, "bottom": 0.08, "top": 0.9, "wspace": 0.25, "hspace": 0.6})
-    if stats.has_results and stats.reads:
-        shares = [stats.calls[c] / stats.reads * 100 for c in CALLS]
-        bars = calls_ax.barh(list(CALLS)[::-1], shares[::-1], color=[COLOURS[c] for c in CALLS][::-1])
-        for bar, call in zip(bars, list(CALLS)[::-1]):
-            calls_ax.text(bar.get_width() + 1, bar.get_y() + bar.get_height() / 2,
-                          f"{stats.calls[call]:,} ({stats.calls[call] / stats.reads:.1%})", va="center", fontsize=8)
-        calls_ax.set_xlim(0, 120)
-        calls_ax.set_xlabel("% of reads")
-        calls_ax.set_title("Read calls")
-    else:
-        _nothing_yet(calls_ax, "Read calls")
+    read_calls(calls_ax, stats)
     if stats.prepared and stats.possible_frames:
         kept, lost = stats.frames, stats.frames_lost_to_stops
         frames_ax.barh([0], [kept], height=0.6, color=COLOURS["kept"], label=f"kept: {kept:,} ({kept / stats.possible_frames:.1%})")

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..paths import PREDICTION_RESULTS, READS_TABLE
-from .data import InputStats, RunReport
+from ..paths import RESULT_FILES
+from .data import TOP_READS, InputStats, RunReport
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #222; background: #fafafa; }
@@ -33,6 +33,7 @@ img { max-width: 100%; height: auto; display: block; margin: .6em 0; }
 .failed { color: #c0392b; }
 code { background: #f0f0f0; padding: 0 .25em; border-radius: 3px; font-size: .9em; word-break: break-all; }
 .muted { color: #777; }
+.virus { color: #c0392b; font-weight: bold; }
 """
 
 
@@ -88,9 +89,36 @@ def summary_rows(report: RunReport) -> list[list[str]]:
     return rows
 
 
+def link(report: RunReport, path: Path) -> str:
+    """A link from the report's folder to a file of the workdir, named by its file name."""
+    return f'<a href="{e(Path(os.path.relpath(path, report.workdir.report_dir)).as_posix())}">{e(path.name)}</a>'
+
+
+def result_links(report: RunReport, name: str) -> str:
+    compress = getattr(report.config, "compress", False)
+    return " · ".join(link(report, report.workdir.result_file(name, f, compress)) for f in RESULT_FILES)
+
+
+def top_reads_section(report: RunReport) -> str:
+    """The best-scoring reads of the run: what a biologist looks at first."""
+    rows = [[e(read_id), f'<a href="#input-{s.index}">{e(s.name)}</a>', f"{score}", number(chunks),  # as reads.tsv prints it
+             f'<span class="{"virus" if call == "virus" else ""}">{e(call)}</span>']
+            for s, score, read_id, chunks, call in report.top_reads()]
+    viral = sum(s.calls["virus"] for s in report.inputs if s.has_results)
+    if not rows:
+        body = '<p class="muted">No read has a score yet.</p>'
+    else:
+        body = (table(["read id", "input", "max virus score", "chunks", "call"], rows, text_columns=2)
+                + (f"<p>The {TOP_READS} best-scoring reads of the run" if len(rows) == TOP_READS else
+                   f"<p>All {len(rows)} reads with a score") + ", best first (max_virus_score: the best P(virus) "
+                "of any of the read's frames). "
+                f"{number(viral)} read(s) are called virus in all; each input's <code>viral.fna</code> holds their "
+                "records as they are in the input, <code>reads.tsv</code> every read.</p>")
+    return f'<section id="top-reads"><h2>Top-scoring reads</h2>{body}</section>'
+
+
 def input_section(report: RunReport, s: InputStats, figures: dict[str, bytes]) -> str:
-    results = Path(os.path.relpath(report.workdir.result_dir(s.name), report.workdir.report_dir))
-    links = " · ".join(f'<a href="{e((results / f).as_posix())}">{e(f)}</a>' for f in (READS_TABLE, PREDICTION_RESULTS))
+    links = result_links(report, s.name)
     facts = table(["", "value"], [
         ["file", f"<code>{e(s.path)}</code>"],
         ["reads / bases", f"{number(s.reads)} / {number(s.bases)}" if s.prepared else "not prepared yet"],
@@ -126,6 +154,12 @@ def stages_section(report: RunReport, figure: bytes) -> str:
             + listing + image(figure, "wall time, throughput, requeues and failures per stage") + "</section>")
 
 
+def what_ran(report: RunReport, stages: tuple[str, ...], key: str, requested: str) -> str:
+    """The devices or precisions the stages' finished shards recorded; the request until one has."""
+    ran = [f"{stage} {', '.join(report.stages[stage][key])}" for stage in stages if report.stages[stage].get(key)]
+    return e("; ".join(ran)) if ran else f"{e(requested)} <span class=muted>(requested; nothing has run yet)</span>"
+
+
 def run_section(report: RunReport) -> str:
     config = report.config
     fingerprint = config.fingerprint.get("models", {}) if config.fingerprint else {}
@@ -141,8 +175,10 @@ def run_section(report: RunReport) -> str:
     provenance = os.path.relpath(report.workdir.provenance, report.workdir.report_dir)
     return ('<section id="run"><h2>Run</h2>'
             + table(["parameter", "value"], [["chunk length", str(config.chunk_length)], ["shards", str(config.shards)],
-                                             ["precision", e(config.precision)], ["packed ESM-2", str(config.packing)],
-                                             ["device", e(config.device)], ["inputs list", f"<code>{e(config.inputs_list)}</code>"]],
+                                             ["precision", what_ran(report, ("dnabert", "esm2"), "precisions", config.precision)],
+                                             ["packed ESM-2", str(config.packing)],
+                                             ["device", what_ran(report, ("dnabert", "esm2", "predict"), "devices", config.device)],
+                                             ["inputs list", f"<code>{e(config.inputs_list)}</code>"]],
                     text_columns=2)
             + table(["model", "spec", "identity"], rows, text_columns=3)
             + f'<p>Versions, hashes, timings and job ids: <a href="{e(provenance)}">provenance.json</a>.</p></section>')
@@ -180,7 +216,10 @@ def render(report: RunReport, input_figures: dict[int, dict[str, bytes]], stage_
 <section id="summary"><h2>Summary</h2>
 {summary}
 <p>Call rule: {call_rule(report.min_score)}. Reads with no stop-free frame in any chunk are <b>no_frames</b>.</p>
+<p>Result folders by input: {link(report, report.workdir.results_index)}; this table for MultiQC:
+{link(report, report.workdir.multiqc_summary)}.</p>
 </section>
+{top_reads_section(report)}
 {sections}
 {stages_section(report, stage_figure)}
 {run_section(report)}

@@ -4,12 +4,19 @@
   printed as numpy float32 str() exactly like the original;
 - prediction_results_highestscore.csv (tab-separated, as the original): one row per chunk,
   `Is_Virus = max(score2) >= max(score1)` over the chunk's frames, sorted by Modified_ID;
-- reads.tsv: one row per read, including reads that yielded no frame.
+- reads.tsv: one row per read, including reads that yielded no frame;
+- viral.fna: the input's records of the reads called virus as they are in the input (whole
+  header, line breaks, letters; CRLF line ends as LF), ready for CheckV and other downstream tools.
+With --compress each of them is gzipped (+ .gz). Beside the folders, for the whole run:
+- results/index.tsv: each input's path and its result folder (names are made unique and safe);
+- results/virnucpro_mqc.tsv: the per-input summary as MultiQC custom content.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,9 +26,10 @@ import numpy as np
 
 from .. import console
 from ..atomic import _is_out_of_space, atomic_open, fsync_dir, make_temp_file
-from ..errors import OutputError, ShardError, StaleInputError
+from ..errors import InputError, OutputError, ShardError, StaleInputError
+from ..fasta import _decode_header, fasta_blocks
 from ..orchestration.runner import StageContext
-from ..paths import HIGHEST_SCORE, PREDICTION_RESULTS, READS_TABLE
+from ..paths import COMPRESSED_SUFFIX, HIGHEST_SCORE, PREDICTION_RESULTS, READS_TABLE, VIRAL_FASTA
 from ..storage import read_frame_ids, read_matrix
 from .prepare import READS_COLUMNS
 
@@ -114,6 +122,9 @@ def finish_report(ctx: StageContext, totals: dict) -> None:
                      f"run 'virnucpro-slurm report --workdir {ctx.workdir.root}'")
 
 
+GZIP_LEVEL = 6  # gzip's own default: most of level 9's size at a fraction of its time
+
+
 class ResultFiles:
     """The result files of every input, replaced together at the end of the stage.
 
@@ -128,14 +139,21 @@ class ResultFiles:
         self.written: list[tuple[Path, Path]] = []
 
     @contextlib.contextmanager
-    def open(self, path: Path):
-
+    def open(self, path: Path, binary: bool = False):
+        """A text (or `binary`) handle on the temp file of `path`, gzipped when its name ends in .gz."""
         path = Path(path)
         fd, tmp = make_temp_file(path)
         self.written.append((tmp, path))
         try:
-            with open(fd, "w", encoding="utf-8", newline="") as handle:
-                yield handle
+            with contextlib.ExitStack() as stack:
+                raw = stack.enter_context(open(fd, "wb"))
+                if path.name.endswith(COMPRESSED_SUFFIX):
+                    # no name and no time in the gzip header: the same results give the same bytes
+                    raw = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                                            compresslevel=GZIP_LEVEL))
+                # surrogateescape: a path or id read as bytes that are not UTF-8 goes out as those bytes
+                yield raw if binary else stack.enter_context(
+                    io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline=""))
         except OSError as exc:
             if _is_out_of_space(exc):
                 raise OutputError(exc.errno, f"{path}: {exc.strerror or 'write failed'} while writing it; free space "
@@ -196,7 +214,15 @@ def consensus(ctx: StageContext, min_score: float | None = None) -> dict:
         files.commit()
     finally:
         files.discard()
+    remove_other_variant(ctx.workdir, ctx.config)
     return totals
+
+
+def remove_other_variant(workdir, config) -> None:
+    """The result files as the other --compress setting wrote them, left from an earlier consensus."""
+    for name in config.input_names:
+        for path in workdir.result_files(name, not config.compress):
+            path.unlink(missing_ok=True)
 
 
 def _consensus(ctx: StageContext, files: "ResultFiles", min_score: float | None = None) -> dict:
@@ -204,13 +230,13 @@ def _consensus(ctx: StageContext, files: "ResultFiles", min_score: float | None 
     summary = read_summary(workdir)
     expected = [s["frames"] for s in summary["shards"]]
     totals = {"frames": 0, "chunks": 0, "reads": 0, "viral_reads": 0}
-    tally, current = InputTally(), 0
+    tally, current, viral_reads = InputTally(), 0, []
 
     def finish_inputs_before(index: int) -> None:
         """Write the per-chunk and per-read files of every input before `index` (all its frames seen)."""
         nonlocal tally, current
         while current < index:
-            write_input_results(ctx, current, tally, min_score, summary, totals, files)
+            viral_reads.append(write_input_results(ctx, current, tally, min_score, summary, totals, files))
             tally, current = InputTally(), current + 1
 
     # Frames are in input order across the shards, so a frame's input follows from its position;
@@ -222,7 +248,7 @@ def _consensus(ctx: StageContext, files: "ResultFiles", min_score: float | None 
         raise ShardError(f"{workdir.prepare_summary}: inputs hold {input_ends[-1]} frames, shards {sum(expected)}; "
                          "re-run with --restart")
     first = 0  # position of the shard's first frame in the run
-    with PerInputWriter(workdir, config.input_names, files) as writer:
+    with PerInputWriter(workdir, config.input_names, files, config.compress) as writer:
         for shard in range(config.shards):
             frame_ids = read_frame_ids(workdir.shard_frames(shard), expected[shard])
             _, scores = read_matrix(workdir.predictions(shard), frame_ids, name="scores", dim=2,
@@ -241,39 +267,105 @@ def _consensus(ctx: StageContext, files: "ResultFiles", min_score: float | None 
                 tally.add(frame_ids[a:b], s1[a:b], s2[a:b])
             first += len(frame_ids)
         finish_inputs_before(len(config.inputs))
+    write_run_tables(workdir, config, summary["inputs"], viral_reads, files)
     return totals
 
 
 def write_input_results(ctx: StageContext, index: int, tally: InputTally, min_score: float | None, summary: dict,
-                        totals: dict, files: "ResultFiles") -> None:
+                        totals: dict, files: "ResultFiles") -> int:
+    """The per-chunk, per-read and viral-read files of one input; returns how many reads are viral."""
     workdir, config = ctx.workdir, ctx.config
-    out = workdir.result_dir(config.input_names[index])
+    name, compress = config.input_names[index], config.compress
     max_others, max_virus, new_read = tally.columns()
     chunk_is_virus = max_virus >= max_others  # the original's per-chunk rule: a tie is viral
-    with files.open(out / HIGHEST_SCORE) as handle:
+    with files.open(workdir.result_file(name, HIGHEST_SCORE, compress)) as handle:
         handle.write(HIGHEST_HEADER)
         virus = chunk_is_virus.tolist()  # Python bools print True / False, as the original's
         # str order, as sorted() gives; an object array keeps the sort at 16 bytes a chunk
         order = np.argsort(np.asarray(tally.chunk_ids, dtype=object), kind="stable")
         for block in blocks(order):
             handle.writelines(f"{tally.chunk_ids[i]}\t{virus[i]}\n" for i in block.tolist())
-    viral = write_reads_table(workdir.reads_table(index), out / READS_TABLE, tally.chunk_ids, new_read, max_virus,
-                              chunk_is_virus, min_score, summary["inputs"][index]["reads"], files.open)
+    viral = write_reads_table(workdir.reads_table(index), workdir.result_file(name, READS_TABLE, compress),
+                              tally.chunk_ids, new_read, max_virus, chunk_is_virus, min_score,
+                              summary["inputs"][index]["reads"], files.open)
+    with files.open(workdir.result_file(name, VIRAL_FASTA, compress), binary=True) as handle:
+        write_viral_records(Path(config.inputs[index]), viral, handle)
     if tally.rows == 0:
-        console.warn(f"{config.inputs[index]}: no stop-free frame; wrote header-only results in {out}")
+        console.warn(f"{config.inputs[index]}: no stop-free frame; wrote header-only results in {workdir.result_dir(name)}")
     totals["frames"] += tally.rows
     totals["chunks"] += len(tally.chunk_ids)
-    totals["viral_reads"] += viral
+    totals["viral_reads"] += len(viral)
     totals["reads"] += summary["inputs"][index]["reads"]
+    return len(viral)
+
+
+def write_viral_records(path: Path, viral: set[str], out) -> None:
+    """The records of `path` whose read id is in `viral`, in input order, byte for byte but for
+    carriage returns (dropped, as prepare drops them: downstream tools expect LF line ends).
+    The input is read again only when some read is viral."""
+    if not viral:
+        return
+    found = 0
+    for block in fasta_blocks(path):
+        data = block.data.lstrip() if block.is_first else block.data
+        for record in data[1:].split(b"\n>"):
+            header = record[:record.find(b"\n")] if b"\n" in record else record
+            name = _decode_header(header)  # the read id as prepare parsed it: up to the first white space
+            if name and name.split(maxsplit=1)[0] in viral:
+                record = record.replace(b"\r", b"")
+                out.write(b">" + record + (b"" if record.endswith(b"\n") else b"\n"))
+                found += 1
+    if found != len(viral):
+        raise InputError(f"{path}: holds {found} of the {len(viral)} reads called virus; the file changed after "
+                         "the run read it: re-run the same command with --restart")
+
+
+def write_run_tables(workdir, config, inputs: list[dict], viral_reads: list[int], files: "ResultFiles") -> None:
+    """results/index.tsv (input path -> result folder) and the MultiQC summary of every input."""
+    with files.open(workdir.results_index) as handle:
+        handle.write("input\tresults\n")
+        handle.writelines(f"{tsv_field(path)}\t{name}\n" for path, name in zip(config.inputs, config.input_names))
+    with files.open(workdir.multiqc_summary) as handle:
+        handle.write(MULTIQC_HEADER)
+        handle.write("\t".join(MULTIQC_COLUMNS) + "\n")
+        for name, counts, viral in zip(config.input_names, inputs, viral_reads):
+            share = f"{100 * viral / counts['reads']:.2f}" if counts["reads"] else "0.00"
+            handle.write(f"{name}\t{counts['reads']}\t{counts['bases']}\t{counts['chunks']}\t{counts['frames']}\t"
+                         f"{counts['reads_without_frames']}\t{viral}\t{share}\n")
+
+
+def tsv_field(text: str) -> str:
+    """A path as one tab-separated field: a tab or line break in it written as \\t, \\n, \\r (and \\ as \\\\)."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+# MultiQC custom content: YAML in '#' comment lines, then a table whose first column is the sample
+MULTIQC_COLUMNS = ("Sample", "reads", "bases", "chunks", "frames", "reads_without_frames", "viral_reads",
+                   "viral_percent")
+MULTIQC_HEADER = """# id: 'virnucpro'
+# section_name: 'VirNucPro'
+# description: 'reads called virus per input by VirNucPro (virnucpro-slurm); frames are stop-free six-frame translations of each chunk'
+# plot_type: 'table'
+# pconfig:
+#     id: 'virnucpro_table'
+#     title: 'VirNucPro: reads called virus'
+#     namespace: 'VirNucPro'
+# headers:
+#     viral_percent:
+#         title: '% viral'
+#         suffix: '%'
+#         max: 100
+#         min: 0
+"""
 
 
 class PerInputWriter(contextlib.ExitStack):
     """prediction_results.txt of each input, opened in input order (frames arrive in input
     order), so only one is open at a time; inputs without frames get the header alone."""
 
-    def __init__(self, workdir, names: list[str], files: "ResultFiles"):
+    def __init__(self, workdir, names: list[str], files: "ResultFiles", compress: bool = False):
         super().__init__()
-        self.workdir, self.names, self.files = workdir, names, files
+        self.workdir, self.names, self.files, self.compress = workdir, names, files, compress
         self.current, self.file, self.closer = -1, None, None
 
     def handle(self, index: int):
@@ -286,7 +378,8 @@ class PerInputWriter(contextlib.ExitStack):
             self.closer.close()
         self.current += 1
         self.closer = contextlib.ExitStack()
-        self.file = self.closer.enter_context(self.files.open(self.workdir.result_dir(self.names[self.current]) / PREDICTION_RESULTS))
+        self.file = self.closer.enter_context(self.files.open(
+            self.workdir.result_file(self.names[self.current], PREDICTION_RESULTS, self.compress)))
         self.file.write(PREDICTION_HEADER)
 
     def __exit__(self, exc_type, exc, tb):
@@ -300,8 +393,9 @@ class PerInputWriter(contextlib.ExitStack):
 
 def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new_read: np.ndarray,
                       chunk_max_virus: np.ndarray, chunk_is_virus: np.ndarray, min_score: float | None,
-                      expected_reads: int, opener=atomic_open) -> int:
-    """reads.tsv: per read, the best virus score of any of its frames and the call.
+                      expected_reads: int, opener=atomic_open) -> set[str]:
+    """reads.tsv: per read, the best virus score of any of its frames and the call; returns the
+    ids of the reads called virus.
 
     Default call (the original's rule lifted to reads): 'virus' when at least one chunk of the
     read is viral by the per-chunk rule. With `min_score`: 'virus' when max_virus_score >= it.
@@ -325,7 +419,7 @@ def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new
         return StaleInputError(f"{reads_in}: prepare's read table is damaged ({what}); the prepare stage will run again",
                                "prepare", 0)
 
-    found, expected, rows = 0, read_with_frames(0), 0
+    found, expected, rows, viral = 0, read_with_frames(0), 0, set()
     try:
         source = open(reads_in, encoding="utf-8", newline="")
     except OSError as exc:
@@ -345,7 +439,10 @@ def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new
                 if read_id != expected:
                     out.write(f"{read_id}\t{length}\t{chunks}\t0\t0\tNA\tno_frames\n")
                     continue
-                call = "virus" if is_virus[found] else "others"
+                call = "others"
+                if is_virus[found]:
+                    call = "virus"
+                    viral.add(read_id)
                 out.write(f"{read_id}\t{length}\t{chunks}\t{frames}\t{viral_chunks[found]}\t{next(best_text)}\t{call}\n")
                 found += 1
                 expected = read_with_frames(found)
@@ -355,4 +452,4 @@ def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new
         raise damaged(f"read {expected!r} has frames but is not in it, in order")
     if rows != expected_reads:
         raise damaged(f"{rows} reads, prepare recorded {expected_reads}")
-    return sum(is_virus)
+    return viral

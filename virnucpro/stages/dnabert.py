@@ -34,6 +34,7 @@ def open_stage(ctx: StageContext):
         before = getattr(embedder, "tokens_embedded", None)  # None: an engine that counts no tokens (bench's null one)
         stats = embed_shard(ctx, KIND, shard, sequences_of, embedder.embed, embedder.dim, window,
                             attrs={"model": config.models.dnabert})
+        stats.update(device=device, precision=config.dnabert_precision)  # what ran, for the report and provenance
         if before is None:
             return stats
         computed = embedder.tokens_embedded - before

@@ -53,6 +53,8 @@ def open_stage(ctx: StageContext):
     window = config.checkpoint_tokens or default_window_tokens(device)
 
     def process(shard: int) -> dict:
-        return embed_shard(ctx, KIND, shard, lambda frames: frames.proteins, engine.embed, engine.dim, window,
-                           attrs={"model": config.models.esm})
+        stats = embed_shard(ctx, KIND, shard, lambda frames: frames.proteins, engine.embed, engine.dim, window,
+                            attrs={"model": config.models.esm})
+        # what ran, for the report and provenance: --precision auto becomes fp16 or fp32 here
+        return {**stats, "device": device, "precision": getattr(engine, "precision", config.precision)}
     return process

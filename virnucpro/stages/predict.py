@@ -51,7 +51,8 @@ def open_stage(ctx: StageContext):
         model = classifier.load_classifier(config.models.classifier, trust_pickles=config.trust_model_pickles)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    model.to(resolve_device(config.device))
+    device = resolve_device(config.device)
+    model.to(device)
 
     def process(shard: int) -> dict:
         upcoming = ctx.next_shard
@@ -92,5 +93,5 @@ def open_stage(ctx: StageContext):
                                      f"{protein.shape[1]}); use the classifier that matches these models") from None
         require_finite(scores, config.models.classifier, f"predict shard {shard}")
         write_shard_matrix(workdir.predictions(shard), ids, scores, name="scores")
-        return {"frames": len(ids)}
+        return {"frames": len(ids), "device": device}
     return process
