@@ -178,6 +178,14 @@ def narrowing_append(checkpoint: ShardCheckpoint) -> Callable[[int, np.ndarray],
     return append
 
 
+def cuda_device_count() -> int:
+    """GPUs this process sees (0 without CUDA): orchestration.task hands them out to the workers of a
+    multi-GPU task where the site sets no CUDA_VISIBLE_DEVICES."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def resolve_device(requested: str) -> str:
     """The device a stage runs on. Called before a stage loads its engine, so it also warms up the
     CPU math library (engines.warm_up_cpu_math) before any threaded torch op runs."""
