@@ -154,3 +154,26 @@ def test_compiled_engine_equals_eager_across_pack_sizes():
         worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
     assert worst <= 1e-5
     assert counters["frames"]["ok"] == 2 and sum(counters["recompiles"].values()) == 0
+
+
+# ------------------------------------------------------------------------------ GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_window_recomputed_on_a_gpu_gives_the_same_bits(tmp_path):
+    """The promise of stages/embedding.py on CUDA: the same call twice, the same bytes, for the
+    packed ESM-2 engine (fp16, eager and compiled) and the native DNABERT-S engine (fp32, fp16)."""
+    from virnucpro.engines.demo import write_dnabert_demo
+    from virnucpro.engines.dnabert_native import NativeDnabert
+
+    model, alphabet = tiny_model(3, 320, 20, seed=31)
+    seqs = random_proteins(200, 20, 600, seed=31)
+    for compile in (False, True):
+        engine = PackedESM2Engine(model, alphabet, device="cuda", precision="fp16", token_budget=8192, compile=compile)
+        assert engine.embed(seqs).tobytes() == engine.embed(seqs).tobytes(), compile
+    folder = tmp_path / "dnabert"
+    write_dnabert_demo(folder, hidden=768, layers=2, heads=12, intermediate=3072)
+    rng = np.random.default_rng(9)
+    dna = ["".join(rng.choice(list("ACGT"), int(n))) for n in rng.integers(100, 500, 300)]
+    for precision in ("fp32", "fp16"):
+        native = NativeDnabert(str(folder), device="cuda", precision=precision, token_budget=16384)
+        assert native.embed(dna).tobytes() == native.embed(dna).tobytes(), precision
