@@ -35,3 +35,19 @@ def test_orchestration_still_imports_no_torch():
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
+def test_compile_is_on_for_cuda_only_unless_asked_and_the_options_reach_the_run():
+    """Issue 23 item 2's switches: run/submit/embed compile by default on CUDA, --no-compile turns it
+    off, --compile turns it on for a CPU; --esm-residual compute is a fingerprinted choice."""
+    from virnucpro.cli import build_parser
+    from virnucpro.stages.esm2 import compile_enabled
+
+    assert compile_enabled(None, "cuda") and compile_enabled(None, "cuda:1") and not compile_enabled(None, "cpu")
+    assert compile_enabled(True, "cpu") and not compile_enabled(False, "cuda")
+    parser = build_parser()
+    for command in (["run", "in.txt"], ["submit", "in.txt"], ["embed", "esm2", "x.faa", "--model", "m", "--out", "o.h5"]):
+        assert parser.parse_args(command).compile is None
+        assert parser.parse_args([*command, "--no-compile"]).compile is False
+        assert parser.parse_args([*command, "--compile"]).compile is True
+        assert parser.parse_args([*command, "--esm-residual", "compute"]).esm_residual == "compute"
