@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -34,6 +35,7 @@ import torch  # noqa: E402
 from virnucpro.engines.demo import write_dnabert_demo  # noqa: E402
 from virnucpro.engines.dnabert import DnabertEmbedder  # noqa: E402
 from virnucpro.engines.dnabert_native import NativeDnabert  # noqa: E402
+from figures import emit  # noqa: E402  (bench/figures.py)
 
 ARCHITECTURES = {"tiny": dict(hidden=64, layers=2, heads=4, intermediate=128),
                  "real-arch": dict(hidden=768, layers=12, heads=12, intermediate=3072)}
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300, help="sequences per workload")
     parser.add_argument("--original-n", type=int, default=None, help="sequences for the one-at-a-time way (default n)")
     parser.add_argument("--token-budget", type=int, default=16384)
+    parser.add_argument("--json", default=None, help="append one JSON line per workload and way here (bench/figures.py)")
     args = parser.parse_args()
     torch.manual_seed(0)
     folder = Path(tempfile.mkdtemp(prefix="dnabert-bench-")) / "dnabert"
@@ -88,6 +91,9 @@ def main() -> None:
                   f"native ({args.precision})": float(np.abs(packed[: len(few)] - original).max() / scale)}
         for way, rate in rates.items():
             print(f"| {label} | {way} | {rate:,.0f} | {rate / rates['remote (batched, masks)']:.2f}x | {errors[way]:.1e} |")
+            emit(args.json, f"dnabert_{args.precision}", "tokens_per_s", round(rate, 1), "tokens/s", way=way,
+                 workload=label, model=args.model, device=args.device, native_precision=args.precision,
+                 max_rel_err_vs_original=errors[way], echo=False)
 
 
 if __name__ == "__main__":

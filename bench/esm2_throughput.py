@@ -10,8 +10,13 @@ Methods, run in one process on identical sequences:
       extract script and VirNucPro do), mean over positions 1..min(L,1024) of the last layer;
   (b) the same with the model in fp16, batches of 2048 and of 16384 tokens (CUDA only: fair-esm
       fp16 on CPU is not a real configuration and is skipped);
-  (c) ``PackedESM2Engine`` (default precision: fp16 on CUDA, fp32 on CPU; also bf16 on CUDA;
-      on CPU both SDPA back-ends, to show which the engine should use).
+  (c) ``PackedESM2Engine`` (--precisions, default fp16 and bf16 on CUDA, fp32 on CPU; with
+      --residual both, each half precision also with its residual stream in that dtype
+      ("res=compute") instead of fp32; --compile adds the first precision compiled).
+
+--baseline-n runs (a) on the first N sequences only (its tokens/s from those; every rel err on
+those rows): the fp32 original is the slowest method by far. --json appends one JSON line per
+method and workload (bench/figures.py), as bench/gpu_session.sh collects them.
 
 Definitions:
   tokens      = sum over sequences of (residues + 2): BOS and EOS count, padding does not.
@@ -42,8 +47,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from esm2_random import random_esm2  # noqa: E402  (tests/esm2_random.py)
+from figures import emit  # noqa: E402  (bench/figures.py)
 from virnucpro.engines.esm2_packed import PackedESM2Engine  # noqa: E402
 
 AA20 = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
@@ -176,6 +183,11 @@ def main(argv=None) -> int:
                          "sdpa on CPU; sdpa,sdpa_loop compares the per-pack and per-sequence SDPA)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: measured)")
     ap.add_argument("--skip-fp16-fair-esm", action="store_true")
+    ap.add_argument("--precisions", default=None, help="engine precisions, comma-separated (default fp16,bf16 CUDA; fp32 CPU)")
+    ap.add_argument("--residual", choices=["fp32", "compute", "both"], default="fp32",
+                    help="engine residual stream at fp16/bf16 (both: a row for each)")
+    ap.add_argument("--baseline-n", type=int, default=None, help="run (a), fair-esm fp32, on the first N sequences only")
+    ap.add_argument("--json", default=None, help="append one JSON line per method and workload here")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
 
@@ -195,11 +207,14 @@ def main(argv=None) -> int:
 
     engines = []  # (name, engine)
     backends = [b or None for b in (args.backends or ("" if cuda else "sdpa")).split(",")]
-    precisions = ["fp16", "bf16"] if cuda else ["fp32"]
+    precisions = args.precisions.split(",") if args.precisions else (["fp16", "bf16"] if cuda else ["fp32"])
+    residuals = {"fp32": [True], "compute": [False], "both": [True, False]}[args.residual]
     for be in backends:
         for prec in precisions:
-            engines.append((f"packed {prec}", PackedESM2Engine(model, alphabet, device, prec, args.token_budget,
-                                                               backend=be)))
+            for fp32_residual in residuals if prec != "fp32" else [True]:
+                name = f"packed {prec}" + ("" if fp32_residual else " res=compute")
+                engines.append((name, PackedESM2Engine(model, alphabet, device, prec, args.token_budget, backend=be,
+                                                       fp32_residual=fp32_residual)))
         if args.compile:
             engines.append((f"packed {precisions[0]}+compile", PackedESM2Engine(
                 model, alphabet, device, precisions[0], args.token_budget, backend=be, compile=True)))
@@ -232,7 +247,9 @@ def main(argv=None) -> int:
         def fe(m, tpb):
             return lambda s: fair_esm_embed(m, alphabet, s, tpb, device)
 
-        methods = [("(a) fair-esm fp32", "padded 2048", fe(model, 2048))]
+        base_n = min(args.baseline_n or n, n)
+        base_tokens = ntok[:base_n].sum()
+        methods = [("(a) fair-esm fp32", "padded 2048", lambda s: fe(model, 2048)(s[:base_n]))]
         if half_model is not None:
             methods += [("(b) fair-esm fp16", "padded 2048", fe(half_model, 2048)),
                         ("(b) fair-esm fp16", "padded 16384", fe(half_model, 16384))]
@@ -241,11 +258,17 @@ def main(argv=None) -> int:
         ref = None
         for (name, batching, _), (dt, cpu_s, emb, peak_mem, extra) in zip(
                 methods, timed_round_robin(methods, seqs, warm, repeats, device)):
+            m_tokens, m_n = (base_tokens, base_n) if ref is None else (tokens, n)
             if ref is None:
                 ref = emb
-            rel = np.linalg.norm(emb - ref, axis=1) / np.linalg.norm(ref, axis=1)
-            rows.append((name, batching, dt, tokens / dt, n / dt, tokens / dt * flop_tok / (peak * 1e12),
-                         peak_mem, extra, rel.max(), np.median(rel), tokens / cpu_s))
+            rel = np.linalg.norm(emb[:base_n] - ref, axis=1) / np.linalg.norm(ref, axis=1)
+            rows.append((name, batching, dt, m_tokens / dt, m_n / dt, m_tokens / dt * flop_tok / (peak * 1e12),
+                         peak_mem, extra, rel.max(), np.median(rel), m_tokens / cpu_s))
+            emit(args.json, "esm2_throughput", "tokens_per_s", round(m_tokens / dt, 1), "tokens/s", method=name,
+                 batching=batching, workload=wl, sequences=m_n, tokens=int(m_tokens), model=label,
+                 device=torch.cuda.get_device_name(device) if cuda else "cpu", torch=torch.__version__,
+                 max_rel_err_vs_fair_esm_fp32=float(rel.max()), median_rel_err=float(np.median(rel)),
+                 peak_memory_bytes=peak_mem)
         a_tps = rows[0][3]
         b_rows = [r for r in rows if r[0].startswith("(b)")]
         b_tps = max(r[3] for r in b_rows) if b_rows else None

@@ -318,7 +318,7 @@ def test_varlen_call_plumbing(small, fake):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_engine_on_gpu():
-    """torch.compile(dynamic=True) of the dense parts, fp16, on a small model."""
+    """torch.compile of the dense parts (token dim dynamic), fp16, on a small model."""
     model, alphabet = tiny_model(3, 320, 20, seed=31)
     seqs = random_proteins(40, 20, 400, seed=31)
     ref = reference(model, alphabet, seqs)

@@ -53,6 +53,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument("--no-packing", dest="packing", action="store_false",
                         help="use fair-esm's padded forward instead of the packed engine (also VIRNUCPRO_DISABLE_PACKING=1)")
     tuning.add_argument("--esm-token-budget", type=_positive_int, help="tokens per packed ESM-2 batch (default: from free GPU memory)")
+    _add_esm_engine_options(tuning)
     tuning.add_argument("--dnabert-token-budget", type=_positive_int, help="padded tokens per DNABERT-S batch")
     tuning.add_argument("--checkpoint-tokens", type=_positive_int, help="tokens between checkpoints of the embedding stages")
     tuning.add_argument("--dnabert-precision", default="fp32", choices=("fp32", "fp16", "bf16"),
@@ -73,6 +74,16 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     calls.add_argument("--compress", action="store_true",
                        help="gzip each input's result files (prediction_results.txt.gz, ...); "
                             "changing it re-runs consensus only")
+
+
+def _add_esm_engine_options(group) -> None:
+    """The packed ESM-2 engine's compile and residual choices (run, submit, embed)."""
+    group.add_argument("--compile", dest="compile", action="store_true", default=None,
+                       help="torch.compile the packed ESM-2 engine's dense parts (default: on CUDA only)")
+    group.add_argument("--no-compile", dest="compile", action="store_false", help="run the packed ESM-2 engine eager")
+    group.add_argument("--esm-residual", default="fp32", choices=("fp32", "compute"),
+                       help="packed ESM-2 residual stream at fp16/bf16: fp32 (default, closer to the original) or "
+                            "compute (the GEMMs' dtype: less memory traffic)")
 
 
 def _positive_int(text: str) -> int:
@@ -169,7 +180,7 @@ def run_request(args: argparse.Namespace):
         restart=args.restart, demo=args.demo, min_score=args.min_score, compress=args.compress,
         dnabert_precision=args.dnabert_precision, dnabert_remote_code=args.dnabert_remote_code,
         embedding_dtype=args.embedding_dtype, trust_model_pickles=args.trust_model_pickles,
-        allow_download=args.allow_download,
+        allow_download=args.allow_download, compile=args.compile, esm_residual=args.esm_residual,
     )
 
 
@@ -274,7 +285,8 @@ def cmd_embed(args) -> int:
     if args.kind == "esm2":
         from .stages.esm2 import load_engine
         packing = args.packing and os.environ.get("VIRNUCPRO_DISABLE_PACKING", "") in ("", "0")
-        engine = load_engine(args.model, device, args.precision, packing, args.token_budget)
+        engine = load_engine(args.model, device, args.precision, packing, args.token_budget, compile=args.compile,
+                             residual=args.esm_residual)
         matrix = engine.embed(seqs)
     else:
         from .engines.dnabert import load_dnabert_engine
@@ -372,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use fair-esm's padded forward instead of the packed engine (also VIRNUCPRO_DISABLE_PACKING=1)")
     esm2.add_argument("--token-budget", type=_positive_int, metavar="N",
                       help="tokens per packed batch (default: sized from free GPU memory)")
+    _add_esm_engine_options(esm2)
     esm2.set_defaults(dnabert_remote_code=False)
     dnabert = kinds.add_parser("dnabert", help="embed nucleotides with DNABERT-S (mean of the last hidden state)",
                                epilog="examples:\n"
@@ -387,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     dnabert.add_argument("--token-budget", type=_positive_int, metavar="N", help="padded tokens per batch")
     dnabert.add_argument("--dnabert-remote-code", action="store_true",
                          help="run the model folder's own code (trust_remote_code) instead of the native engine")
-    dnabert.set_defaults(packing=True)
+    dnabert.set_defaults(packing=True, compile=None, esm_residual="fp32")
     for kind in (esm2, dnabert):
         kind.add_argument("--out", type=Path, required=True, metavar="H5",
                           help="HDF5 file to write, with datasets ids and embeddings")

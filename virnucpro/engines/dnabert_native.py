@@ -56,7 +56,7 @@ from ..errors import VirnucproError
 from . import output_rows
 from . import dnabert_files as files
 from .dnabert_tokens import GROUP, BatchTokenizer
-from .pooled_rows import PooledRows
+from .pooled_rows import PooledRows, segment_means
 from .prefetch import prefetched
 
 log = logging.getLogger("virnucpro.dnabert")
@@ -110,7 +110,6 @@ class _Pack:
 
     rows: torch.Tensor          # [B] input row of each sequence
     ids: torch.Tensor           # [T] token ids, sequences concatenated
-    seg: torch.Tensor           # [T] pack-local sequence index of each token
     lengths: torch.Tensor       # [B] float32 token counts (the mean's divisor)
     cu_seqlens: torch.Tensor    # [B + 1] int32
     pad_index: Optional[torch.Tensor]    # [B * L] token index of each padded slot (T = a zero row)
@@ -124,7 +123,7 @@ class _Pack:
         if device.type == "cpu":
             return self
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return _Pack(move(self.rows), move(self.ids), move(self.seg), move(self.lengths), move(self.cu_seqlens),
+        return _Pack(move(self.rows), move(self.ids), move(self.lengths), move(self.cu_seqlens),
                      move(self.pad_index), move(self.unpad_index), move(self.key_valid),
                      self.batch, self.longest, self.tokens)
 
@@ -272,9 +271,7 @@ class NativeDnabert:
             g = F.linear(x, layer.w_gated)
             h = F.gelu(g[:, :inter]) * g[:, inter:]
             x = F.layer_norm(x + F.linear(h, layer.wo, layer.bo), (hidden,), layer.ln2_w, layer.ln2_b, eps)
-        sums = torch.zeros((pack.batch, hidden), dtype=torch.float32, device=x.device)
-        sums.index_add_(0, pack.seg, x.float())
-        return sums / pack.lengths[:, None]
+        return segment_means(x.float(), pack.lengths, offsets=pack.cu_seqlens)
 
     # ------------------------------------------------------------------ host side
 
@@ -297,12 +294,11 @@ class NativeDnabert:
         cu = np.zeros(batch + 1, dtype=np.int32)
         np.cumsum(lengths, out=cu[1:])
         pack = _Pack(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)), torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)),
-                     torch.from_numpy(np.repeat(np.arange(batch, dtype=np.int64), lengths)),
                      torch.from_numpy(lengths.astype(np.float32)), torch.from_numpy(cu),
                      pad_index, unpad_index, key_valid, batch, longest, total)
         if self.device.type == "cuda":
             pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-            pack = _Pack(*(pin(getattr(pack, f)) for f in ("rows", "ids", "seg", "lengths", "cu_seqlens", "pad_index",
+            pack = _Pack(*(pin(getattr(pack, f)) for f in ("rows", "ids", "lengths", "cu_seqlens", "pad_index",
                                                            "unpad_index", "key_valid")), batch, longest, total)
         return pack
 

@@ -25,7 +25,8 @@ row is produced exactly once.
 * Reduced precision (fp16/bf16) keeps the matmuls, attention and activations in that dtype, but
   (by default, ``fp32_residual=True``) the residual stream, the layer norms, the rotary
   arithmetic and the pooling in fp32.  The final layer norm is only applied to the tokens that
-  are pooled; pooling is a segment sum (``index_add_``) divided by the residue count.
+  are pooled; pooling is a segment sum in a fixed order (``pooled_rows.segment_means``, deterministic on
+  every device) divided by the residue count.
 
 Attention back-ends (``engine.backend``)
 ----------------------------------------
@@ -75,7 +76,7 @@ import torch.nn.functional as F
 from . import output_rows
 from .esm2_packing import DevicePack, HostPack, PackLayout, build_host_pack, ffd_pack, to_device
 from .esm2_tokens import Tokenized, Tokenizer
-from .pooled_rows import PooledRows
+from .pooled_rows import PooledRows, segment_means
 from .prefetch import prefetched
 
 log = logging.getLogger("virnucpro.esm2")
@@ -162,6 +163,17 @@ def _attn_out_ffn(x, a, wo, bo, ln_w, ln_b, eps: float, w1, b1, w2, b2, cdtype: 
         h = h.to(cdtype)
     h = F.linear(F.gelu(F.linear(h, w1, b1)), w2, b2)
     return x + h
+
+
+def _mark_tokens_dynamic(t: torch.Tensor) -> torch.Tensor:
+    """Dim 0 (tokens) of a compiled function's input is symbolic: every input that has it is marked
+    (an unmarked one would pin the token count to its first value and fail the marked ones)."""
+    torch._dynamo.mark_dynamic(t, 0)
+    return t
+
+
+def _unchanged(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 @dataclass
@@ -262,8 +274,11 @@ class PackedESM2Engine:
                                   padded_view=self.backend == "sdpa", pin=self.device.type == "cuda")
         self._f_in, self._f_out = _attn_in, _attn_out_ffn
         if self.compile:
-            self._f_in = torch.compile(_attn_in, dynamic=True)
-            self._f_out = torch.compile(_attn_out_ffn, dynamic=True)
+            # dynamic=None + mark_dynamic on the token dim (in _forward_pack): one graph per function
+            # for every pack size, with embed_dim, heads, eps and weight shapes kept static (known to
+            # the kernels); dynamic=True would make all of them symbolic.
+            self._f_in = torch.compile(_attn_in, dynamic=None)
+            self._f_out = torch.compile(_attn_out_ffn, dynamic=None)
         log.info(
             "ESM-2 packed engine: %d layers, dim %d, %d heads; backend %s, precision %s%s, "
             "token budget %d, device %s, compile %s",
@@ -461,15 +476,16 @@ class PackedESM2Engine:
         sin = self._sin.index_select(0, pk.pos)
         cdt, heads = self.dtype, self.heads
         f_in, f_out, attn = self._f_in, self._f_out, self._attn
+        tokens_dynamic = _mark_tokens_dynamic if self.compile else _unchanged
+        cos, sin = tokens_dynamic(cos), tokens_dynamic(sin)
         for w in self._layers:
-            q, k, v = f_in(x, w.ln1_w, w.ln1_b, w.ln1_eps, w.wqkv, w.bqkv, cos, sin, heads, cdt)
+            q, k, v = f_in(tokens_dynamic(x), w.ln1_w, w.ln1_b, w.ln1_eps, w.wqkv, w.bqkv, cos, sin, heads, cdt)
             a = attn(q, k, v, pk)
-            x = f_out(x, a, w.wo, w.bo, w.ln2_w, w.ln2_b, w.ln2_eps, w.w1, w.b1, w.w2, w.b2, cdt)
+            x = f_out(tokens_dynamic(x), tokens_dynamic(a), w.wo, w.bo, w.ln2_w, w.ln2_b, w.ln2_eps,
+                      w.w1, w.b1, w.w2, w.b2, cdt)
         rows = x.index_select(0, pk.keep).float()
         rows = F.layer_norm(rows, (self.dim,), self._lnf_w, self._lnf_b, self._lnf_eps)
-        sums = torch.zeros(pk.B, self.dim, dtype=torch.float32, device=self.device)
-        sums.index_add_(0, pk.seg, rows)
-        return sums / pk.counts[:, None]
+        return segment_means(rows, pk.counts, lengths=pk.counts.to(torch.int64))
 
     def _host_packs(self, tok: Tokenized, packs: list[np.ndarray]):
         """Host packs in order; built in a background thread when prefetching."""
@@ -502,5 +518,10 @@ class PackedESM2Engine:
                 pk = to_device(hp, self.device)
                 pooled.put(hp.index, pk.rows, self._forward_pack(pk))
         return pooled.finish("ESM-2 packed engine")
+
+    def warm_up(self) -> None:
+        """One small call before the real work: compiles the dense parts (once for every pack size)
+        and loads the kernels, so that neither is timed inside a checkpoint window."""
+        self.embed(["MKTAYIAKQR", "MKTAYIAKQRQISFVKSHFSRQ"])
 
     __call__ = embed

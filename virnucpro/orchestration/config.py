@@ -52,6 +52,8 @@ class RunOptions:
     embedding_dtype: str = "float32"  # dtype of the stored embedding matrices; float16 halves their size
     trust_model_pickles: bool = False  # unpickle model files with weights_only=False (runs code from the file)
     allow_download: bool = False  # let tasks fetch hub models themselves (compute nodes with internet)
+    compile: bool | None = None  # torch.compile the packed ESM-2 engine's dense parts; None: on CUDA only
+    esm_residual: str = "fp32"  # packed ESM-2 residual stream at fp16/bf16: fp32, or "compute" (the GEMMs' dtype)
 
     def run_options(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(RunOptions)}
@@ -287,6 +289,7 @@ def compute_fingerprint(config: RunConfig, hashes: HashCache) -> dict:
             "dnabert_precision": config.dnabert_precision,
             "dnabert_remote_code": config.dnabert_remote_code,
             "embedding_dtype": config.embedding_dtype,
+            **({"esm_residual": config.esm_residual} if config.esm_residual != "fp32" else {}),
         },
         "models": {
             "esm": model_identity(config.models.esm, hashes),

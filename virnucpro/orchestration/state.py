@@ -66,6 +66,9 @@ FIELD_TYPES = {"status": _TEXT, "attempts": _INT, "requeues": _INT, "started": _
                "metrics": (dict,)}
 
 
+TEXT_METRICS = frozenset({"device", "precision"})  # a stage's words for what ran (e.g. cuda:0, fp16)
+
+
 def record_problem(record: dict) -> str | None:
     """Why a state record read back from disk cannot be a (stage, shard)'s state, or None."""
     for name, types in FIELD_TYPES.items():
@@ -75,8 +78,13 @@ def record_problem(record: dict) -> str | None:
         if isinstance(value, bool) or not isinstance(value, types):
             return f"{name} is {type(value).__name__}, not {'/'.join(t.__name__ for t in types)}"
     metrics = record.get("metrics") or {}
-    if not all(v is None or (isinstance(v, _NUMBER) and not isinstance(v, bool)) for v in metrics.values()):
-        return "a metric that is not a number"  # they are summed into throughput and compute time
+    for key, value in metrics.items():
+        # numbers are summed into throughput and compute time; the words say what ran (report)
+        if key in TEXT_METRICS:
+            if not (value is None or isinstance(value, str) and len(value) <= 64):
+                return f"metric {key} is not a short text"
+        elif not (value is None or (isinstance(value, _NUMBER) and not isinstance(value, bool))):
+            return "a metric that is not a number"
     if record.get("status", PENDING) not in (PENDING, RUNNING, DONE, FAILED):
         return f"status {str(record['status'])[:20]!r} is none of {PENDING}, {RUNNING}, {DONE}, {FAILED}"
     return None

@@ -79,6 +79,17 @@ def visible_devices() -> list[str] | None:
     return [d for d in value.split(",") if d.strip()]
 
 
+def gpus_for_workers(device: str) -> int:
+    """GPUs a multi-GPU task hands to its workers itself: torch's count where the site sets no
+    CUDA_VISIBLE_DEVICES (else every worker would land on GPU 0), 0 where the site binds GPUs or
+    the task runs on the CPU. Counted in stages/, where torch is imported (orchestration never is)."""
+    if device == "cpu" or visible_devices() is not None:
+        return 0
+    from ..stages.embedding import cuda_device_count
+
+    return cuda_device_count()
+
+
 def run_array_task(workdir: str, stage: str, shards: list[int], workers: int = 1, device: str | None = None) -> dict:
     """One array task: process `shards` of `stage`; raise when a shard failed (the job fails and
     SLURM cancels its dependents); requeue the task when it was stopped at a checkpoint."""
@@ -107,7 +118,8 @@ def run_array_task(workdir: str, stage: str, shards: list[int], workers: int = 1
     parts = split_for_workers(todo, workers)
     log.info("%s task %s: shards %s (%d already done), %d worker(s)", stage, job_id, todo, len(shards) - len(todo), len(parts))
     if len(parts) > 1:
-        failed, interrupted = run_workers(wd.root, stage, parts, config.device, job_id, log_path, stop)
+        failed, interrupted = run_workers(wd.root, stage, parts, config.device, job_id, log_path, stop,
+                                          gpus_for_workers(config.device))
     else:
         ctx = StageContext(workdir=wd, config=config, device=config.device, stop_requested=stop)
         outcome = run_stage_shards(ctx, state, stage, todo, job_id=job_id, log_path=log_path)
@@ -153,9 +165,10 @@ def requeue(job_id: str) -> None:
 
 
 def worker_commands(root: Path, stage: str, parts: list[list[int]], device: str, job_id: str | None,
-                    log_path: str | None) -> list[tuple[list[str], dict]]:
-    """(argv, environment) of each worker: worker i sees only GPU i of the task's GPUs."""
-    devices = visible_devices()
+                    log_path: str | None, gpu_count: int = 0) -> list[tuple[list[str], dict]]:
+    """(argv, environment) of each worker: worker i sees only GPU i of the task's GPUs (those of
+    CUDA_VISIBLE_DEVICES, else GPUs 0..gpu_count-1)."""
+    devices = visible_devices() or [str(i) for i in range(gpu_count)]
     commands = []
     for i, part in enumerate(parts):
         env = dict(os.environ)
@@ -177,11 +190,12 @@ def worker_commands(root: Path, stage: str, parts: list[list[int]], device: str,
 
 
 def run_workers(root: Path, stage: str, parts: list[list[int]], device: str, job_id: str | None,
-                log_path: str | None, stop: StopFlag) -> tuple[list[int], bool]:
+                log_path: str | None, stop: StopFlag, gpu_count: int = 0) -> tuple[list[int], bool]:
     """One process per visible GPU (or per part on CPU), each over its slice of the shards."""
     from .plan import open_run
 
-    children = [subprocess.Popen(argv, env=env) for argv, env in worker_commands(root, stage, parts, device, job_id, log_path)]
+    children = [subprocess.Popen(argv, env=env)
+                for argv, env in worker_commands(root, stage, parts, device, job_id, log_path, gpu_count)]
     forwarded = False
     while any(child.poll() is None for child in children):
         if stop() and not forwarded:  # SLURM signals every process, but a test or a shell may not

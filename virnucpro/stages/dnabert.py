@@ -2,14 +2,14 @@
 
 The native engine is the default; --dnabert-remote-code runs the model folder's own code. Either
 engine counts the real tokens it embedded ([CLS] and [SEP] included), and the shard's "tokens"
-and "computed_tokens" metrics report those instead of nucleotides + 2. Checkpoint windows are still
+and "computed_tokens" metrics report those instead of nucleotides + 2. Blocks (engine calls) are still
 cut on nucleotides + 2 (embedding.py's costs), a pure function of the shard, so resume is unchanged.
 """
 
 from __future__ import annotations
 
 from ..orchestration.runner import StageContext
-from .embedding import embed_shard, engine_override, resolve_device
+from .embedding import checkpointing, embed_shard, engine_override, resolve_device
 
 KIND = "dnabert"
 
@@ -22,7 +22,9 @@ def open_stage(ctx: StageContext):
     embedder = engine_override(KIND, ctx) or load_dnabert_engine(
         config.models.dnabert, device, precision=config.dnabert_precision, remote_code=config.dnabert_remote_code,
         token_budget=config.dnabert_token_budget, allow_download=config.allow_download)
-    window = config.checkpoint_tokens or (1_000_000 if device.startswith("cuda") else 50_000)
+    cuda = device.startswith("cuda")
+    # blocks of 4 GPU packs (one CPU pack)
+    window = checkpointing(config.checkpoint_tokens, 1_000_000 if cuda else 50_000, 262_144 if cuda else 8192)
 
     def process(shard: int) -> dict:
         seen = {}
@@ -32,8 +34,8 @@ def open_stage(ctx: StageContext):
             return frames.nucleotides
 
         before = getattr(embedder, "tokens_embedded", None)  # None: an engine that counts no tokens (bench's null one)
-        stats = embed_shard(ctx, KIND, shard, sequences_of, embedder.embed, embedder.dim, window,
-                            attrs={"model": config.models.dnabert})
+        stats = embed_shard(ctx, KIND, shard, sequences_of, embedder.embed, embedder.dim,
+                            attrs={"model": config.models.dnabert}, **window)
         stats.update(device=device, precision=config.dnabert_precision)  # what ran, for the report and provenance
         if before is None:
             return stats

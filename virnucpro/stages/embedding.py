@@ -1,9 +1,18 @@
 """What the two embedding stages (DNABERT-S, ESM-2) share: checkpointed, resumable windows.
 
-A shard is embedded in windows of about `window_tokens` tokens. Window boundaries are a pure
-function of the shard and the window size, so a task resumed after SIGTERM or kill -9 computes
-exactly the same batches as an uninterrupted one and its embeddings are bitwise identical. Each
-finished window is an atomic checkpoint; a stop request is honoured at the next window boundary.
+A shard is embedded in blocks of about `block_tokens` tokens, one engine call each. Block
+boundaries are a pure function of the shard and the block size, so a task resumed after SIGTERM
+or kill -9 computes exactly the same batches as an uninterrupted one and its embeddings are
+bitwise identical: on the CPU and on CUDA, since the engines' pooling is a fixed-order segment sum
+(engines.pooled_rows.segment_means, no float atomics) and every other kernel they run (GEMMs,
+attention forward, gathers, index_copy_ to distinct rows) gives the same bits for the same
+inputs and shapes on the same GPU model.
+
+A checkpoint window is one or more consecutive blocks: it is closed (rows made durable, an atomic
+checkpoint) before the next block would take it past `window_seconds` of measured engine time
+(predicted from the block just computed) or past `window_tokens`, and at once when a stop is
+requested, so SIGTERM costs at most one block of work, whatever the engine, precision or packing.
+Windows decide only when rows are recorded, never what they are.
 
 The rows are written once, into the final file's layout (storage.ShardCheckpoint), by a
 background thread while the engine computes the next window; the main thread only hands windows
@@ -56,6 +65,19 @@ def windows(costs: Sequence[int], start: int, window_tokens: int) -> list[tuple[
     return out
 
 
+WINDOW_SECONDS = 10.0  # of measured engine work per checkpoint window: well inside a 30 s KillWait
+
+
+def checkpointing(checkpoint_tokens: int | None, window_tokens: int, block_tokens: int) -> dict:
+    """embed_shard's window arguments: an explicit --checkpoint-tokens is one block per window of
+    that many tokens; otherwise blocks of `block_tokens` in windows of at most `window_tokens`
+    tokens and WINDOW_SECONDS of measured work."""
+    if checkpoint_tokens:
+        return {"window_tokens": checkpoint_tokens}
+    return {"window_tokens": window_tokens, "block_tokens": min(block_tokens, window_tokens),
+            "window_seconds": WINDOW_SECONDS}
+
+
 def default_costs(sequences: Sequence[str]) -> np.ndarray:
     """Tokens a sequence costs when nothing better is known: its letters plus the two special tokens."""
     return np.fromiter(map(len, sequences), np.int64, len(sequences)) + 2
@@ -63,10 +85,13 @@ def default_costs(sequences: Sequence[str]) -> np.ndarray:
 
 def embed_shard(ctx: StageContext, kind: str, shard: int, sequences_of: Callable, embed: Callable[..., np.ndarray],
                 dim: int, window_tokens: int, attrs: dict | None = None,
-                cost_of: Optional[Callable[[list[str]], Sequence[int]]] = None) -> dict:
-    """Embed one shard window by window. `cost_of(sequences)` gives each sequence's token count
-    (the engine's own tokenizer, when it has one); it sizes the windows and is the "tokens"
-    metric. Default: letters + 2 (exact for ESM-2: BOS + residues + EOS)."""
+                cost_of: Optional[Callable[[list[str]], Sequence[int]]] = None,
+                block_tokens: int | None = None, window_seconds: float | None = None) -> dict:
+    """Embed one shard block by block, checkpointed window by window (module docstring).
+    `cost_of(sequences)` gives each sequence's token count (the engine's own tokenizer, when it has
+    one); it sizes the blocks and is the "tokens" metric. Default: letters + 2 (exact for ESM-2:
+    BOS + residues + EOS). block_tokens defaults to window_tokens and window_seconds to None: then
+    each block is its own window (an explicit --checkpoint-tokens)."""
     workdir = ctx.workdir
     frames = read_shard_frames(workdir.shard_frames(shard))
     sequences = sequences_of(frames)
@@ -80,6 +105,8 @@ def embed_shard(ctx: StageContext, kind: str, shard: int, sequences_of: Callable
     append = checkpoint.append if checkpoint.dtype == np.float32 else narrowing_append(checkpoint)
     if start:
         console.info(f"{kind} shard {shard}: resuming at frame {start} of {len(sequences)}")
+    blocks = windows(costs, start, block_tokens or window_tokens)
+    ends = np.cumsum(costs)
     started = time.perf_counter()
     computed_tokens = 0
     # Windows are written by one background thread while the next window computes; waiting for
@@ -93,22 +120,43 @@ def embed_shard(ctx: StageContext, kind: str, shard: int, sequences_of: Callable
         # float32 rows are computed straight into the checkpoint's buffers, laid out as in the file.
         float32 = checkpoint.dtype == np.float32
         buffers = CongruentBuffers()
-        for number, (a, b) in enumerate(windows(costs, start, window_tokens)):
+        first, number = 0, 0
+        while first < len(blocks):
             if ctx.stop_requested():
                 if pending is not None:
                     pending.result()
                 raise ShardInterrupted({"resume_row": checkpoint.rows_done})
-            out = checkpoint.window(number % 2, a, b - a) if float32 else \
-                buffers.array(number % 2, b - a, dim, np.float32, 0)
-            matrix = embed(sequences[a:b], out=out)
-            if matrix.shape != (b - a, dim):
-                raise RuntimeError(f"{kind} engine returned {matrix.shape} for {b - a} sequences")
-            require_finite(matrix, (attrs or {}).get("model", kind), f"{kind} shard {shard}", a)
+            a = blocks[first][0]
+            # the most blocks this window may hold: window_tokens of them (at least one block)
+            limit = first + 1
+            while limit < len(blocks) and ends[blocks[limit][1] - 1] - (ends[a - 1] if a else 0) <= window_tokens:
+                limit += 1
+            capacity = blocks[limit - 1][1] - a
+            out = checkpoint.window(number % 2, a, capacity) if float32 else \
+                buffers.array(number % 2, capacity, dim, np.float32, 0)
+            seconds, block = 0.0, first
+            while block < limit:
+                b0, b1 = blocks[block]
+                view = out[b0 - a:b1 - a]
+                clock = time.perf_counter()
+                matrix = embed(sequences[b0:b1], out=view)
+                took = time.perf_counter() - clock
+                if matrix.shape != (b1 - b0, dim):
+                    raise RuntimeError(f"{kind} engine returned {matrix.shape} for {b1 - b0} sequences")
+                if matrix is not view:
+                    view[...] = matrix
+                require_finite(view, (attrs or {}).get("model", kind), f"{kind} shard {shard}", b0)
+                seconds += took
+                computed_tokens += int(costs[b0:b1].sum())
+                advance(b1 - b0)
+                block += 1
+                if window_seconds is None or seconds + took > window_seconds or ctx.stop_requested():
+                    break
+            b = blocks[block - 1][1]
             if pending is not None:
                 pending.result()
-            pending = writer.submit(append, a, matrix)
-            computed_tokens += int(costs[a:b].sum())
-            advance(b - a)
+            pending = writer.submit(append, a, out[:b - a])
+            first, number = block, number + 1
         if pending is not None:
             pending.result()
     checkpoint.finish()
@@ -140,6 +188,14 @@ def narrowing_append(checkpoint: ShardCheckpoint) -> Callable[[int, np.ndarray],
         checkpoint.append(start, rows)
 
     return append
+
+
+def cuda_device_count() -> int:
+    """GPUs this process sees (0 without CUDA): orchestration.task hands them out to the workers of a
+    multi-GPU task where the site sets no CUDA_VISIBLE_DEVICES."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def resolve_device(requested: str) -> str:
