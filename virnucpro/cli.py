@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, console
-from .errors import VirnucproError
+from .errors import RunInterrupted, VirnucproError
 
 # Each module here defines register(subparsers, add_common, add_run_options) for its commands.
 COMMAND_MODULES: list[str] = ["virnucpro.slurm_cli", "virnucpro.report.command", "virnucpro.modelstore.command"]
@@ -360,12 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     console.configure(quiet=args.quiet, verbose=args.verbose)
     try:
         return args.func(args)
+    except RunInterrupted as exc:
+        console.interrupted(str(exc))
+        return exc.exit_code
     except VirnucproError as exc:
         console.error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        console.error("interrupted; run the same command again to resume")
-        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C outside a shard (the run's finished work is kept too)
+        console.interrupted("run the same command again to resume")
+        return RunInterrupted.exit_code if args.command == "run" else 130
     except Exception as exc:  # never a traceback for users unless asked
         console.log_traceback()
         if args.debug:
