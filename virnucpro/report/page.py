@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..paths import PREDICTION_RESULTS, READS_TABLE
+from ..modelstore.demo import models_are_demo
 from .data import InputStats, RunReport
 
 CSS = """
@@ -154,7 +155,7 @@ def render(report: RunReport, input_figures: dict[int, dict[str, bytes]], stage_
     state = ('<div class="banner ok">Run complete.</div>' if report.complete else
              '<div class="banner progress">Run in progress or stopped: figures show what is finished so far.</div>')
     demo = ('<div class="banner demo">DEMO MODELS: random weights, so these predictions are MEANINGLESS.</div>'
-            if config.models.demo else "")
+            if models_are_demo(config.models) else "")
     sections = "".join(input_section(report, s, input_figures[s.index]) for s in report.inputs if s.index in input_figures)
     if omitted_inputs:
         sections += f'<p class="muted">Figures of {omitted_inputs} more input(s) are left out; the summary table lists them all.</p>'
