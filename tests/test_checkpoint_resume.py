@@ -115,9 +115,11 @@ def test_sigterm_three_times_then_complete(tmp_path, many_reads, demo_models, un
     assert_identical(workdir, uninterrupted)
     paths = Workdir(workdir)
     state = StateFile(paths.state, paths.state_lock).load()
-    # one requeue per stop, on the shard it stopped in, or on the next one when the signal came
-    # between two shards (or two stages)
-    assert sum(e.requeues for entries in state.values() for e in entries.values()) == 3
+    # one interruption per stop (a local run is not requeued), on the shard it stopped in, or on
+    # the next one when the signal came between two shards (or two stages)
+    assert sum(e.interruptions for entries in state.values() for e in entries.values()) == 3
+    assert sum(e.requeues for entries in state.values() for e in entries.values()) == 0
+    assert not [e for entries in state.values() for e in entries.values() if e.interrupted]  # ran again since
     assert any(e.metrics.get("resumed_from", 0) > 0 for e in esm_metrics(workdir).values())
 
 
@@ -131,12 +133,84 @@ def test_sighup_checkpoints_like_sigterm_and_leaves_nothing_running(tmp_path, ma
     paths = Workdir(workdir)
     state = StateFile(paths.state, paths.state_lock).load()
     assert not [(stage, k) for stage, entries in state.items() for k, e in entries.items() if e.status == "running"]
-    assert sum(e.requeues for entries in state.values() for e in entries.values()) == 1
+    assert sum(e.interruptions for entries in state.values() for e in entries.values()) == 1
     watch = subprocess.run([sys.executable, "-m", "virnucpro.cli", "status", "-w", str(workdir), "--watch", "0.2"],
                            capture_output=True, text=True, timeout=60)
     assert watch.returncode != 0 and "Traceback" not in watch.stderr  # ended: not complete, nothing running
     subprocess.run(command(many_reads, workdir, demo_models), check=True, capture_output=True)
     assert_identical(workdir, uninterrupted)
+
+
+def status_json(workdir: Path) -> dict:
+    done = subprocess.run([*CLI, "status", "-w", str(workdir), "--json"], capture_output=True, text=True, timeout=60)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("sigints", [1, 2])
+def test_ctrl_c_shows_as_interrupted_with_the_command_that_resumes_it(tmp_path, many_reads, demo_models, uninterrupted, sigints):
+    """Issue 24 item 3: one Ctrl-C showed the shard as "requeued" and ended with an error line; two
+    showed "failed ... process is gone" with an ETA while nothing ran."""
+    workdir = tmp_path / "w"
+    process = subprocess.Popen(command(many_reads, workdir, demo_models), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    wait_for_checkpoint(workdir, process, timeout=600)  # slow on a loaded machine: it runs prepare and dnabert first
+    process.send_signal(signal.SIGINT)
+    seen = []
+    if sigints == 2:  # once the first is handled (two at once arrive as one), the second stops at once
+        for line in process.stderr:
+            seen.append(line)
+            if "received SIGINT" in line:
+                break
+        process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    stderr = "".join(seen) + rest
+    assert process.returncode == EXIT_REQUEUE, stderr
+    assert "interrupted: run the same command again to resume" in stderr
+    assert "error:" not in stderr and "Traceback" not in stderr
+    report = status_json(workdir)
+    stopped = [(s["stage"], stop) for s in report["stages"] for stop in s["interrupted"]]
+    assert [stage for stage, _ in stopped] == ["esm2"], report
+    assert stopped[0][1]["signal"].startswith("SIGINT")  # "SIGINT twice ..." when the second came mid-window
+    assert stopped[0][1]["command"].startswith("virnucpro-slurm run ") and str(workdir) in stopped[0][1]["command"]
+    for stage in report["stages"]:
+        assert stage["requeued_shards"] == 0 and stage["failed"] == 0 and stage["running"] == 0
+        assert stage["eta_seconds"] is None  # nothing runs: no time left to estimate
+    shown = subprocess.run([*CLI, "status", "-w", str(workdir)], capture_output=True, text=True, timeout=60).stdout
+    assert "interrupted by SIGINT" in shown and "resume with: virnucpro-slurm run" in shown and "process is gone" not in shown
+    subprocess.run(command(many_reads, workdir, demo_models), check=True, capture_output=True)
+    assert_identical(workdir, uninterrupted)
+    assert not [s for s in status_json(workdir)["stages"] if s["interrupted"]]
+
+
+def test_a_second_ctrl_c_in_the_middle_of_a_shard_leaves_it_interrupted_not_running(tmp_path, monkeypatch):
+    """The second Ctrl-C raises KeyboardInterrupt wherever the stage is: in a local run the shard is
+    interrupted (pending, resumable, shown with no ETA), never left "running" for status to call
+    failed; in a SLURM task it propagates as before."""
+    from virnucpro.orchestration import runner
+    from virnucpro.orchestration.status import status_report
+
+    def open_stage(stage, ctx):
+        def process(shard):
+            raise KeyboardInterrupt  # what StopFlag raises on the second SIGINT
+        return process
+
+    monkeypatch.setattr(runner, "open_stage", open_stage)
+    monkeypatch.setattr(sys, "argv", ["virnucpro-slurm", "run", "in.txt", "-w", str(tmp_path)])
+    paths = Workdir(tmp_path)
+    state = StateFile(paths.state, paths.state_lock)
+    state.initialise({"prepare": 1})
+    ctx = runner.StageContext(workdir=paths, config=None)
+    outcome = runner.run_stage_shards(ctx, state, "prepare", [0], local=True)
+    assert outcome.interrupted and not outcome.failed
+    entry = state.read_entry("prepare", 0)
+    assert (entry.status, entry.requeues, entry.interruptions) == ("pending", 0, 1)
+    assert entry.interrupted["signal"].startswith("SIGINT twice")
+    assert entry.interrupted["command"] == f"virnucpro-slurm run in.txt -w {tmp_path}"
+    prepare = status_report(paths)["stages"][0]
+    assert prepare["failed"] == prepare["running"] == 0 and prepare["eta_seconds"] is None
+    assert [stop["shard"] for stop in prepare["interrupted"]] == [0]
+    with pytest.raises(KeyboardInterrupt):  # a SLURM task: not a local interruption
+        runner.run_stage_shards(ctx, state, "prepare", [0], job_id="12_0")
 
 
 def test_kill9_resumes_from_last_checkpoint(tmp_path, many_reads, demo_models, uninterrupted):

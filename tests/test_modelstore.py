@@ -351,6 +351,20 @@ def test_verify_names_each_file_that_changed(demo_models, tmp_path):
     assert len(lines) == 3  # two files, then the summary
     no_manifest = cli("models", "verify", tmp_path)
     assert no_manifest.returncode == 2 and "no models manifest" in no_manifest.stderr
+    no_folder = cli("models", "verify", tmp_path / "nonexistent")
+    assert no_folder.returncode == 2 and "no such folder" in no_folder.stderr and "manifest" not in no_folder.stderr
+
+
+def test_advice_on_a_mirrored_folder_names_the_mirror(mirror, tmp_path):
+    """Issue 24 item 4: without --mirror the advised command would fetch ~6 GB from the internet."""
+    target = tmp_path / "models"
+    assert cli("models", "download", target, "--mirror", mirror.url, "--only", "classifiers").returncode == 0
+    assert json.loads(mf.manifest_path(target).read_text())["mirror"] == mirror.url.rstrip("/")
+    (target / "300_model.pth").unlink()
+    done = cli("models", "verify", target)
+    assert done.returncode == 1
+    assert f"'virnucpro-slurm models download {target} --mirror {mirror.url.rstrip('/')}'" in done.stderr
+    assert mf.download_command(tmp_path / "elsewhere") == f"virnucpro-slurm models download {tmp_path / 'elsewhere'}"
 
 
 # ---------------------------------------------------------------- the original sources' layouts

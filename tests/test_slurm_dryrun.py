@@ -74,6 +74,13 @@ def test_dry_run_without_slurm_on_path_writes_quoted_scripts_and_changes_no_stat
     deps = {s: sbatch_options((workdir.dry_run_dir / f"{s}.sh").read_text()).get("dependency") for s in STAGES}
     assert deps == {"prepare": None, "dnabert": "afterok:PREPARE_JOB_ID", "esm2": "afterok:PREPARE_JOB_ID",
                     "predict": "afterok:DNABERT_JOB_ID:ESM2_JOB_ID", "consensus": "afterok:PREDICT_JOB_ID"}
+    # issue 24 item 4: status and report said "start a run with 'virnucpro-slurm run'", as if nothing had happened
+    for command in ("status", "report"):
+        shown = subprocess.run([sys.executable, "-m", "virnucpro.cli", command, "-w", str(odd_workdir)],
+                               env=env, capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 2 and "Traceback" not in shown.stderr
+        assert "only a dry run" in shown.stderr and "nothing was submitted" in shown.stderr, shown.stderr
+        assert "without --dry-run" in shown.stderr and "start a run with" not in shown.stderr
 
 
 def test_submit_without_sbatch_is_a_one_line_error(demo_models, example_inputs, tmp_path):

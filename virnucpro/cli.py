@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, console
-from .errors import VirnucproError
+from .errors import RunInterrupted, VirnucproError
 
 # Each module here defines register(subparsers, add_common, add_run_options) for its commands.
 COMMAND_MODULES: list[str] = ["virnucpro.slurm_cli", "virnucpro.report.command", "virnucpro.modelstore.command"]
@@ -154,6 +154,12 @@ def check_device(device: str, here: bool, **precisions: str) -> None:
     raise VirnucproError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu or auto")
 
 
+def warn_if_demo(config) -> None:
+    """Demo models, whatever flag brought them in (plan.resolve_models decides)."""
+    if config.models.demo:
+        console.warn(DEMO_WARNING)
+
+
 def run_request(args: argparse.Namespace):
     from .orchestration.plan import RunRequest
 
@@ -168,7 +174,6 @@ def run_request(args: argparse.Namespace):
         models_dir = models_dir or workdir / "demo-models"
         if not (models_dir / "README.txt").exists():
             write_demo_models(models_dir)
-        console.warn(DEMO_WARNING)
     if inputs is None:
         raise VirnucproError("no inputs list given: 'virnucpro-slurm run inputs.txt --workdir W ...' (or --demo)")
     return RunRequest(
@@ -199,12 +204,12 @@ def cmd_run(args) -> int:
     with WorkdirWriter(request.workdir, "virnucpro-slurm run") as writer:  # held until the run ends
         workdir, config, state = plan_run(request, writer)
         console.log_to_file(workdir.run_log())
+        warn_if_demo(config)
         console.info(f"workdir {workdir.root}: {len(config.inputs)} input(s), {config.shards} shard(s), "
                      f"chunk length {config.chunk_length}")
         ctx = StageContext(workdir=workdir, config=config, device=config.device, stop_requested=stop)
         run_locally(ctx, state)
-    if config.models.demo:
-        console.warn(DEMO_WARNING)
+    warn_if_demo(config)
     console.info(("done", "bold green"), f": results in {workdir.results}")
     for name in config.input_names:
         console.info(f"  {workdir.result_dir(name)}")
@@ -252,6 +257,7 @@ def cmd_translate(args) -> int:
 def cmd_embed(args) -> int:
     from .errors import InputError
     from .fasta import ESM_LETTERS, NUCLEOTIDE, PROTEIN, read_records
+    from .modelstore.demo import is_demo_model
     from .modelstore.resolve import require_here
     from .stages.embedding import resolve_device
     from .storage import write_matrix
@@ -263,6 +269,9 @@ def cmd_embed(args) -> int:
                          "or a hub name")
     fetched = f"DIR/{spec}.pt" if args.kind == "esm2" else f"DIR/{spec.rsplit('/', 1)[-1]}"
     require_here("esm" if args.kind == "esm2" else "dnabert", spec, args.allow_download, f"pass --model {fetched}")
+    demo = is_demo_model(spec)
+    if demo:
+        console.warn(DEMO_WARNING)
     if Path(args.out).is_dir():
         raise InputError(f"{args.out}: --out is a folder; give the HDF5 file to write, e.g. {Path(args.out) / 'embeddings.h5'}")
     if not Path(args.fasta).is_file():
@@ -294,7 +303,7 @@ def cmd_embed(args) -> int:
                                        remote_code=args.dnabert_remote_code, token_budget=args.token_budget,
                                        allow_download=args.allow_download)
         matrix = embedder.embed(seqs)
-    write_matrix(args.out, ids, matrix, attrs={"model": args.model, "kind": args.kind})
+    write_matrix(args.out, ids, matrix, attrs={"model": args.model, "kind": args.kind, **({"demo_model": True} if demo else {})})
     console.info(f"wrote {len(ids)} embeddings of dimension {matrix.shape[1]} to {args.out}")
     return 0
 
@@ -431,12 +440,15 @@ def main(argv: list[str] | None = None) -> int:
     console.configure(quiet=args.quiet, verbose=args.verbose)
     try:
         return args.func(args)
+    except RunInterrupted as exc:
+        console.interrupted(str(exc))
+        return exc.exit_code
     except VirnucproError as exc:
         console.error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        console.error("interrupted; run the same command again to resume")
-        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C outside a shard (the run's finished work is kept too)
+        console.interrupted("run the same command again to resume")
+        return RunInterrupted.exit_code if args.command == "run" else 130
     except Exception as exc:  # never a traceback for users unless asked
         console.log_traceback()
         if args.debug:

@@ -114,6 +114,12 @@ def error(message: str) -> None:
     Console(stderr=True, highlight=False).print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
 
 
+def interrupted(message: str) -> None:
+    """A command stopped by a signal with its work kept: not an error, the same command resumes it."""
+    _to_file(logging.WARNING, f"interrupted: {message}")
+    Console(stderr=True, highlight=False).print(f"[bold yellow]interrupted:[/bold yellow] {escape(message)}", soft_wrap=True)
+
+
 def log_traceback() -> None:
     """Keep the current exception's traceback in the log file; the console shows one line."""
     if _file_handler is not None:

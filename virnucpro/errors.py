@@ -7,6 +7,13 @@ class VirnucproError(Exception):
     exit_code = 2
 
 
+class RunInterrupted(VirnucproError):
+    """Stopped by a signal (Ctrl-C, SIGTERM, SIGHUP, preemption) with its work kept; the same command
+    resumes it. Printed as an `interrupted:` line, not as an error."""
+
+    exit_code = 75  # EX_TEMPFAIL: run again to resume
+
+
 class InputError(VirnucproError):
     """Bad input data (FASTA, inputs list, model file)."""
 

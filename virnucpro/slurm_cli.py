@@ -87,7 +87,7 @@ def preview_run(request):
 
 
 def cmd_submit(args) -> int:
-    from .cli import run_request
+    from .cli import run_request, warn_if_demo
     from .orchestration import slurm
     from .paths import Workdir
 
@@ -98,6 +98,7 @@ def cmd_submit(args) -> int:
     slurm.check_workdir_path(Workdir(request.workdir))
     if args.dry_run:
         workdir, config, state = preview_run(request)
+        warn_if_demo(config)
         jobs, _ = slurm.plan_jobs(config, state, options.gpus_per_task, options.gpus_capped, workdir)
         write_dry_run(workdir, jobs, options)
         return 0
@@ -111,10 +112,12 @@ def cmd_submit(args) -> int:
 
 
 def _submit_held(request, options, planned) -> int:
+    from .cli import warn_if_demo
     from .orchestration import slurm
     from .orchestration.state import PENDING
 
     workdir, config, state = planned
+    warn_if_demo(config)
     plan = pipeline.plan(config, state.load(), workdir)
     for note in pipeline.healing_notes(plan, config):
         console.warn(note)

@@ -24,6 +24,7 @@ from torch import nn
 
 from virnucpro.atomic import atomic_write_bytes, atomic_write_text
 from virnucpro.engines import classifier as _classifier
+from virnucpro.modelstore.demo import DEMO_KEY, DEMO_ORIGIN, DEMO_VALUE
 
 ESM_NAME = "esm2_t2_demo"
 ESM_LAYERS, ESM_DIM, ESM_HEADS = 2, 64, 4
@@ -82,7 +83,8 @@ def _write_esm2(directory: Path) -> tuple[Path, Path]:
     )
     model_path = directory / f"{ESM_NAME}.pt"
     regression_path = directory / f"{ESM_NAME}-contact-regression.pt"
-    atomic_write_bytes(model_path, _torch_bytes({"model": state, "cfg": {"model": cfg}}))
+    # the demo mark (modelstore.demo): one more entry of the checkpoint dict, which the loader ignores
+    atomic_write_bytes(model_path, _torch_bytes({"model": state, "cfg": {"model": cfg}, DEMO_KEY: DEMO_VALUE}))
     atomic_write_bytes(regression_path, _torch_bytes({"model": regression}))
     return model_path, regression_path
 
@@ -155,14 +157,16 @@ def dnabert_random_weights(config: dict, seed: int) -> dict:
 def write_dnabert_demo(target: Path, hidden: int = DNABERT_HIDDEN, layers: int = 2, heads: int = 4,
                        intermediate: int = 64, seed: int = 3, tokenizer: str | None = None) -> Path:
     """A DNABERT-S folder in the real layout: config.json, model.safetensors, tokenizer files, model code.
-    `tokenizer`: another tokenizer.json text (bench/host_overhead.py's BPE of DNABERT-S's size)."""
+    `tokenizer`: another tokenizer.json text (bench/host_overhead.py's BPE of DNABERT-S's size).
+    Both config.json and the safetensors metadata carry the demo mark (modelstore.demo)."""
     from safetensors.torch import save as safetensors_bytes
 
     target = Path(target)
     tokenizer = tokenizer or _dnabert_tokenizer_json()
     config = dnabert_config(len(json.loads(tokenizer)["model"]["vocab"]), hidden, layers, heads, intermediate)
+    config[DEMO_KEY] = DEMO_VALUE
     state = dnabert_random_weights(config, seed)
-    atomic_write_bytes(target / "model.safetensors", safetensors_bytes(state, metadata={"format": "pt"}))
+    atomic_write_bytes(target / "model.safetensors", safetensors_bytes(state, metadata={"format": "pt", DEMO_KEY: DEMO_VALUE}))
     # Written by hand (not config.save_pretrained): the same file whatever transformers version writes it.
     atomic_write_text(target / "config.json", _json_text(config))
     for name in _CODE_FILES:
@@ -198,6 +202,7 @@ def _classifier_pickle(seed: int, input_dim: int) -> bytes:
         model.bn1.running_var.copy_(0.5 + torch.rand(CLASSIFIER_HIDDEN, generator=generator))
         model.bn1.num_batches_tracked.fill_(100)
     model.eval()
+    setattr(model, DEMO_KEY, DEMO_VALUE)  # the demo mark (modelstore.demo): pickled with the module's attributes
     with _classifier._MAIN_LOCK:  # pickle checks that __main__.MLPClassifier is this very class
         main = sys.modules["__main__"]
         previous = getattr(main, "MLPClassifier", _classifier._MISSING)
@@ -231,5 +236,5 @@ def write_demo_models(directory: str | Path, dnabert_tokenizer: str | None = Non
     # Last, over every file above: the folder is then a --mirror source and `models verify` checks it.
     from virnucpro import __version__
     from virnucpro.modelstore.manifest import write_folder_manifest
-    write_folder_manifest(directory, url="virnucpro-demo-models", revision=__version__)
+    write_folder_manifest(directory, url=DEMO_ORIGIN, revision=__version__, demo=True)
     return paths

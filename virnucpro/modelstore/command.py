@@ -77,7 +77,8 @@ def cmd_download(args) -> int:
         jobs = original_jobs(args.only, args.dnabert_revision or DNABERT_REVISION)
     known = sum(j.size or 0 for j in jobs)
     console.info(f"{len(jobs)} file(s){f' ({size_text(known)} listed)' if known else ''} into {args.directory}")
-    entries, errors = download(args.directory, jobs, workers=args.jobs, deadline_s=args.file_deadline or DEADLINE_S)
+    entries, errors = download(args.directory, jobs, workers=args.jobs, deadline_s=args.file_deadline or DEADLINE_S,
+                               mirror=args.mirror)
     if errors:
         console.error(f"{len(errors)} of {len(jobs)} file(s) failed (see above); run the same command again to "
                       "resume; nothing partial is under a final name")
@@ -89,14 +90,14 @@ def cmd_download(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .manifest import verify
+    from .manifest import download_command, verify
 
     problems, ok = verify(args.directory)
     for line in problems:
         console.error(line)
     if problems:
         console.error(f"{len(problems)} file(s) of {args.directory} do not match its manifest; download them again "
-                      f"('virnucpro-slurm models download {args.directory}')")
+                      f"('{download_command(args.directory)}')")
         return 1
     console.info(("ok", "green"), f": {len(ok)} file(s) of {args.directory} match its manifest")
     return 0

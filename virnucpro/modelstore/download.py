@@ -337,20 +337,21 @@ def fetch(job: Job, directory: Path, bars: _Bars, retries: int = RETRIES,
 
 
 def download(directory: Path, jobs: list[Job], workers: int = 4, retries: int = RETRIES,
-             deadline_s: float = DEADLINE_S) -> tuple[list[Entry], list[str]]:
+             deadline_s: float = DEADLINE_S, mirror: str | None = None) -> tuple[list[Entry], list[str]]:
     """Fetch every job into `directory` (skipping completed ones); then write the manifest if all
-    succeeded. Returns (entries of this run's files, one error line per failed file)."""
+    succeeded, recording the `mirror` the files came from (advice then names it). Returns (entries
+    of this run's files, one error line per failed file)."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(f"{directory}: cannot create the models folder ({exc.strerror}); choose a writable DIR") from None
     with _exclusive(directory):
-        return _download(directory, jobs, workers, retries, deadline_s)
+        return _download(directory, jobs, workers, retries, deadline_s, mirror)
 
 
 def _download(directory: Path, jobs: list[Job], workers: int, retries: int,
-              deadline_s: float) -> tuple[list[Entry], list[str]]:
+              deadline_s: float, mirror: str | None) -> tuple[list[Entry], list[str]]:
     record = _Record(directory)
     previous = {e.path: e for e in read_manifest(directory) or []}
     run_entries: dict[str, Entry] = {}
@@ -402,6 +403,7 @@ def _download(directory: Path, jobs: list[Job], workers: int, retries: int,
     if not errors:
         kept = {p: e for p, e in previous.items() if p not in run_entries and (directory / p).is_file()
                 and (directory / p).stat().st_size == e.size}
-        write_manifest(directory, list(kept.values()) + list(run_entries.values()))
+        write_manifest(directory, list(kept.values()) + list(run_entries.values()),
+                       **({"mirror": mirror.rstrip("/")} if mirror else {}))
         record.path.unlink(missing_ok=True)
     return list(run_entries.values()), errors

@@ -140,9 +140,10 @@ def read_manifest(directory: Path) -> list[Entry] | None:
     return parse_manifest(data.decode("utf-8", "replace"), str(path))
 
 
-def write_manifest(directory: Path, entries: list[Entry]) -> Path:
+def write_manifest(directory: Path, entries: list[Entry], **about) -> Path:
+    """`about`: what the folder is, beside its files: demo=True (modelstore.demo), mirror=URL."""
     path = manifest_path(directory)
-    data = {"version": MANIFEST_VERSION, "written": now_iso(),
+    data = {"version": MANIFEST_VERSION, "written": now_iso(), **about,
             "files": [asdict(e) for e in sorted(entries, key=lambda e: e.path)]}
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return path
@@ -166,12 +167,25 @@ def folder_files(directory: Path) -> list[str]:
     return found
 
 
-def write_folder_manifest(directory: Path, url: str, revision: str) -> Path:
+def write_folder_manifest(directory: Path, url: str, revision: str, **about) -> Path:
     """Hash every file of a folder written here (demo-models) and record them all."""
     directory = Path(directory)
     entries = [entry_for(directory, rel, sha256_file(directory / rel), f"{url}/{rel}", revision)
                for rel in folder_files(directory)]
-    return write_manifest(directory, entries)
+    return write_manifest(directory, entries, **about)
+
+
+def download_command(directory: Path) -> str:
+    """The `models download` command that (re)fetches this folder's files from where they came
+    from: with `--mirror URL` when its manifest says a mirror filled it (not ~6 GB from the internet)."""
+    import shlex
+
+    try:
+        mirror = json.loads(manifest_path(directory).read_text(encoding="utf-8")).get("mirror")
+    except (OSError, ValueError, AttributeError):
+        mirror = None
+    words = ["virnucpro-slurm", "models", "download", str(directory)]
+    return shlex.join(words + (["--mirror", mirror] if isinstance(mirror, str) and mirror else []))
 
 
 # ---------------------------------------------------------------- verify
@@ -179,6 +193,9 @@ def write_folder_manifest(directory: Path, url: str, revision: str) -> Path:
 def verify(directory: Path, progress=None) -> tuple[list[str], list[str]]:
     """Re-hash every listed file: (problems, one line per mismatch; ok paths)."""
     directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: no such folder; check the path, or fetch the models into it with "
+                         f"'{download_command(directory)}'")
     entries = read_manifest(directory)
     if entries is None:
         raise InputError(f"{manifest_path(directory)}: no models manifest; write the folder with "

@@ -88,6 +88,10 @@ class RunConfig(RunOptions):
         decides what a damaged run.json's error advises."""
         data = read_run_marker(workdir)
         if data is None:
+            if any(workdir.dry_run_dir.glob("*.sh")):  # `submit --dry-run` writes scripts and no state
+                raise StateError(f"{workdir.root}: only a dry run so far ('submit --dry-run' wrote the scripts in "
+                                 f"{workdir.dry_run_dir}; nothing was submitted or run); start the run with the same "
+                                 "'virnucpro-slurm submit' command without --dry-run, or with 'virnucpro-slurm run'")
             raise StateError(f"{workdir.root}: not a virnucpro workdir (no run.json); start a run with 'virnucpro-slurm run'")
         problem = shape_problem(data, RUN_SHAPE) or names_problem(data["input_names"], data["inputs"])
         if problem:

@@ -14,6 +14,7 @@ from ..errors import InputError, StateError
 from ..paths import Workdir
 from ..pipeline import reset_by_options, shard_counts
 from ..fasta import read_inputs_list
+from ..modelstore.demo import any_demo_model
 from .config import (HashCache, ModelSpec, RunConfig, RunOptions, auto_shards, check_writable, compute_fingerprint,
                      fingerprint_differences, input_names, read_run_marker)
 from .state import DONE, RUNNING, StateFile, exclusive_lock
@@ -92,9 +93,11 @@ def resolve_models(request: RunRequest) -> tuple[ModelSpec, int]:
     if named and chunk_length != named and not request.force_chunk_length:
         raise InputError(f"--chunk-length {chunk_length} contradicts the classifier {Path(classifier).name} (trained on "
                          f"{named}-bp chunks); use --chunk-length {named}, or --force-chunk-length if you are sure")
+    # a demo model is one whatever flag brought it in (--demo, --models, --esm-model, ...)
     models = ModelSpec(esm=str(Path(esm).resolve()) if Path(esm).exists() else esm,
                        dnabert=str(Path(dnabert).resolve()) if Path(dnabert).exists() else dnabert,
-                       classifier=str(Path(classifier).resolve()), demo=request.demo)
+                       classifier=str(Path(classifier).resolve()),
+                       demo=request.demo or any_demo_model(esm, dnabert, classifier))
     return models, chunk_length
 
 

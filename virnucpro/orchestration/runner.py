@@ -24,18 +24,14 @@ from dataclasses import dataclass, field
 
 from .. import pipeline
 from ..atomic import atomic_write_text, remove_stale_temp_files
-from ..errors import StaleInputError, VirnucproError
+from ..errors import RunInterrupted, StaleInputError, VirnucproError
 from ..paths import Workdir
 from ..pipeline import STAGES, ShardInterrupted, StageContext  # noqa: F401 (the stage protocol, re-exported)
 from .state import PENDING, StateFile
 
 log = logging.getLogger("virnucpro.runner")
 
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped at a checkpoint by a signal; run again to resume
-
-
-class RunInterrupted(VirnucproError):
-    exit_code = EXIT_REQUEUE
+EXIT_REQUEUE = RunInterrupted.exit_code  # EX_TEMPFAIL: stopped at a checkpoint by a signal; run again to resume
 
 
 class StopFlag:
@@ -92,16 +88,34 @@ def mark_stale(state: StateFile, config, error: StaleInputError) -> list[tuple[s
     return pairs
 
 
+def local_interruption(ctx: StageContext, signal_name: str | None = None) -> dict:
+    """What `status` says about a local run stopped by a signal: which signal, and the command
+    (with its folder) that resumes it: this process's own `run` command line."""
+    import os
+    import shlex
+    import sys
+
+    name = signal_name or getattr(ctx.stop_requested, "signal_name", None) or "a signal"
+    resume = shlex.join(["virnucpro-slurm", *sys.argv[1:]]) if sys.argv[1:2] == ["run"] else None
+    return {"signal": name, "command": resume, "cwd": os.getcwd(), "time": time.time()}
+
+
 def run_stage_shards(ctx: StageContext, state: StateFile, stage: str, shards: list[int],
-                     job_id: str | None = None, log_path: str | None = None) -> StageOutcome:
-    """Process `shards` of `stage` in order, loading the stage's model once, recording state."""
+                     job_id: str | None = None, log_path: str | None = None, local: bool = False) -> StageOutcome:
+    """Process `shards` of `stage` in order, loading the stage's model once, recording state.
+    A stop is a requeue in a SLURM task; in a `local` run (`virnucpro-slurm run`) it is an
+    interruption, and a second Ctrl-C, which stops at once without a checkpoint, is one too."""
     outcome = StageOutcome()
     process = None
+
+    def interrupted(shard: int, metrics: dict | None = None, signal_name: str | None = None) -> None:
+        state.mark_interrupted(stage, shard, metrics, local=local_interruption(ctx, signal_name) if local else None)
+        outcome.interrupted = True
+
     for position, shard in enumerate(shards):
         ctx.next_shard = shards[position + 1] if position + 1 < len(shards) else None
         if ctx.stop_requested():  # stopped between shards: the next one is where a requeue resumes
-            state.mark_interrupted(stage, shard)
-            outcome.interrupted = True
+            interrupted(shard)
             break
         state.mark_running(stage, shard, job_id=job_id, log=log_path)
         removed = remove_stale_temp_files(ctx.workdir.written_by(stage, shard))
@@ -117,8 +131,12 @@ def run_stage_shards(ctx: StageContext, state: StateFile, stage: str, shards: li
             metrics = process(shard) or {}
             metrics.setdefault("wall_seconds", round(time.time() - started, 3))
         except ShardInterrupted as stop:
-            state.mark_interrupted(stage, shard, stop.metrics)
-            outcome.interrupted = True
+            interrupted(shard, stop.metrics)
+            break
+        except KeyboardInterrupt:
+            if not local:
+                raise
+            interrupted(shard, signal_name="SIGINT twice (no checkpoint of the window in progress)")
             break
         except StaleInputError as exc:
             if (stage, shard) not in mark_stale(state, ctx.config, exc):
@@ -187,7 +205,7 @@ def _run_stages(ctx: StageContext, state: StateFile, plan, stages: tuple[str, ..
             continue
         console.info((stage, "bold"), f": {len(todo)} of {total} shard(s) to run")
         started = time.time()
-        outcome = run_stage_shards(ctx, state, stage, todo)
+        outcome = run_stage_shards(ctx, state, stage, todo, local=True)
         if outcome.failed:
             shard, message = next(iter(outcome.failed.items()))
             entry = state.read_entry(stage, shard)
@@ -198,9 +216,9 @@ def _run_stages(ctx: StageContext, state: StateFile, plan, stages: tuple[str, ..
                 + "; fix the cause and run again to resume"
             )
         if outcome.interrupted:
-            raise RunInterrupted(
-                f"stopped during stage {stage} after a checkpoint; run the same command again to resume"
-            )
+            signal_name = getattr(ctx.stop_requested, "signal_name", None)
+            raise RunInterrupted(f"run the same command again to resume (stopped by {signal_name or 'a signal'} "
+                                 f"during stage {stage}; finished work and checkpoints are kept)")
         if outcome.stale:
             return outcome.stale
         state.fold()

@@ -41,7 +41,9 @@ RECORD_NAME = re.compile(r"^(\d+)\.json$")
 class ShardState:
     status: str = PENDING
     attempts: int = 0
-    requeues: int = 0
+    requeues: int = 0  # stopped by a signal in a SLURM task (requeued or resubmitted)
+    interruptions: int = 0  # stopped by a signal in a local run (Ctrl-C, SIGTERM, SIGHUP)
+    interrupted: dict | None = None  # the last local stop while the pair waits: signal, command, cwd, time
     started: float | None = None
     finished: float | None = None
     seconds: float | None = None
@@ -293,6 +295,7 @@ class StateFile:
             current.pid = os.getpid()
             current.job_id = job_id or os.environ.get("SLURM_JOB_ID")
             current.log = log
+            current.interrupted = None
         return current
 
     def mark_done(self, stage: str, shard: int, metrics: dict | None = None) -> None:
@@ -306,12 +309,17 @@ class StateFile:
     def mark_failed(self, stage: str, shard: int, error: str) -> None:
         self.update(stage, shard, status=FAILED, finished=time.time(), error=error)
 
-    def mark_interrupted(self, stage: str, shard: int, metrics: dict | None = None) -> None:
+    def mark_interrupted(self, stage: str, shard: int, metrics: dict | None = None, local: dict | None = None) -> None:
         """Stopped by a signal (after an emergency checkpoint, or before the shard started):
-        pending again, one more requeue."""
+        pending again, one more requeue; or, in a local run (`local`: what stopped it and the
+        command that resumes it), one more interruption, shown as such until the pair runs again."""
         with self.entry(stage, shard) as current:
             current.status = PENDING
-            current.requeues += 1
+            if local is None:
+                current.requeues += 1
+            else:
+                current.interruptions += 1
+                current.interrupted = local
             current.finished = time.time()
             current.error = None
             current.metrics = {**current.metrics, **(metrics or {})}

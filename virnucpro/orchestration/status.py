@@ -30,6 +30,8 @@ class StageSummary:
     counts: dict = field(default_factory=lambda: {PENDING: 0, RUNNING: 0, DONE: 0, FAILED: 0})
     requeues: int = 0
     requeued_shards: int = 0
+    # pending pairs a local run was stopped in (Ctrl-C, SIGTERM, SIGHUP): {shard, signal, command, cwd, time}
+    interrupted: list = field(default_factory=list)
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
     failures: list = field(default_factory=list)
@@ -41,7 +43,7 @@ class StageSummary:
 
     def to_dict(self) -> dict:
         return {"stage": self.stage, "shards": self.shards, **self.counts, "requeues": self.requeues,
-                "requeued_shards": self.requeued_shards, "tokens_per_second": self.tokens_per_second,
+                "requeued_shards": self.requeued_shards, "interrupted": self.interrupted, "tokens_per_second": self.tokens_per_second,
                 "eta_seconds": self.eta_seconds, "failures": self.failures, "job_ids": self.job_ids}
 
 
@@ -71,6 +73,8 @@ def summarise(state: dict[str, dict[int, ShardState | dict]], task_states: dict[
             summary.requeued_shards += requeues > 0
             if job_id:
                 job_ids[job_id] = None
+            if status == PENDING and e.get("interrupted"):
+                summary.interrupted.append({"shard": shard, **e["interrupted"]})
             if status == FAILED:
                 summary.failures.append({"shard": shard, "error": error, "log": e.get("log"), "job_id": job_id})
             if status == DONE and e.get("seconds"):
@@ -122,6 +126,10 @@ def status_report(workdir, config=None) -> dict:
     mark_dead_local_shards(state, holder)
     missing = mark_missing_outputs(state, config, workdir) if config is not None else []
     summaries = summarise(state, slurm["task_states"])
+    if not (slurm["active"] or holder or any(s.counts[RUNNING] for s in summaries)):
+        # nothing runs (interrupted, failed, or its process is gone): no time left to estimate
+        for summary in summaries:
+            summary.eta_seconds = None
     stages = []
     for s in summaries:
         entry = s.to_dict()
@@ -213,12 +221,25 @@ def render_status(report: dict):
         if len(s["failures"]) > MAX_LISTED_FAILURES:
             lines.append(f"[red]{s['stage']}: {len(s['failures']) - MAX_LISTED_FAILURES} more failed shard(s)[/red] "
                          "(--json lists them all)")
+    for s in report["stages"]:
+        for stop in s.get("interrupted", [])[:MAX_LISTED_FAILURES]:
+            lines.append(describe_interruption(s["stage"], stop))
     for gone in report.get("missing", [])[:MAX_LISTED_FAILURES]:
         lines.append(f"[yellow]{escape(str(gone['path']))} is missing[/yellow]: will be recomputed by the next run/submit "
                      f"({gone['recomputed']})")
     if len(report.get("missing", [])) > MAX_LISTED_FAILURES:
         lines.append(f"[yellow]{len(report['missing']) - MAX_LISTED_FAILURES} more missing file(s)[/yellow] (--json lists them all)")
     return Group(table, *lines)
+
+
+def describe_interruption(stage: str, stop: dict) -> str:
+    """One status line for a pair a local run was stopped in, with the command that resumes it."""
+    from rich.markup import escape
+
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stop["time"])) if stop.get("time") else "?"
+    resume = (f"resume with: {stop['command']}" + (f" (in {stop['cwd']})" if stop.get("cwd") else "")
+              if stop.get("command") else "run the same command again to resume")
+    return f"[yellow]{stage} shard {stop['shard']} interrupted[/yellow] " + escape(f"by {stop.get('signal')} at {when}; {resume}")
 
 
 def status_console():

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from ..modelstore.demo import models_are_demo
 from ..paths import RESULT_FILES
 from .data import TOP_READS, InputStats, RunReport
 
@@ -190,7 +191,7 @@ def render(report: RunReport, input_figures: dict[int, dict[str, bytes]], stage_
     state = ('<div class="banner ok">Run complete.</div>' if report.complete else
              '<div class="banner progress">Run in progress or stopped: figures show what is finished so far.</div>')
     demo = ('<div class="banner demo">DEMO MODELS: random weights, so these predictions are MEANINGLESS.</div>'
-            if config.models.demo else "")
+            if models_are_demo(config.models) else "")
     sections = "".join(input_section(report, s, input_figures[s.index]) for s in report.inputs if s.index in input_figures)
     if omitted_inputs:
         sections += f'<p class="muted">Figures of {omitted_inputs} more input(s) are left out; the summary table lists them all.</p>'
