@@ -15,6 +15,7 @@ PREDICTION_RESULTS = "prediction_results.txt"
 HIGHEST_SCORE = "prediction_results_highestscore.csv"
 READS_TABLE = "reads.tsv"
 REPORT_INDEX = "index.html"
+EVALUATION_METRICS = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,40 @@ class Workdir:
         out = self.result_dir(input_name)
         return out / PREDICTION_RESULTS, out / HIGHEST_SCORE, out / READS_TABLE
 
+    # training and evaluation
+    @property
+    def training_dir(self) -> Path:
+        """W/training/: the train stage's checkpoint, from which an interrupted training resumes."""
+        return self.root / "training"
+
+    @property
+    def training_checkpoint(self) -> Path:
+        return self.training_dir / "checkpoint.safetensors"
+
+    @property
+    def training_state(self) -> Path:
+        return self.training_dir / "checkpoint.json"
+
+    @property
+    def classifier_dir(self) -> Path:
+        return self.root / "classifier"
+
+    @property
+    def classifier_weights(self) -> Path:
+        return self.classifier_dir / "classifier.safetensors"
+
+    @property
+    def classifier_meta(self) -> Path:
+        return self.classifier_dir / "classifier.json"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.root / "evaluation"
+
+    @property
+    def evaluation_metrics(self) -> Path:
+        return self.evaluation_dir / EVALUATION_METRICS
+
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
@@ -140,7 +175,7 @@ class Workdir:
     def output_folders(self) -> tuple[Path, ...]:
         """Folders holding what the stages and the report computed (all of it can be recomputed)."""
         return (self.prepare_dir, self.shards_dir, self.embeddings_dir, self.predictions_dir, self.results,
-                self.report_dir)
+                self.report_dir, self.training_dir, self.classifier_dir, self.evaluation_dir)
 
     # SLURM
     @property
