@@ -325,3 +325,29 @@ def test_submit_dry_run_of_a_training_shows_the_train_job(tmp_path, two_fastas, 
     assert "gres" not in train and train["partition"] == "cpu"
     assert not workdir.dry_run_script("predict").exists()
     assert json.loads(workdir.config.read_text())["kind"] == "train"
+
+
+def test_restart_never_discards_the_classifier_it_is_given(tmp_path, two_fastas, demo_models):
+    labels = write(two_fastas / "labels.tsv", "a.fa\tvirus\nb.fa\tother\n")
+    workdir = Workdir(tmp_path / "T")
+    plan_run(RunRequest(inputs_list=labels, workdir=workdir.root, models_dir=demo_models, kind="train", device="cpu"))
+    inside = workdir.classifier_dir / "500_model.pth"  # as if trained here
+    inside.parent.mkdir()
+    shutil.copy(demo_models / "500_model.pth", inside)
+    request = RunRequest(inputs_list=labels, workdir=workdir.root, models_dir=demo_models, classifier=str(inside),
+                         kind="evaluate", device="cpu", restart=True)
+    with pytest.raises(InputError, match="lies inside .*copy it out of the workdir"):
+        plan_run(request)
+    assert inside.exists() and RunConfig.load(workdir).kind == "train"
+
+
+def test_a_run_file_of_an_unknown_kind_is_refused(tmp_path, two_fastas, demo_models):
+    from virnucpro.errors import StateError
+
+    labels = write(two_fastas / "labels.tsv", "a.fa\tvirus\nb.fa\tother\n")
+    workdir = Workdir(tmp_path / "T")
+    plan_run(RunRequest(inputs_list=labels, workdir=workdir.root, models_dir=demo_models, kind="train", device="cpu"))
+    data = json.loads(workdir.config.read_text())
+    workdir.config.write_text(json.dumps({**data, "kind": "fit"}))
+    with pytest.raises(StateError, match="kind 'fit' is none of predict, train, evaluate"):
+        RunConfig.load(workdir)

@@ -116,12 +116,13 @@ STAGE = {stage.name: stage for stage in STAGE_TABLE}
 STAGES = tuple(STAGE)
 SHARDED_STAGES = tuple(s.name for s in STAGE_TABLE if s.sharded)
 GPU_STAGES = tuple(s.name for s in STAGE_TABLE if s.gpu)
+KIND_STAGES = {kind: tuple(s for s in STAGE_TABLE if kind in s.kinds) for kind in KINDS}
+PREDICTION_STAGES = tuple(s.name for s in KIND_STAGES[PREDICTION])
 
 
 def stages_of(config) -> tuple[Stage, ...]:
     """The stages of the run's kind, in table order (a run.json without a kind is a prediction)."""
-    kind = getattr(config, "kind", PREDICTION)
-    return tuple(s for s in STAGE_TABLE if kind in s.kinds)
+    return KIND_STAGES[getattr(config, "kind", PREDICTION)]
 
 
 def stage_names(config) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..atomic import atomic_write_text
 from ..errors import InputError, StateError
 from ..paths import Workdir
+from ..pipeline import KINDS
 
 # Shard sizing: aim at GPU tasks of minutes, not seconds, so model loading (ESM-2 3B: ~1 min)
 # is amortised. 50 Mbp of input gives ~22M ESM tokens (~0.44 tokens per input base after
@@ -102,6 +103,9 @@ class RunConfig(RunOptions):
                      "re-run the run's 'virnucpro-slurm run' (or 'submit') command with --restart")
             raise StateError(f"{workdir.config}: damaged run configuration ({problem}); restore it from a backup, "
                              f"or {again} to start the run again")
+        if data.get("kind", "predict") not in KINDS:
+            raise StateError(f"{workdir.config}: damaged run configuration (kind {data['kind']!r} is none of "
+                             f"{', '.join(KINDS)}); restore it from a backup")
         return cls.from_dict(data)
 
 

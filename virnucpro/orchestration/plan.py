@@ -255,6 +255,10 @@ def _plan_held(request: RunRequest, workdir: Workdir, config: RunConfig) -> tupl
         remove_stale_temp_files(workdir.run_files)
     hashes = HashCache(workdir.hash_cache)
     discard, reset = compare_with_workdir(request, workdir, config, hashes)
+    classifier = Path(config.models.classifier) if config.models.classifier else None
+    if discard and classifier and any(classifier.is_relative_to(folder.resolve()) for folder in workdir.output_folders):
+        raise InputError(f"{classifier}: the classifier lies inside {workdir.root}, whose results this run would "
+                         "discard; copy it out of the workdir and pass the copy (nothing was changed)")
     if discard:
         discard_results(workdir)
     hashes.save()
