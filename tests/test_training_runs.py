@@ -237,7 +237,7 @@ def test_chunk_length_of_a_trained_classifier_is_its_own(tmp_path, two_fastas, d
 
 # ---------------------------------------------------------------- evaluation: scores and truth
 
-def test_evaluation_scores_are_consensus_maxima_and_truth_is_the_label(quiet_demo_run):
+def test_evaluation_scores_and_calls_are_consensus_and_truth_is_the_label(quiet_demo_run):
     from virnucpro.orchestration.runner import StageContext
     from virnucpro.stages.evaluate import evaluation_levels
 
@@ -247,23 +247,23 @@ def test_evaluation_scores_are_consensus_maxima_and_truth_is_the_label(quiet_dem
     config.kind, config.labels = "evaluate", ["virus", "other"]
     levels = evaluation_levels(StageContext(workdir=workdir, config=config))
 
-    chunk_scores, chunk_truth, read_scores, read_truth = [], [], [], []
+    chunks, reads = [], []  # (truth, score, call) from consensus's result files
     for name, label in zip(config.input_names, config.labels):
-        frames, _, reads = workdir.result_files(name)
-        per_chunk: dict[str, float] = {}
+        frames, highest, reads_table = workdir.result_files(name)
+        per_chunk: dict[str, float] = {}  # in frame order
         for line in frames.read_text().splitlines()[1:]:
             frame_id, _, _, score2 = line.split("\t")
             per_chunk[frame_id[:-2]] = max(per_chunk.get(frame_id[:-2], 0.0), float(score2))
-        chunk_scores += per_chunk.values()
-        chunk_truth += [label == "virus"] * len(per_chunk)
-        rows = [dict(zip(r.split("\t")[:1] + ["frames", "score"], [r.split("\t")[0], r.split("\t")[3], r.split("\t")[5]]))
-                for r in reads.read_text().splitlines()[1:]]
-        read_scores += [float(r["score"]) for r in rows if r["frames"] != "0"] + [0.0] * sum(r["frames"] == "0" for r in rows)
-        read_truth += [label == "virus"] * len(rows)
-    np.testing.assert_allclose(levels["chunk"].scores, chunk_scores, rtol=1e-6)
-    assert levels["chunk"].truth.tolist() == chunk_truth and any(chunk_truth) and not all(chunk_truth)
-    np.testing.assert_allclose(sorted(levels["read"].scores), sorted(read_scores), rtol=1e-6)
-    assert levels["read"].truth.tolist() == read_truth
+        is_virus = dict(line.split("\t") for line in highest.read_text().splitlines()[1:])
+        chunks += [(label == "virus", score, is_virus[chunk] == "True") for chunk, score in per_chunk.items()]
+        for row in reads_table.read_text().splitlines()[1:]:
+            read_id, _, _, frames_kept, _, score, call = row.split("\t")
+            reads.append((label == "virus", float(score) if frames_kept != "0" else 0.0, call == "virus"))
+    assert levels["chunk"].truth.tolist() == [c[0] for c in chunks] and len({c[0] for c in chunks}) == 2
+    np.testing.assert_allclose(levels["chunk"].scores, [c[1] for c in chunks], rtol=1e-6)
+    assert levels["chunk"].calls.tolist() == [c[2] for c in chunks]
+    got = sorted(zip(levels["read"].truth.tolist(), np.round(levels["read"].scores, 6).tolist(), levels["read"].calls.tolist()))
+    assert got == sorted((t, round(s, 6), c) for t, s, c in reads)
 
 
 # ---------------------------------------------------------------- reusing a workdir's embeddings
