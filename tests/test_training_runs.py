@@ -351,3 +351,30 @@ def test_a_run_file_of_an_unknown_kind_is_refused(tmp_path, two_fastas, demo_mod
     workdir.config.write_text(json.dumps({**data, "kind": "fit"}))
     with pytest.raises(StateError, match="kind 'fit' is none of predict, train, evaluate"):
         RunConfig.load(workdir)
+
+
+def test_training_prepare_uses_the_genbank_files_and_refuses_a_class_without_frames(tmp_path, two_fastas, demo_models):
+    from virnucpro.orchestration.runner import StageContext, run_locally
+
+    rng = np.random.default_rng(3)
+    gene = stop_free_orf(rng, 100)
+    write_genbank(two_fastas / "v.gbk", [("virus1", gene, [(0, 300, 1)])])
+    write(two_fastas / "v.fa", f">virus1\n{gene}\n")
+    write_genbank(two_fastas / "o.gbk", [("other1", gene, [])])  # annotated, but without a CDS
+    write(two_fastas / "o.fa", f">other1\n{gene}\n")
+    labels = write(two_fastas / "labels.tsv", "v.fa\tvirus\tv.gbk\no.fa\tother\to.gbk\n")
+    request = RunRequest(inputs_list=labels, workdir=tmp_path / "T", models_dir=demo_models, kind="train",
+                         chunk_length=150, device="cpu")
+    workdir, config, state = plan_run(request)
+    assert config.genbank == [str(two_fastas / "v.gbk"), str(two_fastas / "o.gbk")]
+    with pytest.raises(Exception, match="no input labelled 'other' yields a stop-free frame; only frames inside "
+                                        "annotated CDS are kept"):
+        run_locally(StageContext(workdir=workdir, config=config), state, ("prepare",))
+    assert not workdir.prepare_summary.exists() and not workdir.shard_frames(0).exists()
+
+    # with the other class annotated too: prepare keeps the coding frames of both
+    write_genbank(two_fastas / "o.gbk", [("other1", gene, [(0, 300, 1)])])
+    workdir, config, state = plan_run(request)  # the GenBank file is part of the input's identity
+    run_locally(StageContext(workdir=workdir, config=config), state, ("prepare",))
+    summary = json.loads(workdir.prepare_summary.read_text())
+    assert [i["frames"] for i in summary["inputs"]] == [2, 2]  # chunks 1-150 and 151-300, frame F1 each
