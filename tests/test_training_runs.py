@@ -378,3 +378,17 @@ def test_training_prepare_uses_the_genbank_files_and_refuses_a_class_without_fra
     run_locally(StageContext(workdir=workdir, config=config), state, ("prepare",))
     summary = json.loads(workdir.prepare_summary.read_text())
     assert [i["frames"] for i in summary["inputs"]] == [2, 2]  # chunks 1-150 and 151-300, frame F1 each
+
+
+@pytest.mark.parametrize("command,extra,message", [
+    ("train", ["--holdout", "1"], "'1' is not a fraction between 0 and 1"),
+    ("train", ["--chunk-length", "20"], "'20' is not a chunk length from 30 to 3000"),
+    ("train", ["--classifier", "x.pth"], "unrecognized arguments: --classifier"),
+    ("evaluate", [], "no classifier given"),
+    ("evaluate", ["--target-fdr", "0"], "'0' is not a fraction between 0 and 1"),
+])
+def test_train_and_evaluate_command_lines_refused_in_one_line(tmp_path, two_fastas, command, extra, message):
+    labels = write(two_fastas / "labels.tsv", "a.fa\tvirus\nb.fa\tother\n")
+    done = cli(command, str(labels), "--workdir", str(tmp_path / "W"), "--esm-model", "esm2_t6_8M_UR50D", *extra)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "W").exists()
