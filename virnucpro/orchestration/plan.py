@@ -125,7 +125,7 @@ def classifier_meta(classifier: str) -> dict | None:
     None for a released .pth, whose chunk length its name gives."""
     if Path(classifier).suffix != ".safetensors":
         return None
-    from ..engines.classifier import read_classifier_meta
+    from ..classifier_meta import read_classifier_meta  # torch-free (engines.classifier re-exports it)
 
     return read_classifier_meta(Path(classifier))
 
