@@ -211,8 +211,13 @@ def compare_with_workdir(request: RunRequest, workdir: Workdir, config: RunConfi
         # the embeddings: only what reads the classifier is computed again
         reset = reset_by_options(previous, config)
         if CLASSIFIER_CHANGED in differences:
+            from .. import console
+
             differences.remove(CLASSIFIER_CHANGED)
-            reset += [name for name in downstream("predict", config) if name not in reset]
+            again = downstream("predict", config)
+            reset += [name for name in again if name not in reset]
+            if again and not differences:
+                console.info(f"another classifier: {', '.join(again)} run again; the embeddings in {workdir.root} are reused")
         if differences and _holds_work(workdir):
             raise StateError(f"{workdir.root} holds a run with different {'; '.join(differences)}; "
                              "use a new --workdir, or add --restart to discard its results")
