@@ -416,7 +416,9 @@ def show(runs: dict, reads: int, files: int) -> None:
         print(f"{n}: embeddings on disk {sizes}")
         if files >= 100:
             print(f"{n}: {totals[n] * 1000 / files:.2f} s per 1000 input files ({files:,} files)")
-    from virnucpro.pipeline import GPU_STAGES as gpu_stages  # the others run on CPU nodes: no GPU waits for them
+    from virnucpro.pipeline import GPU_STAGES  # the others run on CPU nodes: no GPU waits for them
+
+    gpu_stages = [stage for stage in GPU_STAGES if stage in STAGE_NAMES]  # a prediction's
 
     for n in names:
         beside_gpu = sum(runs[n]["seconds"].get(stage, 0.0) for stage in gpu_stages)

@@ -161,7 +161,7 @@ def test_status_counts_a_done_pair_whose_file_is_missing_as_the_next_run_plans_i
     planned = dry_run_pairs(cli("submit", example_inputs, "--models", demo_models, "--workdir", workdir, "--shards", SHARDS,
                                 "--partition", "gpu", "--dry-run").stdout)
     assert planned == [("esm2", 1), ("predict", 1), ("consensus", 0)]
-    assert {s["stage"]: s["pending"] for s in report["stages"]} == {s: sum(p == s for p, _ in planned) for s in pipeline.STAGES}
+    assert {s["stage"]: s["pending"] for s in report["stages"]} == {s: sum(p == s for p, _ in planned) for s in pipeline.PREDICTION_STAGES}
     assert report["missing"] == [{"stage": "esm2", "shard": 1, "path": str(gone),
                                   "recomputed": "esm2 shard 1, predict shard 1 and consensus"}]
     shown = cli("status", "--workdir", workdir, check=False).stdout
@@ -195,7 +195,7 @@ def test_run_and_submit_dry_run_plan_the_same_pairs(case, finished, tmp_path, de
                   "--partition", "gpu", "--dry-run", *extra).stdout
     before = attempts(workdir) if workdir.exists() else {}
     cli(*run_args(workdir, demo_models, example_inputs, *extra))
-    expected = {"fresh": [(s.name, k) for s in pipeline.STAGE_TABLE for k in range(s.shard_count(RunConfig.load(Workdir(workdir))))],
+    expected = {"fresh": [(s.name, k) for s in pipeline.stages_of(RunConfig.load(Workdir(workdir))) for k in range(s.shard_count(RunConfig.load(Workdir(workdir))))],
                 "partly done": [("esm2", 1), ("predict", 1), ("predict", 2), ("consensus", 0)],
                 "embedding failed and retried": [("dnabert", 0), ("predict", 0), ("consensus", 0)],
                 "changed --min-score": [("consensus", 0)]}[case]

@@ -16,7 +16,8 @@ import pytest
 
 from virnucpro.orchestration.config import ModelSpec, RunConfig
 from virnucpro.orchestration.state import StateFile
-from virnucpro.paths import STAGES, Workdir
+from virnucpro.paths import Workdir
+from virnucpro.pipeline import PREDICTION_STAGES as STAGES  # a prediction's stages
 from virnucpro.provenance import update_provenance
 from virnucpro.report import INDEX, STAGES_PNG, input_figure_names, write_report
 from virnucpro.report.data import BLOCK_ROWS, SCORE_BINS, TOP_READS, gather, load_state

@@ -17,7 +17,8 @@ from virnucpro.errors import InputError
 from virnucpro.orchestration import slurm
 from virnucpro.orchestration.config import ModelSpec, RunConfig
 from virnucpro.orchestration.state import DONE, FAILED, PENDING, RUNNING, ShardState, StateFile
-from virnucpro.paths import STAGES, Workdir
+from virnucpro.paths import Workdir
+from virnucpro.pipeline import PREDICTION_STAGES as STAGES  # a prediction's stages
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from . import __version__, console
 from .errors import RunInterrupted, VirnucproError
+from .orchestration.config import DEFAULT_CHUNK_LENGTH, MAX_CHUNK_LENGTH, MIN_CHUNK_LENGTH
+from .pipeline import EVALUATION, KINDS, PREDICTION, TRAINING
 
 # Each module here defines register(subparsers, add_common, add_run_options) for its commands.
 COMMAND_MODULES: list[str] = ["virnucpro.slurm_cli", "virnucpro.report.command", "virnucpro.modelstore.command"]
@@ -29,22 +31,46 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser, kind: str) -> None:
     group = parser.add_argument_group("models")
-    group.add_argument("--demo", action="store_true",
-                       help="run on the bundled example reads with tiny random demo models (no inputs needed)")
+    if kind in ("predict", "any"):
+        group.add_argument("--demo", action="store_true",
+                           help="run on the bundled example reads with tiny random demo models (no inputs needed)")
     group.add_argument("--models", type=Path, metavar="DIR", help="a folder with esm2_*.pt, a DNABERT-S folder and 300_/500_model.pth")
     group.add_argument("--esm-model", metavar="NAME|PT", help="fair-esm name (default esm2_t36_3B_UR50D) or local .pt")
     group.add_argument("--dnabert-model", metavar="ID|DIR", help="HF id (default zhihan1996/DNABERT-S) or local folder")
-    group.add_argument("--classifier", metavar="PTH", help="VirNucPro 300_model.pth or 500_model.pth")
-    group.add_argument("--chunk-length", type=int, choices=(300, 500), help="default: from the classifier name, else 500")
+    if kind == "train":
+        group.add_argument("--chunk-length", type=_chunk_length, metavar="N", default=DEFAULT_CHUNK_LENGTH,
+                           help=f"chunk length to train on ({MIN_CHUNK_LENGTH}..{MAX_CHUNK_LENGTH}; default "
+                                f"{DEFAULT_CHUNK_LENGTH}; e.g. 150 for short reads)")
+        return
+    group.add_argument("--classifier", metavar="FILE",
+                       help="VirNucPro 300_model.pth or 500_model.pth, or a classifier.safetensors made by 'train'")
+    group.add_argument("--chunk-length", type=_chunk_length, metavar="N",
+                       help="default: the classifier's (classifier.json, else its file name), else 500")
     group.add_argument("--force-chunk-length", action="store_true", help="allow a chunk length that contradicts the classifier name")
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="?", type=Path, help="text file listing FASTA files (plain or .gz), one per line")
+def _add_run_options(parser: argparse.ArgumentParser, kind: str = "predict") -> None:
+    """The options of a run of this kind (predict, train, evaluate; any: submit takes every kind)."""
+    inputs = {"predict": "text file listing FASTA files (plain or .gz), one per line",
+              "any": "inputs list (a prediction) or LABELS file (--kind train/evaluate); none: the workdir's run"}
+    parser.add_argument("inputs", nargs="?" if kind in ("predict", "any") else None, type=Path, metavar=(
+        "INPUTS" if kind in ("predict", "any") else "LABELS"),
+        help=inputs.get(kind, "tab-separated FASTA, label (virus or other) and optional GenBank file, one input per line"))
     parser.add_argument("--workdir", "-w", type=Path, help="where state, embeddings and results go (default: ./virnucpro-run)")
-    _add_model_options(parser)
+    _add_model_options(parser, kind)
+    if kind in ("train", "any"):
+        training = parser.add_argument_group("training")
+        training.add_argument("--holdout", type=_fraction, default=0.1, metavar="F",
+                              help="fraction of the sequences (reads, records) held out to stop early and measure (default 0.1)")
+        training.add_argument("--seed", type=int, default=42, help="seed of the split and the shuffles (default 42)")
+    if kind in ("evaluate", "any"):
+        parser.add_argument("--target-fdr", type=_fraction, default=0.05, metavar="F",
+                            help="name the lowest --min-score whose false-discovery rate is at most F (default 0.05)")
+    if kind == "any":
+        parser.add_argument("--kind", choices=KINDS, default=PREDICTION,
+                            help="with an inputs argument: what it is (predict: an inputs list; train, evaluate: a LABELS file)")
     tuning = parser.add_argument_group("execution")
     tuning.add_argument("--shards", type=_positive_int, help="number of shards (default: input size / 50 Mbp, at least 1)")
     tuning.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda or cuda:N (default auto)")
@@ -67,6 +93,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument("--allow-download", action="store_true",
                         help="let tasks download hub models themselves (only where compute nodes have internet)")
     tuning.add_argument("--restart", action="store_true", help="discard this workdir's results and start again")
+    if kind == "train":
+        return
     calls = parser.add_argument_group("read calls")
     calls.add_argument("--min-score", type=_score, metavar="T",
                        help="call a read virus iff its max_virus_score >= T (0..1); default: virus iff at least one "
@@ -116,6 +144,26 @@ def _watch_seconds(text: str) -> float:
     return max(positive_seconds(text), WATCH_MIN_SECONDS)
 
 
+def _chunk_length(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not MIN_CHUNK_LENGTH <= value <= MAX_CHUNK_LENGTH:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a chunk length from {MIN_CHUNK_LENGTH} to {MAX_CHUNK_LENGTH}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1 (both excluded)")
+    return value
+
+
 def _device(text: str) -> str:
     """auto, cpu, cuda or cuda:N; anything else (tpu, mps, cuda:x) is refused at parse time."""
     head, _, index = text.partition(":")
@@ -163,12 +211,16 @@ def warn_if_demo(config) -> None:
 def run_request(args: argparse.Namespace):
     from .orchestration.plan import RunRequest
 
-    check_device(args.device, args.command == "run", precision=args.precision, dnabert_precision=args.dnabert_precision)
+    here = args.command != "submit"
+    check_device(args.device, here, precision=args.precision, dnabert_precision=args.dnabert_precision)
 
     inputs = args.inputs
     models_dir = args.models
     workdir = args.workdir or Path("virnucpro-run")
-    if args.demo:
+    demo = getattr(args, "demo", False)
+    if inputs is None and not demo and not here and Path(workdir, "run.json").exists():
+        return RunRequest.of_run(workdir)  # submit --workdir W: the run W holds, of whatever kind
+    if demo:
         from .engines.demo import write_demo_models
         inputs = inputs or EXAMPLE_DIR / "inputs.txt"
         models_dir = models_dir or workdir / "demo-models"
@@ -178,15 +230,23 @@ def run_request(args: argparse.Namespace):
         raise VirnucproError("no inputs list given: 'virnucpro-slurm run inputs.txt --workdir W ...' (or --demo)")
     return RunRequest(
         inputs_list=inputs, workdir=workdir, models_dir=models_dir, esm_model=args.esm_model,
-        dnabert_model=args.dnabert_model, classifier=args.classifier, chunk_length=args.chunk_length,
-        force_chunk_length=args.force_chunk_length, shards=args.shards, precision=args.precision,
+        dnabert_model=args.dnabert_model, classifier=getattr(args, "classifier", None), chunk_length=args.chunk_length,
+        force_chunk_length=getattr(args, "force_chunk_length", False), shards=args.shards, precision=args.precision,
         packing=args.packing, device=args.device, esm_token_budget=args.esm_token_budget,
         dnabert_token_budget=args.dnabert_token_budget, checkpoint_tokens=args.checkpoint_tokens,
-        restart=args.restart, demo=args.demo, min_score=args.min_score, compress=args.compress,
+        restart=args.restart, demo=demo, min_score=getattr(args, "min_score", None),
+        compress=getattr(args, "compress", False),
         dnabert_precision=args.dnabert_precision, dnabert_remote_code=args.dnabert_remote_code,
         embedding_dtype=args.embedding_dtype, trust_model_pickles=args.trust_model_pickles,
-        allow_download=args.allow_download, compile=args.compile, esm_residual=args.esm_residual,
+        allow_download=args.allow_download, compile=getattr(args, "compile", None),
+        esm_residual=getattr(args, "esm_residual", "fp32"), kind=run_kind(args), holdout=getattr(args, "holdout", 0.1),
+        seed=getattr(args, "seed", 42), target_fdr=getattr(args, "target_fdr", 0.05),
     )
+
+
+def run_kind(args: argparse.Namespace) -> str:
+    """The kind of run a command line asks for: its command's (train, evaluate), or submit's --kind."""
+    return args.command if args.command in (TRAINING, EVALUATION) else getattr(args, "kind", PREDICTION)
 
 
 # ---------------------------------------------------------------- commands
@@ -210,10 +270,18 @@ def cmd_run(args) -> int:
         ctx = StageContext(workdir=workdir, config=config, device=config.device, stop_requested=stop)
         run_locally(ctx, state)
     warn_if_demo(config)
+    if config.kind == TRAINING:
+        console.info(("done", "bold green"), f": classifier {workdir.classifier_weights} "
+                     f"(described in {workdir.classifier_meta.name} beside it)")
+        console.info(f"  use it: virnucpro-slurm run INPUTS -w W --classifier {workdir.classifier_weights} "
+                     f"--esm-model {config.models.esm} --dnabert-model {config.models.dnabert}")
+        return 0
     console.info(("done", "bold green"), f": results in {workdir.results}")
     for name in config.input_names:
         console.info(f"  {workdir.result_dir(name)}")
     console.info(f"report: {workdir.report_index}")
+    if config.kind == EVALUATION:
+        console.info(f"evaluation: {workdir.evaluation_dir}")
     return 0
 
 
@@ -342,6 +410,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(run)
     run.set_defaults(func=cmd_run)
 
+    train = sub.add_parser("train", help="train a classifier on labelled FASTA files (prepare, embeddings, train)",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="LABELS: one input per line: FASTA<TAB>virus|other[<TAB>GenBank]; '#' comments; paths "
+                                  "relative to the LABELS file\n\nexamples:\n"
+                                  "  virnucpro-slurm train labels.tsv -w T --models my-models/ --chunk-length 150\n"
+                                  "  virnucpro-slurm train labels.tsv -w T --esm-model esm2_t33_650M_UR50D --device cuda\n"
+                                  "  virnucpro-slurm submit -w T --partition gpu   # the same training on SLURM")
+    _add_run_options(train, TRAINING)
+    _add_common(train)
+    train.set_defaults(func=cmd_run)
+
+    evaluate = sub.add_parser("evaluate", help="measure a classifier on labelled FASTA files (metrics, thresholds, curves)",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog="LABELS: as for train. A workdir that already holds the embeddings of the same inputs "
+                                     "and models (a training's, a prediction's) reuses them\n\nexamples:\n"
+                                     "  virnucpro-slurm evaluate labels.tsv -w E --classifier T/classifier/classifier.safetensors "
+                                     "--models my-models/\n"
+                                     "  virnucpro-slurm evaluate labels.tsv -w E --classifier 300_model.pth --target-fdr 0.01")
+    _add_run_options(evaluate, EVALUATION)
+    _add_common(evaluate)
+    evaluate.set_defaults(func=cmd_run)
+
     status = sub.add_parser("status", help="what is done, running and failed, per stage and shard",
                             formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog="exit status 0 only when every stage is done\n\nexamples:\n"
@@ -359,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "--nucleotide-out reads_identified_nucleotide.fa --protein-out reads_identified_protein.faa",
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     translate.add_argument("fasta", type=Path, help="nucleotide FASTA (plain or .gz)")
-    translate.add_argument("--chunk-length", type=int, choices=(300, 500), required=True,
-                           help="chunk length of the VirNucPro model the files are for")
+    translate.add_argument("--chunk-length", type=_chunk_length, required=True, metavar="N",
+                           help=f"chunk length of the VirNucPro model the files are for ({MIN_CHUNK_LENGTH}..{MAX_CHUNK_LENGTH}; "
+                                "the original's are 300 and 500)")
     translate.add_argument("--nucleotide-out", type=Path, required=True, metavar="FA",
                            help="FASTA of the stop-free frames' nucleotides (the original's _identified_nucleotide.fa)")
     translate.add_argument("--protein-out", type=Path, required=True, metavar="FAA",

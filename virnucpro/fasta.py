@@ -424,15 +424,7 @@ def read_inputs_list(list_path: str | Path) -> list[Path]:
     the user wrote; the same file listed twice (even through a symlink or a hard link) is one input.
     """
     list_path = Path(list_path)
-    if list_path.is_dir():
-        raise InputError(f"{list_path}: is a directory; give a text file with one FASTA path per line")
-    if not list_path.is_file():
-        raise InputError(f"{list_path}: inputs list not found; give a text file with one FASTA path per line")
-    try:
-        text = list_path.read_text(encoding="utf-8-sig")  # -sig: a BOM (Windows editors) is not part of a path
-    except (UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"{list_path}: cannot read the inputs list ({exc.__class__.__name__}); "
-                         "give a UTF-8 text file") from None
+    text = read_list_text(list_path, "inputs list", "one FASTA path per line")
     if text.startswith(">"):
         raise InputError(f"{list_path}: looks like a FASTA file, not an inputs list; write a text file that lists it")
     listed = [path for path in map(_listed_path, text.splitlines()) if path is not None]
@@ -441,9 +433,7 @@ def read_inputs_list(list_path: str | Path) -> list[Path]:
     paths: list[Path] = []
     seen: set[tuple[int, int]] = set()
     for entry in listed:
-        path = entry if entry.is_absolute() else list_path.absolute().parent / entry
-        path = Path(os.path.normpath(path))
-        identity = _input_file_identity(path, list_path)
+        path, identity = listed_file(entry, list_path)
         if identity in seen:
             continue  # listed twice: one input, never counted twice
         seen.add(identity)
@@ -453,12 +443,39 @@ def read_inputs_list(list_path: str | Path) -> list[Path]:
     return paths
 
 
+def read_list_text(list_path: Path, noun: str, lines: str) -> str:
+    """A list file's text (UTF-8, a leading BOM ignored), or one line saying why it cannot be read;
+    `noun` names the list ("inputs list"), `lines` what it holds ("one FASTA path per line")."""
+    if list_path.is_dir():
+        raise InputError(f"{list_path}: is a directory; give a text file with {lines}")
+    if not list_path.is_file():
+        raise InputError(f"{list_path}: {noun} not found; give a text file with {lines}")
+    try:
+        return list_path.read_text(encoding="utf-8-sig")  # -sig: a BOM (Windows editors) is not part of a path
+    except (UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{list_path}: cannot read the {noun} ({exc.__class__.__name__}); "
+                         "give a UTF-8 text file") from None
+
+
+def strip_comment(line: str) -> str:
+    """A list line without its comment: '#' at the start of the line or after whitespace."""
+    return _COMMENT.split(line, maxsplit=1)[0].strip()
+
+
+def listed_file(entry: Path, list_path: Path) -> tuple[Path, tuple[int, int]]:
+    """A path as a list file names it (relative to the list's folder), made absolute but not
+    resolved through symlinks, and its (device, inode): the same file listed twice is one."""
+    path = entry.expanduser()
+    path = Path(os.path.normpath(path if path.is_absolute() else list_path.absolute().parent / path))
+    return path, _input_file_identity(path, list_path)
+
+
 _COMMENT = re.compile(r"(?:^|\s)#")
 
 
 def _listed_path(line: str) -> Path | None:
-    entry = _COMMENT.split(line, maxsplit=1)[0].strip()
-    return Path(entry).expanduser() if entry else None
+    entry = strip_comment(line)
+    return Path(entry) if entry else None
 
 
 _NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),

@@ -20,6 +20,7 @@ RESULTS_INDEX = "index.tsv"
 MULTIQC_SUMMARY = "virnucpro_mqc.tsv"  # MultiQC finds custom content by the _mqc suffix
 COMPRESSED_SUFFIX = ".gz"
 REPORT_INDEX = "index.html"
+EVALUATION_METRICS = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,40 @@ class Workdir:
         """W/results/virnucpro_mqc.tsv: the per-input summary as MultiQC custom content."""
         return self.results / MULTIQC_SUMMARY
 
+    # training and evaluation
+    @property
+    def training_dir(self) -> Path:
+        """W/training/: the train stage's checkpoint, from which an interrupted training resumes."""
+        return self.root / "training"
+
+    @property
+    def training_checkpoint(self) -> Path:
+        return self.training_dir / "checkpoint.safetensors"
+
+    @property
+    def training_state(self) -> Path:
+        return self.training_dir / "checkpoint.json"
+
+    @property
+    def classifier_dir(self) -> Path:
+        return self.root / "classifier"
+
+    @property
+    def classifier_weights(self) -> Path:
+        return self.classifier_dir / "classifier.safetensors"
+
+    @property
+    def classifier_meta(self) -> Path:
+        return self.classifier_dir / "classifier.json"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.root / "evaluation"
+
+    @property
+    def evaluation_metrics(self) -> Path:
+        return self.evaluation_dir / EVALUATION_METRICS
+
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
@@ -159,7 +194,7 @@ class Workdir:
     def output_folders(self) -> tuple[Path, ...]:
         """Folders holding what the stages and the report computed (all of it can be recomputed)."""
         return (self.prepare_dir, self.shards_dir, self.embeddings_dir, self.predictions_dir, self.results,
-                self.report_dir)
+                self.report_dir, self.training_dir, self.classifier_dir, self.evaluation_dir)
 
     # SLURM
     @property

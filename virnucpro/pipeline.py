@@ -1,7 +1,12 @@
 """The pipeline in one place: its stages, how they depend on each other, and what must run.
 
-    prepare (CPU) --> dnabert (GPU, per shard) --+
-                  --> esm2    (GPU, per shard) --+--> predict (per shard) --> consensus
+    prepare (CPU) --> dnabert (GPU, per shard) --+--> predict (per shard) --> consensus [--> evaluate]
+                  --> esm2    (GPU, per shard) --+--> train (one task)
+
+A run is of one kind (RunConfig.kind): a prediction (prepare, dnabert, esm2, predict, consensus),
+a training (prepare, dnabert, esm2, train) or an evaluation (a prediction plus evaluate). Each
+stage says which kinds have it (Stage.kinds); whatever reads the table takes only the stages of
+the run's kind (`stages_of`), so the three kinds share one graph and one orchestration.
 
 `STAGE_TABLE` below is the whole graph: per stage its parents, whether it runs per shard or
 once, on a GPU or not, whether SLURM may requeue it, the module that implements it, the files it
@@ -37,6 +42,10 @@ SAME_SHARD = "same shard"  # shard k is recomputed when shard k of a parent is
 ANY_EARLIER = "any earlier"  # recomputed whenever any earlier stage recomputes anything
 NOTHING = "nothing"  # the parent's files come out byte-identical: nothing to redo
 
+# The kinds of run (RunConfig.kind)
+PREDICTION, TRAINING, EVALUATION = "predict", "train", "evaluate"
+KINDS = (PREDICTION, TRAINING, EVALUATION)
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -53,6 +62,7 @@ class Stage:
     # run options only this stage reads (not in the fingerprint): changing one redoes the stage alone
     options: tuple[str, ...] = ()
     summary: str = ""
+    kinds: tuple[str, ...] = KINDS  # the kinds of run that have this stage
 
     @property
     def module(self) -> str:
@@ -60,6 +70,10 @@ class Stage:
 
     def shard_count(self, config) -> int:
         return config.shards if self.sharded else 1
+
+    def wants_gpu(self, config) -> bool:
+        """Whether its SLURM tasks ask for a GPU: a training run with --device cpu trains on CPU nodes."""
+        return self.gpu and not (self.name == "train" and config.device == "cpu")
 
 
 STAGE_TABLE: tuple[Stage, ...] = (
@@ -78,21 +92,43 @@ STAGE_TABLE: tuple[Stage, ...] = (
           summary="ESM-2 embedding of each frame's protein"),
     Stage("predict", parents=("dnabert", "esm2"), sharded=True, gpu=False, requeueable=False, redo_after=SAME_SHARD,
           outputs=lambda w, shard, config: (w.predictions(shard),),
-          owns=lambda w, shard: (w.predictions(shard),),
+          owns=lambda w, shard: (w.predictions(shard),), kinds=(PREDICTION, EVALUATION),
           summary="classifier scores of each frame"),
     # not report/: `virnucpro-slurm report` may be writing it at any time
     Stage("consensus", parents=("predict",), sharded=False, gpu=False, requeueable=False, redo_after=ANY_EARLIER,
           outputs=lambda w, shard, config: (*(path for name in config.input_names
                                               for path in w.result_files(name, config.compress)),
                                             w.results_index, w.multiqc_summary),
-          owns=lambda w, shard: (w.results,), options=("min_score", "compress"),
+          owns=lambda w, shard: (w.results,), options=("min_score", "compress"), kinds=(PREDICTION, EVALUATION),
           summary="per-chunk and per-read calls of each input; the report"),
+    # an embedding shard recomputed after training (healing a scratch purge) holds the same numbers:
+    # the hours of a finished training are not spent again for it
+    Stage("train", parents=("dnabert", "esm2"), sharded=False, gpu=True, requeueable=True, redo_after=NOTHING,
+          outputs=lambda w, shard, config: (w.classifier_weights, w.classifier_meta),
+          owns=lambda w, shard: (w.training_dir, w.classifier_dir), options=("labels", "holdout", "seed"),
+          kinds=(TRAINING,), summary="fit the MLP classifier on the labelled embeddings, split by sequence"),
+    # reads the predictions and prepare's frame and read tables
+    Stage("evaluate", parents=("predict",), sharded=False, gpu=False, requeueable=False, redo_after=ANY_EARLIER,
+          outputs=lambda w, shard, config: (w.evaluation_metrics,),
+          owns=lambda w, shard: (w.evaluation_dir,), options=("labels", "target_fdr"),
+          kinds=(EVALUATION,), summary="metrics of the classifier on the labelled inputs, per chunk and per read"),
 )
 
 STAGE = {stage.name: stage for stage in STAGE_TABLE}
 STAGES = tuple(STAGE)
 SHARDED_STAGES = tuple(s.name for s in STAGE_TABLE if s.sharded)
 GPU_STAGES = tuple(s.name for s in STAGE_TABLE if s.gpu)
+KIND_STAGES = {kind: tuple(s for s in STAGE_TABLE if kind in s.kinds) for kind in KINDS}
+PREDICTION_STAGES = tuple(s.name for s in KIND_STAGES[PREDICTION])
+
+
+def stages_of(config) -> tuple[Stage, ...]:
+    """The stages of the run's kind, in table order (a run.json without a kind is a prediction)."""
+    return KIND_STAGES[getattr(config, "kind", PREDICTION)]
+
+
+def stage_names(config) -> tuple[str, ...]:
+    return tuple(s.name for s in stages_of(config))
 
 
 def stage(name: str) -> Stage:
@@ -106,12 +142,19 @@ def stage(name: str) -> Stage:
 def reset_by_options(previous, requested) -> list[str]:
     """Stages to redo entirely because a run option only they read changed (e.g. --min-score:
     consensus); `previous` is the workdir's RunConfig, `requested` the new config or request."""
-    return [s.name for s in STAGE_TABLE if any(getattr(previous, o) != getattr(requested, o) for o in s.options)]
+    return [s.name for s in stages_of(requested)
+            if any(getattr(previous, o, None) != getattr(requested, o) for o in s.options)]
+
+
+def downstream(stage_name: str, config) -> list[str]:
+    """The stages of the run that are recomputed when all of `stage_name` is, itself first."""
+    closure = with_dependents({stage_name: set(range(STAGE[stage_name].shard_count(config)))}, config)
+    return [name for name in stage_names(config) if closure[name]]
 
 
 def shard_counts(config) -> dict[str, int]:
     """{stage: number of (stage, shard) pairs}: what the state file holds entries for."""
-    return {s.name: s.shard_count(config) for s in STAGE_TABLE}
+    return {s.name: s.shard_count(config) for s in stages_of(config)}
 
 
 # ---------------------------------------------------------------- the stage protocol
@@ -186,16 +229,18 @@ def missing_output(stage_name: str, shard: int, config, workdir, signatures: boo
 
 
 def with_dependents(redo: dict[str, set[int]], config) -> dict[str, set[int]]:
-    """`redo` ({stage: shards recomputed}) plus every pair made from them: the recompute rule."""
-    out = {s.name: set(redo.get(s.name, ())) for s in STAGE_TABLE}
-    for index, s in enumerate(STAGE_TABLE):
+    """`redo` ({stage: shards recomputed}) plus every pair made from them: the recompute rule.
+    Only the stages of the run's kind have pairs."""
+    table = stages_of(config)
+    out = {s.name: set(redo.get(s.name, ())) for s in table}
+    for index, s in enumerate(table):
         if s.redo_after == SAME_SHARD:
             for parent in s.parents:
-                if STAGE[parent].sharded:
+                if STAGE[parent].sharded and s.sharded:
                     out[s.name] |= out[parent]
                 elif out[parent]:
                     out[s.name] |= set(range(s.shard_count(config)))
-        elif s.redo_after == ANY_EARLIER and any(out[earlier.name] for earlier in STAGE_TABLE[:index]):
+        elif s.redo_after == ANY_EARLIER and any(out[earlier.name] for earlier in table[:index]):
             out[s.name] |= set(range(s.shard_count(config)))
     return out
 
@@ -203,7 +248,7 @@ def with_dependents(redo: dict[str, set[int]], config) -> dict[str, set[int]]:
 def dependents(stage_name: str, shard: int, config) -> list[tuple[str, int]]:
     """The pairs that must be recomputed with (stage, shard), itself first."""
     closure = with_dependents({stage_name: {shard}}, config)
-    return [(stage_name, shard)] + [(s, k) for s in STAGES for k in sorted(closure[s]) if (s, k) != (stage_name, shard)]
+    return [(stage_name, shard)] + [(s, k) for s in closure for k in sorted(closure[s]) if (s, k) != (stage_name, shard)]
 
 
 @dataclass
@@ -216,7 +261,7 @@ class Plan:
     missing: dict[tuple[str, int], Path] = field(default_factory=dict)
 
     def pairs(self) -> list[tuple[str, int]]:
-        return [(stage_name, shard) for stage_name in STAGES for shard in self.todo[stage_name]]
+        return [(stage_name, shard) for stage_name in self.todo for shard in self.todo[stage_name]]
 
     def __bool__(self) -> bool:
         return any(self.todo.values())
@@ -225,12 +270,14 @@ class Plan:
 def plan(config, state: dict, workdir=None, signatures: bool = True) -> Plan:
     """The (stage, shard) pairs that finish this run, given its config and state
     ({stage: {shard: ShardState or raw dict}}). With `workdir`, a done pair whose declared output
-    is missing (or, with `signatures`, not HDF5) runs again: see `missing_output`."""
-    redo = {s: set(unfinished(state, s, config)) for s in STAGES}
+    is missing (or, with `signatures`, not HDF5) runs again: see `missing_output`. Only the stages
+    of the run's kind are in the plan (`Plan.todo` in their order)."""
+    names = stage_names(config)
+    redo = {s: set(unfinished(state, s, config)) for s in names}
     missing: dict[tuple[str, int], Path] = {}
     listed = None if signatures else {}  # one listing per folder instead of a stat per file
     if workdir is not None:
-        for s in STAGE_TABLE:
+        for s in stages_of(config):
             for shard in range(s.shard_count(config)):
                 if shard not in redo[s.name]:
                     gone = missing_output(s.name, shard, config, workdir, signatures, listed)
@@ -238,8 +285,8 @@ def plan(config, state: dict, workdir=None, signatures: bool = True) -> Plan:
                         missing[(s.name, shard)] = gone
                         redo[s.name].add(shard)
     todo = with_dependents(redo, config)
-    reset = {s: sorted(todo[s] - set(unfinished(state, s, config))) for s in STAGES}
-    return Plan({s: sorted(todo[s]) for s in STAGES}, {s: v for s, v in reset.items() if v}, missing)
+    reset = {s: sorted(todo[s] - set(unfinished(state, s, config))) for s in names}
+    return Plan({s: sorted(todo[s]) for s in names}, {s: v for s, v in reset.items() if v}, missing)
 
 
 def healing_notes(plan: Plan, config) -> list[str]:

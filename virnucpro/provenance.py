@@ -31,7 +31,7 @@ from .atomic import atomic_write_text
 from .orchestration.config import RunConfig
 from .orchestration.state import DONE, FAILED, PENDING, RUNNING, ShardState, exclusive_lock
 from .paths import Workdir
-from .pipeline import STAGES
+from .pipeline import stage_names
 
 PROVENANCE_VERSION = 1
 PACKAGES = ("torch", "fair-esm", "transformers", "h5py", "numpy", "submitit", "rich", "matplotlib")
@@ -116,10 +116,10 @@ def environment() -> dict:
 
 # ---------------------------------------------------------------- run description
 
-def stage_timings(state: dict[str, dict[int, ShardState]]) -> dict[str, dict]:
-    """Per stage: shard counts, elapsed and summed shard time, tokens/s, requeues, hosts, job ids."""
+def stage_timings(state: dict[str, dict[int, ShardState]], config: RunConfig) -> dict[str, dict]:
+    """Per stage of the run's kind: shard counts, elapsed and summed shard time, tokens/s, requeues, hosts, job ids."""
     stages = {}
-    for stage in STAGES:
+    for stage in stage_names(config):
         entries = state.get(stage, {})
         counts = {status: 0 for status in (DONE, RUNNING, PENDING, FAILED)}
         for entry in entries.values():
@@ -168,19 +168,26 @@ def slurm_jobs(workdir: Workdir, timings: dict[str, dict]) -> dict:
 
 
 def reproduce_command(config: RunConfig, workdir: Workdir) -> str:
-    """The `run` command line that recreates this run's parameters (models as resolved paths/names)."""
-    words = ["virnucpro-slurm", "run", config.inputs_list, "--workdir", str(workdir.root),
+    """The `run` (`train`, `evaluate`) command line that recreates this run's parameters (models as
+    resolved paths/names)."""
+    command = {"predict": "run"}.get(config.kind, config.kind)
+    words = ["virnucpro-slurm", command, config.inputs_list, "--workdir", str(workdir.root),
              "--esm-model", config.models.esm, "--dnabert-model", config.models.dnabert,
-             "--classifier", config.models.classifier, "--chunk-length", str(config.chunk_length),
+             *(["--classifier", config.models.classifier] if config.models.classifier else []),
+             "--chunk-length", str(config.chunk_length),
              "--shards", str(config.shards), "--precision", config.precision, "--device", config.device]
     if not config.packing:
         words.append("--no-packing")
     if getattr(config, "compress", False):
         words.append("--compress")
+    training, evaluation = config.kind == "train", config.kind == "evaluate"
     for flag, value in (("--esm-token-budget", config.esm_token_budget),
                         ("--dnabert-token-budget", config.dnabert_token_budget),
                         ("--checkpoint-tokens", config.checkpoint_tokens),
-                        ("--min-score", getattr(config, "min_score", None))):
+                        ("--min-score", None if training else getattr(config, "min_score", None)),
+                        ("--holdout", config.holdout if training else None),
+                        ("--seed", config.seed if training else None),
+                        ("--target-fdr", config.target_fdr if evaluation else None)):
         if value is not None:
             words += [flag, str(value)]
     return shlex.join(words)
@@ -191,7 +198,7 @@ def describe_run(workdir: Workdir, config: RunConfig, state: dict[str, dict[int,
     parameters.pop("fingerprint", None)
     fingerprint = config.fingerprint or {}
     hashes = {item["path"]: item.get("sha256") for item in fingerprint.get("inputs", [])}
-    timings = stage_timings(state)
+    timings = stage_timings(state, config)
     return {
         "workdir": str(workdir.root),
         "demo_models": config.models.demo,

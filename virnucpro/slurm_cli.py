@@ -27,7 +27,7 @@ amortises its model loading; a task with --gpus-per-task N takes N shards, one p
 def register(subparsers, add_common, add_run_options) -> None:
     submit = subparsers.add_parser("submit", help="run every stage as SLURM array jobs (resubmit: only unfinished work)",
                                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUBMIT_EPILOG)
-    add_run_options(submit)
+    add_run_options(submit, "any")
     slurm = submit.add_argument_group("SLURM (flags override the --profile, which overrides the defaults)")
     slurm.add_argument("--profile", metavar="YAML|NAME", help="site profile, e.g. slurm_templates/example-site.yaml")
     slurm.add_argument("--partition", help="partition of the GPU stages (dnabert, esm2)")
@@ -121,7 +121,7 @@ def _submit_held(request, options, planned) -> int:
     plan = pipeline.plan(config, state.load(), workdir)
     for note in pipeline.healing_notes(plan, config):
         console.warn(note)
-    jobs, rerun = slurm.jobs_for(plan, options.gpus_per_task, options.gpus_capped)
+    jobs, rerun = slurm.jobs_for(plan, config, options.gpus_per_task, options.gpus_capped)
     if not jobs:
         console.info(("nothing to submit", "green"), f": every stage of {workdir.root} is done")
         return 0

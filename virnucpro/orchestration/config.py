@@ -18,6 +18,7 @@ from pathlib import Path
 from ..atomic import atomic_write_text
 from ..errors import InputError, StateError
 from ..paths import Workdir
+from ..pipeline import KINDS
 
 # Shard sizing: aim at GPU tasks of minutes, not seconds, so model loading (ESM-2 3B: ~1 min)
 # is amortised. 50 Mbp of input gives ~22M ESM tokens (~0.44 tokens per input base after
@@ -25,6 +26,10 @@ from ..paths import Workdir
 BASES_PER_SHARD = 50_000_000
 GZIP_EXPANSION = 3.5  # typical FASTA gzip ratio, for sizing only
 CONFIG_VERSION = 1
+DEFAULT_CHUNK_LENGTH = 500
+# Chunk lengths a run may use: 10 codons at least; at most 1,000 codons, so that ESM-2 (which
+# averages at most 1,022 residues) sees every residue of a frame.
+MIN_CHUNK_LENGTH, MAX_CHUNK_LENGTH = 30, 3000
 
 
 @dataclass
@@ -54,6 +59,10 @@ class RunOptions:
     allow_download: bool = False  # let tasks fetch hub models themselves (compute nodes with internet)
     compile: bool | None = None  # torch.compile the packed ESM-2 engine's dense parts; None: on CUDA only
     esm_residual: str = "fp32"  # packed ESM-2 residual stream at fp16/bf16: fp32, or "compute" (the GEMMs' dtype)
+    kind: str = "predict"  # predict, train or evaluate (pipeline.KINDS): which stages the run has
+    holdout: float = 0.1  # train: fraction of the sequences (reads, records) held out
+    seed: int = 42  # train: the split and the shuffles
+    target_fdr: float = 0.05  # evaluate: the FDR whose minimum score the threshold table names
 
     def run_options(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(RunOptions)}
@@ -69,6 +78,8 @@ class RunConfig(RunOptions):
     models: ModelSpec
     fingerprint: dict = field(default_factory=dict)
     version: int = CONFIG_VERSION
+    labels: list[str] = field(default_factory=list)  # train/evaluate: per input, "virus" or "other"
+    genbank: list[str | None] = field(default_factory=list)  # per input: its GenBank file, or None
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
@@ -99,6 +110,9 @@ class RunConfig(RunOptions):
                      "re-run the run's 'virnucpro-slurm run' (or 'submit') command with --restart")
             raise StateError(f"{workdir.config}: damaged run configuration ({problem}); restore it from a backup, "
                              f"or {again} to start the run again")
+        if data.get("kind", "predict") not in KINDS:
+            raise StateError(f"{workdir.config}: damaged run configuration (kind {data['kind']!r} is none of "
+                             f"{', '.join(KINDS)}); restore it from a backup")
         return cls.from_dict(data)
 
 
@@ -134,7 +148,9 @@ RUN_SHAPE = {
     **{f"{name}?": typing.get_args(hint) or hint for name, hint in typing.get_type_hints(RunOptions).items()},
     "version": int, "inputs_list": str, "inputs": [str], "input_names": [str], "chunk_length": int, "shards": int,
     "models": {"esm": str, "dnabert": str, "classifier": str, "demo?": bool},
-    "fingerprint": {"inputs?": [{"path": str, "sha256?": str}], "parameters?": {},
+    "labels?": [str], "genbank?": [(str, type(None))],
+    "fingerprint": {"inputs?": [{"path": str, "sha256?": str, "genbank?": {"path": str, "sha256?": str}}],
+                    "parameters?": {},
                     "models?": {"esm?": _MODEL_IDENTITY, "dnabert?": _MODEL_IDENTITY, "classifier?": _MODEL_IDENTITY}},
 }
 # The keys every run.json this tool writes has: what tells a workdir's marker from another tool's run.json.
@@ -283,8 +299,12 @@ def model_identity(spec: str, hashes: HashCache) -> dict:
 
 def compute_fingerprint(config: RunConfig, hashes: HashCache) -> dict:
     """What decides whether existing results may be reused: inputs, parameters, models."""
+    genbank = config.genbank or [None] * len(config.inputs)
     return {
-        "inputs": [{"path": p, "sha256": hashes.sha256(Path(p))} for p in config.inputs],
+        # a GenBank file decides which frames prepare keeps: part of its input's identity
+        "inputs": [{"path": p, "sha256": hashes.sha256(Path(p)),
+                    **({"genbank": {"path": g, "sha256": hashes.sha256(Path(g))}} if g else {})}
+                   for p, g in zip(config.inputs, genbank)],
         "parameters": {
             "chunk_length": config.chunk_length,
             "shards": config.shards,
@@ -295,17 +315,21 @@ def compute_fingerprint(config: RunConfig, hashes: HashCache) -> dict:
             "embedding_dtype": config.embedding_dtype,
             **({"esm_residual": config.esm_residual} if config.esm_residual != "fp32" else {}),
         },
-        "models": {
-            "esm": model_identity(config.models.esm, hashes),
-            "dnabert": model_identity(config.models.dnabert, hashes),
-            "classifier": model_identity(config.models.classifier, hashes),
-        },
+        # a training run has no classifier (it makes one)
+        "models": {kind: model_identity(spec, hashes) for kind, spec in
+                   (("esm", config.models.esm), ("dnabert", config.models.dnabert), ("classifier", config.models.classifier))
+                   if spec},
     }
 
 
+CLASSIFIER_CHANGED = "classifier changed"
+
+
 def fingerprint_differences(old: dict, new: dict) -> list[str]:
+    """What differs, in words. The classifier is told apart from the embedding models
+    (CLASSIFIER_CHANGED): only the stages that read it are redone for it (plan.compare_with_workdir)."""
     diffs = []
-    for section in ("inputs", "parameters", "models"):
+    for section in ("inputs", "parameters"):
         if old.get(section) != new.get(section):
             if section == "parameters":
                 for key in sorted(set(old.get(section, {})) | set(new.get(section, {}))):
@@ -313,6 +337,11 @@ def fingerprint_differences(old: dict, new: dict) -> list[str]:
                         diffs.append(f"{key} {old.get(section, {}).get(key)!r} -> {new.get(section, {}).get(key)!r}")
             else:
                 diffs.append(f"{section} changed")
+    old_models, new_models = old.get("models", {}), new.get("models", {})
+    if any(old_models.get(kind) != new_models.get(kind) for kind in ("esm", "dnabert")):
+        diffs.append("models changed")
+    if old_models.get("classifier") != new_models.get("classifier"):
+        diffs.append(CLASSIFIER_CHANGED)
     return diffs
 
 

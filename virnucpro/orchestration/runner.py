@@ -163,12 +163,14 @@ def run_stage_shards(ctx: StageContext, state: StateFile, stage: str, shards: li
     return outcome
 
 
-def run_locally(ctx: StageContext, state: StateFile, stages: tuple[str, ...] = STAGES) -> None:
-    """Run what `pipeline.plan` says, stage by stage; stop before a stage whose inputs failed.
+def run_locally(ctx: StageContext, state: StateFile, stages: tuple[str, ...] | None = None) -> None:
+    """Run what `pipeline.plan` says, stage by stage (`stages`: only these; default: every stage
+    of the run's kind); stop before a stage whose inputs failed.
     A missing or damaged input found on the way is recomputed (with what is made from it) in the
     same run, once per pair."""
     from .. import console
 
+    stages = stages or pipeline.stage_names(ctx.config)
     healed: set[tuple[str, int]] = set()
     while True:
         plan = pipeline.plan(ctx.config, state.load(), ctx.workdir)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import pipeline
-from ..pipeline import STAGES
+from ..pipeline import STAGES, stage_names
 from .state import DONE, FAILED, PENDING, RUNNING, ShardState
 
 # SLURM states after which a task no longer runs anything.
@@ -47,12 +47,13 @@ class StageSummary:
                 "eta_seconds": self.eta_seconds, "failures": self.failures, "job_ids": self.job_ids}
 
 
-def summarise(state: dict[str, dict[int, ShardState | dict]], task_states: dict[str, str] | None = None) -> list[StageSummary]:
+def summarise(state: dict[str, dict[int, ShardState | dict]], task_states: dict[str, str] | None = None,
+              stages: tuple[str, ...] = STAGES) -> list[StageSummary]:
     """Per stage counts. Entries are ShardStates or their raw JSON dicts (faster: no objects).
     `task_states` ({'12_3': 'OUT_OF_MEMORY'}) turns running shards whose SLURM task ended into failures."""
     task_states = task_states or {}
     summaries = []
-    for stage in STAGES:
+    for stage in stages:
         entries = state.get(stage, {})
         summary = StageSummary(stage, shards=len(entries))
         done_seconds = []
@@ -125,7 +126,9 @@ def status_report(workdir, config=None) -> dict:
     holder = current_holder(workdir.root)
     mark_dead_local_shards(state, holder)
     missing = mark_missing_outputs(state, config, workdir) if config is not None else []
-    summaries = summarise(state, slurm["task_states"])
+    # the stages of the run's kind (a workdir evaluated after a training keeps train's records)
+    stages = stage_names(config) if config is not None else tuple(s for s in STAGES if state.get(s))
+    summaries = summarise(state, slurm["task_states"], stages)
     if not (slurm["active"] or holder or any(s.counts[RUNNING] for s in summaries)):
         # nothing runs (interrupted, failed, or its process is gone): no time left to estimate
         for summary in summaries:

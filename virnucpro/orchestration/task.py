@@ -132,7 +132,7 @@ def run_array_task(workdir: str, stage: str, shards: list[int], workers: int = 1
             log.error("%s shard %d failed: %s", stage, shard, after[shard].error or "worker crashed")
         raise VirnucproError(f"{stage} shard(s) {failed} failed; fix the cause and submit again "
                              f"('virnucpro-slurm status --workdir {wd.root}' lists the errors)")
-    if stage == pipeline.STAGES[-1] and not interrupted:
+    if stage == pipeline.stage_names(config)[-1] and not interrupted:
         state.fold()  # the run's last task: every other task of the job graph has ended
     if interrupted:
         if array_job and not is_cancelled(wd, array_job):

@@ -310,5 +310,5 @@ def gather(workdir: Workdir, config: RunConfig, state: dict[str, dict[int, Shard
         read_results(workdir, stats, block_rows, scores, first_frame, getattr(config, "compress", False))
         first_frame += stats.frames
         inputs.append(stats)
-    return RunReport(workdir=workdir, config=config, generated=time.time(), stages=stage_timings(state),
+    return RunReport(workdir=workdir, config=config, generated=time.time(), stages=stage_timings(state, config),
                      inputs=inputs, min_score=getattr(config, "min_score", None))

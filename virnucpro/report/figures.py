@@ -15,7 +15,6 @@ logging.getLogger("matplotlib").setLevel(logging.ERROR)
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ..pipeline import STAGES
 from .data import CALLS, SCORE_BINS, InputStats, IntegerCounts, RunReport
 
 COLOURS = {"virus": "#c0392b", "others": "#2e86c1", "no_frames": "#95a5a6", "kept": "#27ae60", "lost": "#e67e22",
@@ -144,7 +143,7 @@ def stages_figure(report: RunReport) -> bytes:
     figure = Figure(figsize=(12, 3.6))
     time_ax, speed_ax, trouble_ax = figure.subplots(1, 3, gridspec_kw={
         "left": 0.06, "right": 0.98, "bottom": 0.2, "top": 0.9, "wspace": 0.3})
-    stages = list(STAGES)
+    stages = list(report.stages)  # the stages of the run's kind
     elapsed = [report.stages[s]["elapsed_seconds"] or 0 for s in stages]
     machine = [report.stages[s]["shard_seconds"] or 0 for s in stages]
     x = np.arange(len(stages))

@@ -37,6 +37,7 @@ from ..errors import InputError
 from ..orchestration.runner import StageContext
 from ..modelstore.resolve import FAIR_ESM2_WIDTHS
 from ..fasta import BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block, rna_warning
+from ..genbank import CodingFrames, cds_translations
 from ..sequences import translate_stream
 from ..storage import FRAME_COLUMNS
 
@@ -44,7 +45,7 @@ log = logging.getLogger("virnucpro.prepare")
 
 READS_COLUMNS = ("read_id", "length", "chunks", "frames")
 COUNT_KEYS = ("reads", "bases", "chunks", "frames", "reads_without_frames", "reads_shorter_than_codon",
-              "records_without_sequence", "rna_records")
+              "records_without_sequence", "rna_records", "records_not_in_genbank")
 TABLE_HEADER = ("\t".join(FRAME_COLUMNS) + "\n").encode()
 PARALLEL_MIN_BYTES = 16 << 20  # below this much input, worker start-up costs more than it saves
 
@@ -65,15 +66,19 @@ class BlockResult:
     counts: dict
 
 
-def prepare_block(task: tuple[Block, int, int]) -> BlockResult:
-    """Parse, validate, chunk and translate one block (runs in a worker process)."""
-    block, input_index, chunk_length = task
+def prepare_block(task: tuple[Block, int, int, str | None]) -> BlockResult:
+    """Parse, validate, chunk and translate one block (runs in a worker process); with the
+    input's GenBank file, keep only the frames it annotates as coding (genbank.CodingFrames)."""
+    block, input_index, chunk_length, genbank = task
     reads = parse_block(block)
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts["rna_records"] = reads.rna_records
     spool, table, costs = [], [], []
     prefix = f"{input_index}\t"
+    coding = CodingFrames(cds_translations(genbank), reads, chunk_length) if genbank else None
     for batch in translate_stream(reads, chunk_length):
+        if coding:
+            batch = coding.select(batch)
         spool.append("".join([f"{prefix}{r}\t{c}\t{f}\t{n}\t{p}\n" for r, c, f, n, p in zip(
             batch.read_ids, batch.chunk_ids, batch.frame_ids, batch.nucleotides, batch.proteins)]))
         table.append("".join([f"{i}\t{length}\t{chunks}\t{frames}\n" for i, length, chunks, frames in zip(
@@ -88,6 +93,7 @@ def prepare_block(task: tuple[Block, int, int]) -> BlockResult:
         counts["reads_without_frames"] += int((frames == 0).sum())
         counts["reads_shorter_than_codon"] += int((lengths < 3).sum())
         counts["records_without_sequence"] += int((lengths == 0).sum())
+    counts["records_not_in_genbank"] = len(coding.records_without_cds) if coding else 0
     cost_bytes = np.concatenate(costs).tobytes() if costs else b""
     digests = id_hashes(read_id for read_id, _ in reads)
     return BlockResult(input_index, "".join(spool).encode(), "".join(table).encode(), cost_bytes, digests, counts)
@@ -166,6 +172,10 @@ class InputTotals:
         if short:
             console.warn(f"{self.path}: skipped {short} read(s) shorter than one codon"
                          + (f" ({empty} with no sequence at all)" if empty else ""))
+        missing = self.counts["records_not_in_genbank"]
+        if missing:
+            console.warn(f"{self.path}: {missing} record(s) have no record of the same id in its GenBank file; "
+                         "none of their frames is kept")
         if self.counts["frames"] == 0:
             console.warn(f"{self.path}: no read yields a stop-free frame; its results will be header-only")
         return self.counts
@@ -178,7 +188,8 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
     inputs = [Path(p) for p in config.inputs]
     workers = prepare_workers(sum(p.stat().st_size for p in inputs))
     log.info("prepare: %d input(s), %d worker process(es)", len(inputs), workers)
-    tasks = ((block, index, config.chunk_length) for index, path in enumerate(inputs)
+    genbank = config.genbank or [None] * len(inputs)
+    tasks = ((block, index, config.chunk_length, genbank[index]) for index, path in enumerate(inputs)
              for block in fasta_blocks(path, BLOCK_BYTES))
     results = ordered_map(prepare_block, tasks, workers)
     # results come in block order, so each input's results are one run (none for an empty file)
@@ -202,6 +213,7 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
                     run_index, run = next(runs, (None, iter(())))
                 summary["inputs"].append(totals.finish())
             advance(1)
+        check_classes_have_frames(config, summary["inputs"])
         check_shard_count(config.shards, len(costs) // 2)
         before_shards()  # inside: if it refuses the models, the spool is never committed
     token_costs = np.frombuffer(bytes(costs), np.uint16)
@@ -213,6 +225,19 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
     workdir.frames_spool.unlink()
     return {"frames": summary["total_frames"], "tokens": summary["total_tokens"],
             "reads": sum(i["reads"] for i in summary["inputs"]), "workers": workers}
+
+
+def check_classes_have_frames(config, inputs: list[dict]) -> None:
+    """A training needs examples of both classes: refuse one whose inputs of a class yield no frame."""
+    if config.kind != "train":
+        return
+    for label in sorted(set(config.labels)):
+        named = [counts for counts, given in zip(inputs, config.labels) if given == label]
+        if not any(counts["frames"] for counts in named):
+            where = ("; only frames inside annotated CDS are kept" if any(
+                config.genbank[i] for i, given in enumerate(config.labels) if given == label) else "")
+            raise InputError(f"{named[0]['path']}: no input labelled {label!r} yields a stop-free frame{where}; "
+                             f"a training needs examples of both classes: add {label} sequences to {config.inputs_list}")
 
 
 def check_shard_count(shards: int, frames: int) -> None:
@@ -299,10 +324,13 @@ def esm_width(spec: str, trust_pickles: bool = False) -> int | None:
 
 
 def check_models(config) -> None:
-    """Fail before any GPU work when the classifier cannot take DNABERT-S + ESM-2 features."""
+    """Fail before any GPU work when the classifier cannot take DNABERT-S + ESM-2 features (a
+    training has none yet: its classifier takes whatever widths the models give)."""
     from ..engines.classifier import load_classifier
 
     models = config.models
+    if not models.classifier:
+        return
     classifier = load_classifier(models.classifier, trust_pickles=config.trust_model_pickles)  # one-line InputError if not one
     expects = classifier.hidden_layer.in_features
     classes = classifier.output_layer.out_features

@@ -2,6 +2,9 @@
 
     prepare (CPU) --afterok--> dnabert (GPU array) --+
                   --afterok--> esm2    (GPU array) --+--afterok--> predict (array) --afterok--> consensus
+                                                     +--afterok--> train (one task: a training run)
+
+Only the stages of the run's kind are in the graph (pipeline.stages_of).
 
 What runs is `pipeline.plan` (the same rule as `virnucpro-slurm run`); a stage with nothing to
 do is left out and its dependents wait for its own parents instead.
@@ -13,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ... import pipeline
 from ...paths import Workdir
-from ...pipeline import GPU_STAGES, STAGE, STAGE_TABLE
+from ...pipeline import GPU_STAGES, STAGE
 from ..config import RunConfig
 from ..state import ShardState
 
@@ -66,21 +69,23 @@ def plan_jobs(config: RunConfig, state: dict[str, dict[int, ShardState]], gpus_p
     `one_gpu_array_at_a_time` (set when --max-parallel-gpus caps the run) starts esm2 only once
     the dnabert array has ended, however it ended, so the two arrays never hold GPUs together
     and the cap holds for the run, not for each array."""
-    return jobs_for(pipeline.plan(config, state, workdir), gpus_per_task, one_gpu_array_at_a_time)
+    return jobs_for(pipeline.plan(config, state, workdir), config, gpus_per_task, one_gpu_array_at_a_time)
 
 
-def jobs_for(plan: pipeline.Plan, gpus_per_task: int, one_gpu_array_at_a_time: bool = False) -> tuple[list[StageJob], dict]:
-    """plan_jobs for a plan already made."""
+def jobs_for(plan: pipeline.Plan, config: RunConfig, gpus_per_task: int,
+             one_gpu_array_at_a_time: bool = False) -> tuple[list[StageJob], dict]:
+    """plan_jobs for a plan already made (its stages: those of the run's kind)."""
     submitted: set[str] = set()
     jobs = []
-    for stage in STAGE_TABLE:
+    for stage in pipeline.stages_of(config):
         shards = plan.todo[stage.name]
         if not shards:
             continue
-        tasks = group_shards(shards, gpus_per_task if stage.gpu else 1)
-        gpus = min(gpus_per_task, max(map(len, tasks))) if stage.gpu else 0  # 1 shard left: 1 GPU, not N
+        gpu = stage.wants_gpu(config)
+        tasks = group_shards(shards, gpus_per_task if gpu else 1)
+        gpus = min(gpus_per_task, max(map(len, tasks))) if gpu else 0  # 1 shard left: 1 GPU, not N
         jobs.append(StageJob(stage.name, tasks, after=nearest_submitted(stage.name, submitted), gpus=gpus))
-        if stage.gpu and one_gpu_array_at_a_time:
+        if gpu and one_gpu_array_at_a_time:
             jobs[-1].after_any = [s for s in GPU_STAGES if s in submitted]
         submitted.add(stage.name)
     return jobs, plan.reset

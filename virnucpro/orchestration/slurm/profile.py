@@ -33,6 +33,8 @@ DEFAULT_PROFILE: dict = {
         "esm2": {"time": "8:00:00", "mem": "64G", "cpus": 8},
         "predict": {"time": "1:00:00", "mem": "16G", "cpus": 2},
         "consensus": {"time": "2:00:00", "mem": "16G", "cpus": 2},
+        "train": {"time": "24:00:00", "mem": "32G", "cpus": 8},
+        "evaluate": {"time": "1:00:00", "mem": "16G", "cpus": 2},
     },
 }
 STAGE_KEYS = ("time", "mem", "cpus", "partition")
@@ -194,12 +196,14 @@ class SlurmOptions:
     def gpus_capped(self) -> bool:
         return bool(self.profile["max_parallel_gpus"])
 
-    def partition_of(self, stage: str) -> str:
+    def partition_of(self, stage: str, gpu: bool | None = None) -> str:
+        """The stage's partition; `gpu`: whether its tasks ask for a GPU (default: whether the stage
+        can use one; a training with --device cpu does not)."""
         p = self.profile
         explicit = p["stages"][stage].get("partition")
         if explicit:
             return explicit
-        if STAGE[stage].gpu:
+        if STAGE[stage].gpu if gpu is None else gpu:
             return p["partition"]
         return p["cpu_partition"] or p["partition"]
 

@@ -62,7 +62,7 @@ def sbatch_parameters(workdir: Workdir, job: StageJob, options: SlurmOptions, de
     if job.gpus and p["max_parallel_gpus"]:
         parallel = min(parallel, max(1, p["max_parallel_gpus"] // job.gpus))
     return dict(
-        job_name=f"virnucpro-{job.stage}", partition=options.partition_of(job.stage), time=res["time"],
+        job_name=f"virnucpro-{job.stage}", partition=options.partition_of(job.stage, bool(job.gpus)), time=res["time"],
         cpus_per_task=res["cpus"] * scale, mem=mem, account=p["account"], qos=p["qos"], dependency=dependency,
         map_count=len(job.tasks), array_parallelism=parallel, wckey=None, use_srun=False,
         setup=setup_lines(p["preamble"], options.origin), additional_parameters=extra,
