@@ -249,7 +249,7 @@ def test_evaluation_scores_and_calls_are_consensus_and_truth_is_the_label(quiet_
 
     chunks, reads = [], []  # (truth, score, call) from consensus's result files
     for name, label in zip(config.input_names, config.labels):
-        frames, highest, reads_table = workdir.result_files(name)
+        frames, highest, reads_table = workdir.result_files(name)[:3]
         per_chunk: dict[str, float] = {}  # in frame order
         for line in frames.read_text().splitlines()[1:]:
             frame_id, _, _, score2 = line.split("\t")

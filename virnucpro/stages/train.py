@@ -10,6 +10,7 @@ classifier/classifier.safetensors and classifier/classifier.json.
 from __future__ import annotations
 
 from .. import console
+from ..modelstore.demo import DEMO_KEY, DEMO_VALUE
 from ..pipeline import ShardInterrupted
 from .embedding import resolve_device
 
@@ -44,6 +45,8 @@ def classifier_metadata(config) -> dict:
         "embedding_dtype": config.embedding_dtype,
         "training_inputs": [{"name": name, "path": path, "label": label, "sha256": hashes.get(path)}
                             for name, path, label in zip(config.input_names, config.inputs, config.labels)],
+        # trained on demo models' embeddings: as meaningless as they are, and recognised as a demo model
+        **({DEMO_KEY: DEMO_VALUE} if config.models.demo else {}),
     }
 
 

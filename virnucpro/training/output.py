@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..classifier_meta import CLASS_NAMES, FORMAT, weights_sha256
+from ..modelstore.demo import DEMO_KEY
 from .fit import TrainedClassifier
 
 
@@ -16,7 +17,8 @@ def write_classifier(weights: Path, meta: Path, trained: TrainedClassifier, meta
     (chunk_length, models, training inputs with their labels and SHA-256)."""
     from safetensors.torch import save
 
-    data = save({key: value.contiguous() for key, value in trained.state.items()}, metadata={"format": FORMAT})
+    marks = {key: value for key, value in metadata.items() if key == DEMO_KEY}  # a demo model's mark, in both files
+    data = save({key: value.contiguous() for key, value in trained.state.items()}, metadata={"format": FORMAT, **marks})
     atomic_write_bytes(weights, data)
     document = {
         **metadata,
