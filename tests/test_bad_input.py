@@ -626,27 +626,33 @@ def test_inputs_list_layouts(tmp_path, layout):
     assert read_inputs_list(listing) == [tmp_path / "reads.fa", tmp_path / "run#1.fa"]
 
 
-def test_a_huge_header_fails_before_it_is_read_into_memory(tmp_path):
-    """Item 10: a 200 MB id took 8.8 GB of memory and 7.1 GB of disk; now the reader stops once the
-    header line passes the limit (here 64 MB of header, gzipped, must fail within a few MB)."""
+
+def refused_reading(path):
+    """(the InputError reading `path` raised, the peak of traced memory until then)."""
     import tracemalloc
 
     from virnucpro.errors import InputError
     from virnucpro.fasta import read_records
 
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as refused:
+            list(read_records(path))
+        return refused, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_huge_header_fails_before_it_is_read_into_memory(tmp_path):
+    """Item 10: a 200 MB id took 8.8 GB of memory and 7.1 GB of disk; now the reader stops once the
+    header line passes the limit (here 64 MB of header, gzipped, must fail within a few MB)."""
     path = tmp_path / "huge.fa.gz"
     with gzip.open(path, "wb", compresslevel=1) as out:
         out.write(f">ok\n{CODING}\n>".encode())
         for _ in range(64):
             out.write(b"x" * (1 << 20))
         out.write(f"\n{CODING}\n".encode())
-    tracemalloc.start()
-    try:
-        with pytest.raises(InputError) as refused:
-            list(read_records(path))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    refused, peak = refused_reading(path)
     assert f"{path}: line 3: the header of record 'xxxx" in str(refused.value)
     assert "longer than 10,000 characters" in str(refused.value)
     assert peak < 32 << 20, peak
@@ -655,10 +661,7 @@ def test_a_huge_header_fails_before_it_is_read_into_memory(tmp_path):
 def test_a_huge_record_fails_before_it_is_read_into_memory(tmp_path):
     """Issue 25: one 500 Mbp read from a 1.7 MB .gz took 7.8 GB in prepare; the reader now stops
     once a record passes MAX_RECORD_BYTES (here a 64 MB record must fail within ~40 MB)."""
-    import tracemalloc
-
-    from virnucpro.errors import InputError
-    from virnucpro.fasta import MAX_RECORD_BYTES, read_records
+    from virnucpro.fasta import MAX_RECORD_BYTES
 
     path = tmp_path / "huge.fa.gz"
     with gzip.open(path, "wb", compresslevel=1) as out:
@@ -666,13 +669,7 @@ def test_a_huge_record_fails_before_it_is_read_into_memory(tmp_path):
         for _ in range(64):
             out.write((b"ACGT" * 255 + b"\n") * 1028)
         out.write(f">after\n{CODING}\n".encode())
-    tracemalloc.start()
-    try:
-        with pytest.raises(InputError) as refused:
-            list(read_records(path))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    refused, peak = refused_reading(path)
     assert str(refused.value).startswith(f"{path}: line 3: record 'big' is longer than {MAX_RECORD_BYTES:,} bytes")
     assert peak < MAX_RECORD_BYTES + (16 << 20), peak
 

@@ -388,6 +388,27 @@ def cmd_demo_models(args) -> int:
 
 # ---------------------------------------------------------------- parser
 
+# (command, kind of run, summary, epilog): the commands that run a workdir's stages locally
+RUN_COMMANDS = (
+    ("run", PREDICTION, "run every stage locally (resumes an interrupted run)",
+     "examples:\n  virnucpro-slurm run --demo --workdir demo-run\n"
+     "  virnucpro-slurm run inputs.txt -w W --classifier 500_model.pth --device cuda\n"
+     "  virnucpro-slurm run inputs.txt -w W --models my-models/ --chunk-length 300"),
+    ("train", TRAINING, "train a classifier on labelled FASTA files (prepare, embeddings, train)",
+     "LABELS: one input per line: FASTA<TAB>virus|other[<TAB>GenBank]; '#' comments; paths "
+     "relative to the LABELS file\n\nexamples:\n"
+     "  virnucpro-slurm train labels.tsv -w T --models my-models/ --chunk-length 150\n"
+     "  virnucpro-slurm train labels.tsv -w T --esm-model esm2_t33_650M_UR50D --device cuda\n"
+     "  virnucpro-slurm submit -w T --partition gpu   # the same training on SLURM"),
+    ("evaluate", EVALUATION, "measure a classifier on labelled FASTA files (metrics, thresholds, curves)",
+     "LABELS: as for train. A workdir that already holds the embeddings of the same inputs "
+     "and models (a training's, a prediction's) reuses them\n\nexamples:\n"
+     "  virnucpro-slurm evaluate labels.tsv -w E --classifier T/classifier/classifier.safetensors "
+     "--models my-models/\n"
+     "  virnucpro-slurm evaluate labels.tsv -w E --classifier 300_model.pth --target-fdr 0.01"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="virnucpro-slurm",
@@ -401,36 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"virnucpro {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run every stage locally (resumes an interrupted run)",
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog="examples:\n  virnucpro-slurm run --demo --workdir demo-run\n"
-                                "  virnucpro-slurm run inputs.txt -w W --classifier 500_model.pth --device cuda\n"
-                                "  virnucpro-slurm run inputs.txt -w W --models my-models/ --chunk-length 300")
-    _add_run_options(run)
-    _add_common(run)
-    run.set_defaults(func=cmd_run)
-
-    train = sub.add_parser("train", help="train a classifier on labelled FASTA files (prepare, embeddings, train)",
-                           formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog="LABELS: one input per line: FASTA<TAB>virus|other[<TAB>GenBank]; '#' comments; paths "
-                                  "relative to the LABELS file\n\nexamples:\n"
-                                  "  virnucpro-slurm train labels.tsv -w T --models my-models/ --chunk-length 150\n"
-                                  "  virnucpro-slurm train labels.tsv -w T --esm-model esm2_t33_650M_UR50D --device cuda\n"
-                                  "  virnucpro-slurm submit -w T --partition gpu   # the same training on SLURM")
-    _add_run_options(train, TRAINING)
-    _add_common(train)
-    train.set_defaults(func=cmd_run)
-
-    evaluate = sub.add_parser("evaluate", help="measure a classifier on labelled FASTA files (metrics, thresholds, curves)",
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="LABELS: as for train. A workdir that already holds the embeddings of the same inputs "
-                                     "and models (a training's, a prediction's) reuses them\n\nexamples:\n"
-                                     "  virnucpro-slurm evaluate labels.tsv -w E --classifier T/classifier/classifier.safetensors "
-                                     "--models my-models/\n"
-                                     "  virnucpro-slurm evaluate labels.tsv -w E --classifier 300_model.pth --target-fdr 0.01")
-    _add_run_options(evaluate, EVALUATION)
-    _add_common(evaluate)
-    evaluate.set_defaults(func=cmd_run)
+    for name, kind, summary, examples in RUN_COMMANDS:  # one local command per kind of run
+        command = sub.add_parser(name, help=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=examples)
+        _add_run_options(command, kind)
+        _add_common(command)
+        command.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="what is done, running and failed, per stage and shard",
                             formatter_class=argparse.RawDescriptionHelpFormatter,
