@@ -10,7 +10,8 @@ from pathlib import Path
 from virnucpro.fasta import read_records
 from virnucpro.orchestration.config import RunConfig, input_names, is_safe_result_name
 from virnucpro.orchestration.state import StateFile
-from virnucpro.paths import STAGES, Workdir
+from virnucpro.paths import Workdir
+from virnucpro.pipeline import stage_names
 
 CLI = [sys.executable, "-m", "virnucpro.cli"]
 
@@ -90,7 +91,7 @@ def test_compress_redoes_consensus_only_and_status_and_report_follow(quiet_demo_
     done = run_cli("run", "--demo", "--quiet", "--models", demo_models, "--workdir", workdir.root, "--compress")
     assert done.returncode == 0, done.stderr
     after = StateFile(workdir.state, workdir.state_lock).load()
-    redone = [stage for stage in STAGES if after[stage][0].finished != before[stage][0].finished]
+    redone = [stage for stage in stage_names(RunConfig.load(workdir)) if after[stage][0].finished != before[stage][0].finished]
     assert redone == ["consensus"]
     config = RunConfig.load(workdir)
     for name in config.input_names:

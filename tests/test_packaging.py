@@ -51,5 +51,5 @@ def test_an_installed_wheel_runs_without_the_checkout(tmp_path, demo_models, exa
     # the embedded default: bundled example data and demo models, demo model code included
     run([cli, "run", "--demo", "--quiet", "--workdir", "demo"], cwd=elsewhere, env=env)
     results = elsewhere / "demo" / "results"
-    assert sorted(p.name for p in results.iterdir()) == ["sample_a", "sample_b"]
+    assert sorted(p.name for p in results.iterdir()) == ["index.tsv", "sample_a", "sample_b", "virnucpro_mqc.tsv"]
     assert (results / "sample_a" / "prediction_results.txt").read_text().startswith("Sequence_ID\t")

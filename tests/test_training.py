@@ -320,7 +320,7 @@ def fake_run(shards, folder: Path):
         shards=len(sources), labels=["virus" if label else "other" for label in labels], holdout=0.2, seed=7,
         device="cpu", chunk_length=300, embedding_dtype="float32", input_names=[f"in{i}" for i in range(4)],
         inputs=[f"/data/in{i}.fa" for i in range(4)],
-        models=SimpleNamespace(dnabert="DNABERT-S", esm="esm2_t6_8M_UR50D", classifier=""),
+        models=SimpleNamespace(dnabert="DNABERT-S", esm="esm2_t6_8M_UR50D", classifier="", demo=False),
         fingerprint={"inputs": [{"path": "/data/in0.fa", "sha256": "ab" * 32}],
                      "models": {"esm": {"name": "esm2_t6_8M_UR50D"}, "dnabert": {"path": "/m", "sha256": "cd" * 32}}})
     return workdir, config
