@@ -445,3 +445,14 @@ def test_the_first_threaded_cpu_math_call_is_right_after_a_stage_starts():
     wrong = [int(subprocess.run([sys.executable, "-c", FIRST_THREADED_COS, "stage"], capture_output=True, text=True,
                                 check=True).stdout) for _ in range(10)]
     assert wrong == [0] * 10
+
+
+def test_safetensors_files_with_several_metadata_keys_have_one_byte_order():
+    """The demo DNABERT-S weights (metadata: format + the demo mark) came out in one of two byte
+    orders depending on the process (safetensors keeps metadata in a randomly seeded hash map)."""
+    code = ("import hashlib, torch; from virnucpro.engines.safe_load import safetensors_bytes; "
+            "print(hashlib.sha256(safetensors_bytes({'w': torch.ones(2)}, "
+            "{'format': 'pt', 'virnucpro_demo': 'x', 'a': 'b', 'zz': 'y'})).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+               for _ in range(6)}
+    assert len(digests) == 1, digests

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -91,6 +92,29 @@ def _to_file(level: int, message: str, exc_info=None) -> None:
     if _file_handler is not None and level >= _file_handler.level:
         record = logging.LogRecord(f"{LOGGER}.console", level, __file__, 0, message, None, exc_info)
         _file_handler.handle(record)
+
+
+_from_signals: list[str] = []  # warnings a signal handler showed, for the log file
+
+
+def warn_from_signal_handler(message: str) -> None:
+    """A warning from inside a signal handler. The handler runs between two bytecodes of the main
+    thread, maybe in the middle of a write to the console or the log file: writing through those
+    buffered streams again is a reentrant call (RuntimeError, and a logging traceback on the
+    console). So one unbuffered write to stderr now; the log file gets it at the next
+    `log_signal_warnings()`, called from ordinary code."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"WARNING {message}\n".encode("utf-8", "replace"))
+    _from_signals.append(message)
+
+
+def log_signal_warnings() -> None:
+    while True:
+        try:
+            message = _from_signals.pop(0)  # atomic: any thread may call this
+        except IndexError:
+            return
+        _to_file(logging.WARNING, message)
 
 
 def info(*parts: str | tuple[str, str]) -> None:

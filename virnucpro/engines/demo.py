@@ -159,7 +159,7 @@ def write_dnabert_demo(target: Path, hidden: int = DNABERT_HIDDEN, layers: int =
     """A DNABERT-S folder in the real layout: config.json, model.safetensors, tokenizer files, model code.
     `tokenizer`: another tokenizer.json text (bench/host_overhead.py's BPE of DNABERT-S's size).
     Both config.json and the safetensors metadata carry the demo mark (modelstore.demo)."""
-    from safetensors.torch import save as safetensors_bytes
+    from .safe_load import safetensors_bytes
 
     target = Path(target)
     tokenizer = tokenizer or _dnabert_tokenizer_json()

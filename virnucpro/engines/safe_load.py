@@ -156,3 +156,24 @@ def declared_float(path: Path, field: str, value, what: str = "") -> float:
         raise ModelFileError(f"{path}: {field} is {value!r:.60}, not a finite positive number (a NaN or infinite value "
                              f"would make every result NaN); {what or 'fix the model configuration'}")
     return float(number)
+
+
+def safetensors_bytes(tensors: dict, metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on its content. The library keeps `metadata` in a
+    hash map whose order changes from one process to the next, so a file with two metadata keys
+    (a demo model's mark beside `format`) came out in either of two byte orders; its header is
+    written again here with the metadata keys sorted (same characters, so the same length)."""
+    import json
+    import struct
+
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    ordered = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    ordered += b" " * (size - len(ordered))  # the library pads its header with spaces to 8 bytes
+    if len(ordered) != size:
+        raise RuntimeError("safetensors header changed length when its metadata was sorted")
+    return data[:8] + ordered + data[8 + size:]

@@ -22,7 +22,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from .. import pipeline
+from .. import console, pipeline
 from ..atomic import atomic_write_text, remove_stale_temp_files
 from ..errors import RunInterrupted, StaleInputError, VirnucproError
 from ..paths import Workdir
@@ -54,10 +54,12 @@ class StopFlag:
         if self.event.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: stop now
         self.signal_name = signal.Signals(signum).name
-        log.warning("received %s: stopping at the next checkpoint", self.signal_name)
+        console.warn_from_signal_handler(f"received {self.signal_name}: stopping at the next checkpoint")
         self.event.set()
 
     def __call__(self) -> bool:
+        if self.event.is_set():
+            console.log_signal_warnings()
         return self.event.is_set()
 
 

@@ -15,10 +15,11 @@ def write_classifier(weights: Path, meta: Path, trained: TrainedClassifier, meta
     """Both files atomically, the weights first: a description is only ever written for weights
     that are complete (it records their SHA-256). `metadata`: what the caller knows of the run
     (chunk_length, models, training inputs with their labels and SHA-256)."""
-    from safetensors.torch import save
+    from ..engines.safe_load import safetensors_bytes
 
     marks = {key: value for key, value in metadata.items() if key == DEMO_KEY}  # a demo model's mark, in both files
-    data = save({key: value.contiguous() for key, value in trained.state.items()}, metadata={"format": FORMAT, **marks})
+    data = safetensors_bytes({key: value.contiguous() for key, value in trained.state.items()},
+                             {"format": FORMAT, **marks})
     atomic_write_bytes(weights, data)
     document = {
         **metadata,
