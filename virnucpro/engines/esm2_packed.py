@@ -400,7 +400,7 @@ class PackedESM2Engine:
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # strided like the real call
         cu = torch.tensor([0, 5, 14, 17], dtype=torch.int32, device=self.device)
         pk = DevicePack(B=3, T=T, max_len=9, uniform=False, cu_host=[0, 5, 14, 17], tokens=None,
-                         pos=None, keep=None, seg=None, rows=None, flat=None, cu=cu, counts=None, scale=None,
+                         pos=None, keep=None, rows=None, flat=None, cu=cu, counts=None, scale=None,
                          key_mask=None)
         fn = self._attn_flash if name == "flash_attn" else self._attn_varlen
         ref = self._attn_sdpa_loop(q.float(), k.float(), v.float(), pk)

@@ -109,7 +109,7 @@ class HostPack:
     max_len: int
     uniform: bool  # all proteins have the same token count
     cu_host: list  # python ints, for the per-protein loop
-    ints: torch.Tensor  # int64: tokens | positions | keep | seg | rows (= index) | (flat)
+    ints: torch.Tensor  # int64: tokens | positions | keep | rows (= index) | (flat)
     cu: torch.Tensor  # int32 [B+1]
     counts: torch.Tensor  # float32 [B]: residues pooled per protein
     scale: Optional[torch.Tensor]  # float32 [T] token-dropout divisor (only if <mask> present)
@@ -128,7 +128,6 @@ class DevicePack:
     tokens: torch.Tensor
     pos: torch.Tensor
     keep: torch.Tensor
-    seg: torch.Tensor
     rows: torch.Tensor  # int64 [B]: the proteins' rows in the embed call's output
     flat: Optional[torch.Tensor]
     cu: torch.Tensor
@@ -168,8 +167,7 @@ def build_host_pack(layout: PackLayout, tok: Tokenized, index: np.ndarray) -> Ho
     rk = np.arange(n_keep, dtype=np.int64)
     before_m = np.cumsum(m) - m
     keep = np.repeat(starts + npre - before_m, m) + rk
-    seg = np.repeat(np.arange(B, dtype=np.int64), m)
-    parts = [tokens, pos, keep, seg, index.astype(np.int64)]
+    parts = [tokens, pos, keep, index.astype(np.int64)]
     key_mask = None
     has_flat = False
     if layout.padded_view and not uniform:
@@ -206,12 +204,12 @@ def to_device(hp: HostPack, dev: torch.device) -> DevicePack:
     ints = hp.ints.to(dev, non_blocking=nb)
     T, K = hp.T, hp.n_keep
     tokens, pos = ints[:T], ints[T:2 * T]
-    keep, seg = ints[2 * T:2 * T + K], ints[2 * T + K:2 * T + 2 * K]
-    rows = ints[2 * T + 2 * K:2 * T + 2 * K + hp.B]
-    flat = ints[2 * T + 2 * K + hp.B:] if hp.has_flat else None
+    keep = ints[2 * T:2 * T + K]
+    rows = ints[2 * T + K:2 * T + K + hp.B]
+    flat = ints[2 * T + K + hp.B:] if hp.has_flat else None
     return DevicePack(
         B=hp.B, T=T, max_len=hp.max_len, uniform=hp.uniform, cu_host=hp.cu_host,
-        tokens=tokens, pos=pos, keep=keep, seg=seg, rows=rows, flat=flat,
+        tokens=tokens, pos=pos, keep=keep, rows=rows, flat=flat,
         cu=hp.cu.to(dev, non_blocking=nb), counts=hp.counts.to(dev, non_blocking=nb),
         scale=None if hp.scale is None else hp.scale.to(dev, non_blocking=nb),
         key_mask=None if hp.key_mask is None else hp.key_mask.to(dev, non_blocking=nb))
