@@ -196,3 +196,23 @@ def test_min_score_reruns_consensus_only_and_changes_the_calls(quiet_demo_run, d
     assert f"max_virus_score &ge; {threshold:g}" in page
     refused = cli("run", "--demo", "--models", demo_models, "--workdir", workdir, "--min-score", "1.5")
     assert refused.returncode == 2 and "not a score between 0 and 1" in refused.stderr
+
+
+def test_reproduce_command_keeps_the_engine_choices(quiet_demo_run):
+    """provenance.json's `reproduce` line recreates --no-compile and --esm-residual too (the
+    residual changes the numbers, so it is in the fingerprint)."""
+    import shlex
+    from dataclasses import replace
+
+    from virnucpro.cli import build_parser
+    from virnucpro.orchestration.config import RunConfig
+    from virnucpro.paths import Workdir
+    from virnucpro.provenance import reproduce_command
+
+    workdir = Workdir(quiet_demo_run.workdir)
+    config = RunConfig.load(workdir)
+    default = build_parser().parse_args(shlex.split(reproduce_command(config, workdir))[1:])
+    assert default.compile is None and default.esm_residual == "fp32"
+    chosen = replace(config, compile=False, esm_residual="compute")
+    args = build_parser().parse_args(shlex.split(reproduce_command(chosen, workdir))[1:])
+    assert args.compile is False and args.esm_residual == "compute"

@@ -180,6 +180,10 @@ def reproduce_command(config: RunConfig, workdir: Workdir) -> str:
         words.append("--no-packing")
     if getattr(config, "compress", False):
         words.append("--compress")
+    if config.compile is not None:  # None: the default, on CUDA only
+        words.append("--compile" if config.compile else "--no-compile")
+    if config.esm_residual != "fp32":
+        words += ["--esm-residual", config.esm_residual]
     training, evaluation = config.kind == "train", config.kind == "evaluate"
     for flag, value in (("--esm-token-budget", config.esm_token_budget),
                         ("--dnabert-token-budget", config.dnabert_token_budget),
