@@ -391,25 +391,34 @@ class PerInputWriter(contextlib.ExitStack):
         return super().__exit__(exc_type, exc, tb)
 
 
+def read_calls(chunk_max_virus: np.ndarray, chunk_is_virus: np.ndarray, starts: np.ndarray,
+               min_score: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per read (its chunks start at `starts`): the best virus score, the viral chunks and the call.
+
+    Default call (the original's rule lifted to reads): 'virus' when at least one chunk of the
+    read is viral by the per-chunk rule. With `min_score`: 'virus' when max_virus_score >= it, in
+    float32 (the precision max_virus_score is printed in), so a threshold copied from reads.tsv
+    includes that read."""
+    if not len(starts):
+        return np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, bool)
+    best = np.maximum.reduceat(chunk_max_virus, starts)
+    viral_chunks = np.add.reduceat(chunk_is_virus.astype(np.int64), starts)
+    return best, viral_chunks, (best >= np.float32(min_score) if min_score is not None else viral_chunks > 0)
+
+
 def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new_read: np.ndarray,
                       chunk_max_virus: np.ndarray, chunk_is_virus: np.ndarray, min_score: float | None,
                       expected_reads: int, opener=atomic_open) -> set[str]:
     """reads.tsv: per read, the best virus score of any of its frames and the call; returns the
     ids of the reads called virus.
 
-    Default call (the original's rule lifted to reads): 'virus' when at least one chunk of the
-    read is viral by the per-chunk rule. With `min_score`: 'virus' when max_virus_score >= it.
-    Reads with frames come in the order of prepare's read table, which also lists the others.
-    A damaged read table (bad header, a malformed or cut line, rows missing or out of order, not
+    The call is `read_calls`'. Reads with frames come in the order of prepare's read table, which
+    also lists the others. A damaged read table (bad header, a malformed or cut line, rows missing or out of order, not
     the `expected_reads` prepare recorded) is prepare's to redo: a StaleInputError.
     """
     starts = np.flatnonzero(new_read)
-    best = np.maximum.reduceat(chunk_max_virus, starts)
-    viral_chunks = np.add.reduceat(chunk_is_virus.astype(np.int64), starts)
-    # in float32 (the precision max_virus_score is printed in), so a threshold copied from
-    # reads.tsv includes that read
-    is_virus = (best >= np.float32(min_score) if min_score is not None else viral_chunks > 0).tolist()
-    viral_chunks = viral_chunks.tolist()
+    best, viral_chunks, is_virus = read_calls(chunk_max_virus, chunk_is_virus, starts, min_score)
+    is_virus, viral_chunks = is_virus.tolist(), viral_chunks.tolist()
     best_text = (text for block in blocks(best) for text in block.astype(str).tolist())
 
     def read_with_frames(j: int) -> str | None:

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import ShardError
 from ..orchestration.runner import StageContext
 from ..storage import read_frame_ids, read_matrix
-from .consensus import InputTally, read_summary
+from .consensus import InputTally, read_calls, read_summary
 
 
 @dataclass
@@ -65,13 +65,10 @@ def input_scores(ctx: StageContext):
     for index, tally in enumerate(tallies):
         others, chunk_scores, new_read = tally.columns()
         chunk_calls = chunk_scores >= others
-        starts = np.flatnonzero(new_read)
-        read_scores = np.maximum.reduceat(chunk_scores, starts) if len(starts) else np.zeros(0, np.float32)
-        read_calls = (np.maximum.reduceat(chunk_calls, starts) if min_score is None else read_scores >= min_score) \
-            if len(starts) else np.zeros(0, bool)
+        read_scores, _, calls = read_calls(chunk_scores, chunk_calls, np.flatnonzero(new_read), min_score)
         unscored = summary["inputs"][index]["reads_without_frames"]
         yield (index, (chunk_scores, chunk_calls),
-               (np.r_[read_scores, np.zeros(unscored, np.float32)], np.r_[read_calls, np.zeros(unscored, bool)]))
+               (np.r_[read_scores, np.zeros(unscored, np.float32)], np.r_[calls, np.zeros(unscored, bool)]))
 
 
 def evaluation_levels(ctx: StageContext) -> dict[str, Level]:
