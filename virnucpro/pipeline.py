@@ -32,6 +32,7 @@ needs once (a model) and returns `process(shard) -> metrics dict`; a stage asked
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +171,16 @@ class StageContext:
     # the shard this process runs after the current one (None: the last), so its input can be
     # read ahead while this one computes
     next_shard: int | None = None
+
+
+# Where the stage side counts this process's CUDA GPUs (it imports torch; orchestration.task,
+# which never does, finds it by name, as the runner finds the stages' modules)
+CUDA_DEVICE_COUNT = "virnucpro.stages.embedding:cuda_device_count"
+
+
+def cuda_device_count() -> int:
+    module, _, name = CUDA_DEVICE_COUNT.partition(":")
+    return getattr(importlib.import_module(module), name)()
 
 
 class ShardInterrupted(Exception):

@@ -35,7 +35,8 @@ from .. import console
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import InputError
 from ..orchestration.runner import StageContext
-from ..modelstore.resolve import FAIR_ESM2_WIDTHS
+from ..modelstore.resolve import dnabert_width
+from ..model_facts import KNOWN_WIDTHS
 from ..fasta import BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block, rna_warning
 from ..genbank import CodingFrames, cds_translations
 from ..sequences import translate_stream
@@ -280,21 +281,6 @@ def split_spool(workdir, shards: int, token_costs: np.ndarray) -> list[dict]:
 
 
 # ---------------------------------------------------------------- do the models fit together?
-
-# Embedding widths of the models that are known by name, so no 11 GB file is opened to check them.
-KNOWN_WIDTHS = {"zhihan1996/DNABERT-S": 768, **FAIR_ESM2_WIDTHS}
-
-
-def dnabert_width(spec: str) -> int | None:
-    config = Path(spec) / "config.json"
-    if config.is_file():
-        from ..engines.dnabert_files import read_config  # bounded read, one line when unreadable
-        from ..engines.safe_load import declared_size
-
-        return declared_size(config, "hidden_size", read_config(Path(spec)).get("hidden_size"),
-                             what="give the DNABERT-S folder or 'zhihan1996/DNABERT-S'")
-    return KNOWN_WIDTHS.get(spec)
-
 
 def esm_width(spec: str, trust_pickles: bool = False) -> int | None:
     path = Path(spec)
