@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .errors import VirnucproError
+
 # What a recomputed parent means for a stage (Stage.redo_after):
 SAME_SHARD = "same shard"  # shard k is recomputed when shard k of a parent is
 ANY_EARLIER = "any earlier"  # recomputed whenever any earlier stage recomputes anything
@@ -136,7 +138,6 @@ def stage(name: str) -> Stage:
     try:
         return STAGE[name]
     except KeyError:
-        from .errors import VirnucproError
         raise VirnucproError(f"unknown stage '{name}'; stages are {', '.join(STAGES)}") from None
 
 

@@ -211,7 +211,6 @@ def run_workers(root: Path, stage: str, parts: list[list[int]], device: str, job
 
 def worker_main(argv: list[str] | None = None) -> int:
     """A worker process of a multi-GPU task: exit 0 done, 75 stopped at a checkpoint, 1 failed."""
-    from .. import console
     parser = argparse.ArgumentParser(prog="python -m virnucpro.orchestration.task")
     parser.add_argument("workdir", type=Path)
     parser.add_argument("stage")

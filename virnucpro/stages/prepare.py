@@ -288,6 +288,7 @@ def esm_width(spec: str, trust_pickles: bool = False) -> int | None:
         return KNOWN_WIDTHS[path.stem]
     if not path.is_file():
         return None
+    # torch and fair-esm: only for a checkpoint not known by name
     from ..engines.esm2 import ESM_ALLOWED_GLOBALS, check_checkpoint
     from ..engines.safe_load import UnsafeModelFileError, load
 
@@ -312,7 +313,7 @@ def esm_width(spec: str, trust_pickles: bool = False) -> int | None:
 def check_models(config) -> None:
     """Fail before any GPU work when the classifier cannot take DNABERT-S + ESM-2 features (a
     training has none yet: its classifier takes whatever widths the models give)."""
-    from ..engines.classifier import load_classifier
+    from ..engines.classifier import load_classifier  # torch: only in the prepare stage, not its module's importers
 
     models = config.models
     if not models.classifier:
