@@ -184,3 +184,18 @@ def test_the_graph_sees_the_modules_imports(name):
     """A guard on the reader itself: these modules import project modules, so it must find some."""
     graph = import_graph(modules())
     assert graph[name] and all(target.startswith("virnucpro") for target in graph[name])
+
+
+LOADED = ("import sys\nfrom virnucpro.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+          "print(sorted({'torch', 'numpy'} & set(sys.modules)))\n")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["status", "-w", "{workdir}"], ["submit", "--help"]], ids=" ".join)
+def test_login_node_commands_import_neither_torch_nor_numpy(argv, tmp_path):
+    """The dispatcher imports only the chosen family: --help and status stay light."""
+    import subprocess
+    import sys
+
+    argv = [a.format(workdir=tmp_path) for a in argv]
+    done = subprocess.run([sys.executable, "-c", LOADED, *argv], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
