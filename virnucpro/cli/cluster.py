@@ -66,7 +66,7 @@ def cmd_submit(args) -> int:
 
 
 def _submit_held(request, options, planned) -> int:
-    # submitit and the task code it pickles: for a real submission only
+    # the task code submitit pickles (the planner, numpy): for a real submission only
     from ..orchestration.slurm.submit import submit_graph
     from .run import warn_if_demo  # the planner's numpy: for submit only, so status stays fast
 
