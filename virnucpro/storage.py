@@ -30,6 +30,7 @@ import xxhash
 from .atomic import atomic_path, atomic_write_text, fsync_dir
 from .direct_io import CongruentBuffers, DirectReader, DirectWriter
 from .errors import ShardError, StaleInputError
+from .json_files import read_json
 
 FRAME_COLUMNS = ("input_index", "read_id", "chunk_id", "frame_id", "nucleotide", "protein")
 
@@ -440,7 +441,7 @@ class ShardCheckpoint:
         """The progress record and the windows of it that check (in order, up to the first bad one),
         without changing anything on disk; (None, []) when there is no usable record."""
         try:
-            record = json.loads(self.progress_path.read_text())
+            record = read_json(self.progress_path)
             if any(record.get(key) != value for key, value in self._identity().items()):
                 return None, []  # another shard, model, dtype or format
             size = self.file_path.stat().st_size

@@ -16,10 +16,11 @@ torch zip archive searched for the mark (never unpickled). No torch here: the pl
 
 from __future__ import annotations
 
-import json
 import struct
 import zipfile
 from pathlib import Path
+
+from ..json_files import parse_json, read_json
 
 DEMO_KEY = "virnucpro_demo"
 DEMO_VALUE = "RANDOM WEIGHTS: predictions are meaningless"
@@ -39,7 +40,7 @@ def _safetensors_marked(path: Path) -> bool:
         (size,) = struct.unpack("<Q", head)
         if size > _MAX_JSON_BYTES:
             return False
-        return _json_has_mark(json.loads(handle.read(size)))
+        return _json_has_mark(parse_json(handle.read(size), path))
 
 
 def _torch_zip_marked(path: Path) -> bool:
@@ -53,7 +54,7 @@ def file_is_marked(path: Path) -> bool:
     """Whether one model file carries the demo mark (False for anything unreadable or foreign)."""
     try:
         if path.name == "config.json":
-            return path.stat().st_size <= _MAX_JSON_BYTES and _json_has_mark(json.loads(path.read_bytes()))
+            return _json_has_mark(read_json(path, _MAX_JSON_BYTES))
         if path.suffix == ".safetensors":
             return _safetensors_marked(path)
         return zipfile.is_zipfile(path) and _torch_zip_marked(path)
@@ -63,11 +64,11 @@ def file_is_marked(path: Path) -> bool:
 
 def _manifest_says_demo(file: Path) -> bool:
     """The models manifest of the folder holding `file` (or of its parent, for a DNABERT-S folder)."""
-    from .manifest import MANIFEST_NAME
+    from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES
 
     for folder in (file.parent, file.parent.parent):
         try:
-            data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+            data = read_json(folder / MANIFEST_NAME, MAX_MANIFEST_BYTES)
         except (OSError, ValueError):
             continue
         if not isinstance(data, dict):

@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..atomic import atomic_write_text
+from ..chunk_length import DEFAULT_CHUNK_LENGTH, MAX_CHUNK_LENGTH, MIN_CHUNK_LENGTH  # noqa: F401 (re-exported)
 from ..errors import InputError, StateError
+from ..json_files import JsonFileError, read_json
 from ..paths import Workdir
 from ..pipeline import KINDS
 
@@ -26,10 +28,6 @@ from ..pipeline import KINDS
 BASES_PER_SHARD = 50_000_000
 GZIP_EXPANSION = 3.5  # typical FASTA gzip ratio, for sizing only
 CONFIG_VERSION = 1
-DEFAULT_CHUNK_LENGTH = 500
-# Chunk lengths a run may use: 10 codons at least; at most 1,000 codons, so that ESM-2 (which
-# averages at most 1,022 residues) sees every residue of a frame.
-MIN_CHUNK_LENGTH, MAX_CHUNK_LENGTH = 30, 3000
 
 
 @dataclass
@@ -122,12 +120,12 @@ def read_run_marker(workdir: Workdir) -> dict | None:
     be ours, so its folder is no workdir: refused by every command, --restart or not, and nothing
     in it is deleted."""
     try:
-        data = json.loads(workdir.config.read_text(encoding="utf-8"))
+        data = read_json(workdir.config)
     except FileNotFoundError:
         return None
-    except ValueError:  # UnicodeDecodeError included
-        reason = "not JSON, or cut short"
-    except OSError as exc:  # a folder named run.json, no permission
+    except JsonFileError as exc:  # not JSON, a folder or a FIFO named run.json, ...
+        reason = exc.reason
+    except OSError as exc:  # no permission
         reason = f"not a readable file: {exc.strerror or exc}"
     else:
         missing = [key for key in RUN_MARKER_KEYS if key not in data] if isinstance(data, dict) else None
@@ -246,10 +244,10 @@ class HashCache:
     def __init__(self, path: Path):
         self.path = path
         try:
-            self.entries = json.loads(path.read_text())
+            self.entries = read_json(path)
             if not isinstance(self.entries, dict):
                 self.entries = {}
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):  # only a cache: whatever is wrong with it costs a re-hash
             self.entries = {}
         self.dirty = False
 
