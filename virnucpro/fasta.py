@@ -106,7 +106,8 @@ class Block:
 
 def fasta_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
     """Cut a plain or gzipped FASTA file into blocks of whole records (each block but the first
-    starts with '>'); a block holds about `block_bytes`, or one record if that is longer."""
+    starts with '>'); a block holds about `block_bytes`, or one record if that is longer. Line ends
+    are LF, CRLF or, in a file with no LF, CR alone (classic Mac OS): read as LF here."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: input file not found; check the path in your inputs list")
@@ -116,6 +117,7 @@ def fasta_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[B
         raise _read_error(path, exc) from None
     parts: list[bytes] = []
     line, first = 1, True
+    lone_cr = None  # classic Mac line ends (CR alone), decided on the first read
     try:
         with handle:
             header_open = False  # the pending record's header line has not ended yet
@@ -123,6 +125,10 @@ def fasta_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[B
                 data = handle.read(block_bytes)
                 if not data:
                     break
+                if lone_cr is None:  # no LF at all, and a CR that is not the last byte (the half of a CRLF)
+                    lone_cr = b"\n" not in data and b"\r" in data[:-1]
+                if lone_cr:
+                    data = data.replace(b"\r", b"\n")
                 cut = data.rfind(b"\n>")
                 if cut >= 0:
                     parts.append(data[:cut + 1])
