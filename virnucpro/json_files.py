@@ -38,7 +38,7 @@ class JsonFileError(InputError, ValueError):
 
 def not_regular_kind(mode: int) -> str | None:
     """What a file of this st_mode is when it is not a regular file ("a FIFO"); None for a regular one."""
-    return next((kind for is_kind, kind in _NOT_REGULAR if is_kind(mode)), None if stat.S_ISREG(mode) else "not a file")
+    return next((kind for is_kind, kind in _NOT_REGULAR if is_kind(mode)), None if stat.S_ISREG(mode) else "a special file")
 
 
 def read_file_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:

@@ -298,11 +298,16 @@ def model_identity(spec: str, hashes: HashCache) -> dict:
 def compute_fingerprint(config: RunConfig, hashes: HashCache) -> dict:
     """What decides whether existing results may be reused: inputs, parameters, models."""
     genbank = config.genbank or [None] * len(config.inputs)
+    # a GenBank file decides which frames prepare keeps: part of its input's identity
+    inputs = [{"path": p, "sha256": hashes.sha256(Path(p)),
+               **({"genbank": {"path": g, "sha256": hashes.sha256(Path(g))}} if g else {})}
+              for p, g in zip(config.inputs, genbank)]
+    if config.labels:  # the hashes are known here, before any work
+        from .labels import check_one_label_per_content
+
+        check_one_label_per_content(config.inputs, config.labels, [i["sha256"] for i in inputs], config.inputs_list)
     return {
-        # a GenBank file decides which frames prepare keeps: part of its input's identity
-        "inputs": [{"path": p, "sha256": hashes.sha256(Path(p)),
-                    **({"genbank": {"path": g, "sha256": hashes.sha256(Path(g))}} if g else {})}
-                   for p, g in zip(config.inputs, genbank)],
+        "inputs": inputs,
         "parameters": {
             "chunk_length": config.chunk_length,
             "shards": config.shards,

@@ -247,11 +247,11 @@ def describe_interruption(stage: str, stop: dict) -> str:
 
 def status_console():
     """stdout; when piped, wide enough that no column is cut (a terminal keeps its own width)."""
-    import sys
-
     from rich.console import Console
 
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    from ..console import StdoutFile, stdout_is_tty
+
+    return Console(file=StdoutFile(), highlight=False, width=None if stdout_is_tty() else 200)
 
 
 def watch(workdir, interval: float, console, config=None) -> dict:

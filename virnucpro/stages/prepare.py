@@ -35,6 +35,7 @@ from .. import console
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import InputError
 from ..orchestration.runner import StageContext
+from ..pipeline import stage_names
 from ..modelstore.resolve import FAIR_ESM2_WIDTHS
 from ..fasta import BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block, rna_warning
 from ..genbank import CodingFrames, build_cds_index, cds_lookup
@@ -154,10 +155,11 @@ def _die_with_parent(parent: int) -> None:
 class InputTotals:
     """What prepare learns about one input file while its blocks go by."""
 
-    def __init__(self, name: str, path: Path):
+    def __init__(self, name: str, path: Path, has_results: bool = True):
         self.counts = {"name": name, "path": str(path), **dict.fromkeys(COUNT_KEYS, 0)}
         self.duplicates = DuplicateIds(path)
         self.path = path
+        self.has_results = has_results  # a prediction or evaluation writes result files per input; a training none
 
     def add(self, result: BlockResult) -> None:
         for key in COUNT_KEYS:
@@ -178,7 +180,8 @@ class InputTotals:
             console.warn(f"{self.path}: {missing} record(s) have no record of the same id in its GenBank file; "
                          "none of their frames is kept")
         if self.counts["frames"] == 0:
-            console.warn(f"{self.path}: no read yields a stop-free frame; its results will be header-only")
+            console.warn(f"{self.path}: no read yields a stop-free frame; "
+                         + ("its results will be header-only" if self.has_results else "it adds no example to the training"))
         return self.counts
 
 
@@ -191,6 +194,7 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
     log.info("prepare: %d input(s), %d worker process(es)", len(inputs), workers)
     costs = bytearray()
     summary = {"inputs": [], "shards": []}
+    has_results = "consensus" in stage_names(config)  # a training writes no result files
     with genbank_indexes(workdir, config.genbank or [None] * len(inputs)) as cds_indexes:  # removed after the spool
         tasks = ((block, index, config.chunk_length, cds_indexes[index]) for index, path in enumerate(inputs)
                  for block in fasta_blocks(path, BLOCK_BYTES))
@@ -202,7 +206,7 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
             spool.write(TABLE_HEADER)
             run_index, run = next(runs, (None, iter(())))
             for index, path in enumerate(inputs):
-                totals = InputTotals(config.input_names[index], path)
+                totals = InputTotals(config.input_names[index], path, has_results)
                 with atomic_open(workdir.reads_table(index), "wb") as reads_out:
                     reads_out.write(("\t".join(READS_COLUMNS) + "\n").encode())
                     if run_index == index:
