@@ -105,7 +105,7 @@ class _Training:
         atomic_write_bytes(checkpoint, save(tensors, metadata={"state": text, "sha256": checkpoint_sha256(text, tensors)}))
         atomic_write_text(readable, json.dumps(state, indent=1, sort_keys=True) + "\n")
 
-    def resume(self, checkpoint: Path, log: Callable[[str], None]) -> bool:
+    def resume(self, checkpoint: Path, log: Callable[[str], None], warn: Callable[[str], None]) -> bool:
         """Take up the checkpoint when it is of this training; False (starting over) otherwise. A
         damaged one (unreadable, its checksum wrong, or not fitting the model) is set aside, renamed
         beside it, so that it is neither resumed into a different classifier nor met again."""
@@ -114,7 +114,7 @@ class _Training:
         try:
             state, tensors = read_checkpoint(checkpoint)
         except DamagedCheckpoint as damage:
-            set_aside(checkpoint, str(damage), log)
+            set_aside(checkpoint, str(damage), warn)
             return False
         if state.get("format") != CHECKPOINT_FORMAT or state.get("data") != self.data:
             log(f"{checkpoint}: made from other data or another recipe; training starts over")
@@ -123,7 +123,7 @@ class _Training:
             self._take_up(state, tensors)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:  # checksummed, but not of this model
             self.__init__(*self._arguments)  # undo what was taken up: the fresh start of an uninterrupted training
-            set_aside(checkpoint, f"does not fit the model ({type(exc).__name__})", log)
+            set_aside(checkpoint, f"does not fit the model ({type(exc).__name__})", warn)
             return False
         return True
 
@@ -265,14 +265,16 @@ def _prefixed(tensors: dict, prefix: str) -> dict:
 
 def fit(sources: Sequence[ShardSource], labels_by_input: Sequence[int], holdout: float, seed: int,
         checkpoint: tuple[Path, Path], device: str, stop_requested: Callable[[], bool],
-        log: Callable[[str], None], recipe: Recipe = ORIGINAL) -> TrainedClassifier:
+        log: Callable[[str], None], recipe: Recipe = ORIGINAL,
+        warn: Callable[[str], None] | None = None) -> TrainedClassifier:
     """Train on the rows of these shards (label per input: 1 virus, 0 other), holding out the
     `holdout` fraction of reads; resume from `checkpoint` (safetensors, json) when it is of the same
-    data and recipe. Raises TrainingInterrupted, after saving the checkpoint, when `stop_requested()`
-    at a batch boundary; InputError when a class is missing from the data or from a side of the split."""
+    data and recipe (a damaged one is set aside, said through `warn`, default `log`). Raises
+    TrainingInterrupted, after saving the checkpoint, when `stop_requested()` at a batch boundary;
+    InputError when a class is missing from the data or from a side of the split."""
     index = RowIndex(sources, labels_by_input, seed, holdout)
     training = _Training(index, recipe, seed, holdout, [int(label) for label in labels_by_input], device)
-    if training.resume(checkpoint[0], log):
+    if training.resume(checkpoint[0], log, warn or log):
         log(f"resuming at epoch {training.progress['epoch'] + 1}, batch {training.progress['batch']}")
     log(f"{index.training_rows} training and {index.held_out_rows} held-out frames, "
         f"{index.width} features ({' + '.join(f'{k} {index.widths[k]}' for k in EMBEDDINGS)})")
