@@ -129,3 +129,34 @@ def test_submit_dry_run_with_an_alias_bomb_is_one_line(tmp_path, demo_models, ex
     assert done.returncode == 2 and "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(profile) in errors[0] and "anchors and aliases" in errors[0], done.stderr
+
+
+# ------------------------------------------------------------------ issue 33 item 10
+
+@pytest.mark.parametrize("text,words", [
+    ("partition: gpu\npreamble: [1, 2]\n", "preamble must be shell text or a list of lines of text, not [1, 2]"),
+    ("partition: gpu\npreamble: ['module load cuda', {a: b}]\n", "preamble must be shell text or a list of lines"),
+    ("partition: gpu\nsbatch: {D: /scratch}\n", "sbatch.D is a one-letter (short) option"),
+    ("partition: gpu\nsbatch: {wrap: 'rm -rf ~'}\n", "sbatch.wrap changes what sbatch itself does"),
+    ("partition: gpu\nsbatch: {test_only: true}\n", "sbatch.test_only changes what sbatch itself does"),
+    ("partition: gpu\nsbatch: {wait: true}\n", "sbatch.wait changes what sbatch itself does"),
+    ("partition: gpu\naccount: a\npartition: other\n", "line 3 not valid YAML (the key 'partition' is given twice"),
+    ("partition: gpu\nstages:\n  esm2: {time: '1:00:00', time: '2:00:00'}\n", "the key 'time' is given twice"),
+], ids=["preamble of numbers", "preamble with a mapping", "short option", "wrap", "test-only", "wait",
+        "duplicate key", "duplicate stage key"])
+def test_profile_values_sbatch_keys_and_duplicate_keys_refused_in_one_line(tmp_path, text, words):
+    """Issue 33: `preamble: [1, 2]` was an internal TypeError; `D` and `wrap` became #SBATCH lines;
+    a key given twice silently took the last value."""
+    profile = tmp_path / "site.yaml"
+    profile.write_text(text)
+    message = refusal(str(profile))
+    assert message.startswith(f"{profile}:") and words in message, message
+
+
+def test_a_preamble_of_lines_and_long_sbatch_options_are_still_accepted(tmp_path):
+    profile = tmp_path / "site.yaml"
+    profile.write_text("partition: gpu\npreamble: ['module load cuda', 'source env.sh']\n"
+                       "sbatch: {constraint: a100, mail-type: END}\n")
+    options = slurm.resolve_options(str(profile), {})
+    assert options.profile["preamble"] == "module load cuda\nsource env.sh"
+    assert options.profile["sbatch"] == {"constraint": "a100", "mail-type": "END"}

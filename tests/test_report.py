@@ -131,14 +131,15 @@ def test_gather_reads_prepares_summary_once_however_many_inputs(tmp_path, monkey
     """The summary lists every input: read once per input it made a 10,000-input report quadratic."""
     workdir, config, _ = make_synthetic_run(tmp_path / "w")
     reads = []
-    real = Path.read_text
+    from virnucpro.report import data
 
-    def counting(self, *args, **kwargs):
-        if self == workdir.prepare_summary:
-            reads.append(self)
-        return real(self, *args, **kwargs)
+    def counting(path, *args, **kwargs):
+        if Path(path) == workdir.prepare_summary:
+            reads.append(path)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", counting)
+    real = data.read_json  # every JSON file is read through virnucpro.json_files
+    monkeypatch.setattr(data, "read_json", counting)
     report = gather(workdir, config, load_state(workdir))
     assert len(report.inputs) == 2 and report.inputs[0].prepared and len(reads) == 1
 

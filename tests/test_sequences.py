@@ -95,6 +95,25 @@ def test_read_fasta_plain_gz_crlf(tmp_path):
         assert [(r.id, r.sequence) for r in read_fasta(path)] == [("a", "ACGTacgn"), ("b", "TTT")]
 
 
+@pytest.mark.parametrize("block_bytes", [4 << 20, 97], ids=["one block", "many blocks"])
+def test_classic_mac_line_ends_are_line_ends(tmp_path, block_bytes):
+    """Issue 33 item 8: a CR-only FASTA of 20 reads was read as one header-only record, exit 0."""
+    from virnucpro.fasta import fasta_blocks, parse_block
+
+    reads = [(f"r{n}", "ACGT" * (5 + n)) for n in range(20)]
+    lf = "".join(f">{name} read {n}\n{seq[:10]}\n{seq[10:]}\n" for n, (name, seq) in enumerate(reads))
+    for name, text in (("cr.fa", lf.replace("\n", "\r")), ("cr.fa.gz", lf.replace("\n", "\r"))):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+        assert [(r.id, r.sequence) for r in read_fasta(path)] == reads
+        assert [pair for block in fasta_blocks(path, block_bytes) for pair in parse_block(block)] == reads
+    # a CRLF file whose first read ends between the CR and the LF is not taken for a CR-only one
+    crlf = tmp_path / "crlf.fa"
+    crlf.write_bytes(lf.replace("\n", "\r\n").encode())
+    first = lf.index("\n") + 1  # the header's CR is the last byte of a first read of this size
+    assert [pair for block in fasta_blocks(crlf, first) for pair in parse_block(block)] == reads
+
+
 @pytest.mark.parametrize("content, fragment", [
     (b"", "empty"),
     (b"@r1\nACGT\n+\nIIII\n", "FASTQ"),

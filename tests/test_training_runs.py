@@ -187,7 +187,10 @@ def test_genbank_mode_keeps_only_frames_inside_an_annotated_cds(tmp_path):
 
     every = [f for batch in translate_stream([("rec1", clean), ("rec2", ambiguous), ("rec3", gene)], 300)
              for f in zip(batch.frame_ids, batch.proteins)]
-    selected = prepare_block((block, 0, 300, str(tmp_path / "g.gbff.gz")))
+    from virnucpro.genbank import build_cds_index
+
+    index = build_cds_index(tmp_path / "g.gbff.gz", tmp_path / "cds.sqlite")  # what prepare's workers are given
+    selected = prepare_block((block, 0, 300, str(index)))
     kept = [line.split("\t") for line in selected.spool.decode().splitlines()]
     kept_ids = [row[3] for row in kept]
     annotated = str(__import__("Bio.Seq", fromlist=["Seq"]).Seq(gene).translate())
@@ -206,10 +209,11 @@ def test_genbank_mode_keeps_only_frames_inside_an_annotated_cds(tmp_path):
 
 
 def test_a_file_that_is_not_genbank_is_one_line(tmp_path):
-    from virnucpro.genbank import cds_translations
+    from virnucpro.genbank import build_cds_index
 
     with pytest.raises(InputError, match="holds no GenBank record"):
-        cds_translations(write(tmp_path / "x.gbff", ">not genbank\nACGT\n"))
+        build_cds_index(write(tmp_path / "x.gbff", ">not genbank\nACGT\n"), tmp_path / "cds.sqlite")
+    assert not (tmp_path / "cds.sqlite").exists()
 
 
 # ---------------------------------------------------------------- the classifier check before any work

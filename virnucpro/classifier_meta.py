@@ -10,10 +10,12 @@ here; engines.classifier loads the weights.
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 from pathlib import Path
 
+from .model_facts import chunk_length_problem
 from .errors import InputError
+from .json_files import JsonFileError, read_json
 
 FORMAT = "virnucpro-classifier"
 WEIGHTS_SUFFIX = ".safetensors"
@@ -29,20 +31,37 @@ def meta_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
+MAX_DESCRIPTION_BYTES = 16 << 20  # a description is a few kB (its history grows ~120 bytes an epoch)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0  # a bool is an int in Python
+
+
 def _problem(document) -> str | None:
+    """What is wrong with a description, field by field as the tool reads them (the chunk length as
+    the --chunk-length option is checked); None when nothing is."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         return f"no \"format\": \"{FORMAT}\""
     widths = document.get("input_widths")
     if not isinstance(widths, dict) or sorted(widths) != ["dnabert", "esm2"] or \
-            not all(isinstance(w, int) and w > 0 for w in widths.values()):
+            not all(_positive_int(w) for w in widths.values()):
         return "input_widths must give the dnabert and esm2 widths"
-    for key in ("chunk_length", "hidden"):
-        if not isinstance(document.get(key), int) or document[key] <= 0:
-            return f"{key} must be a positive integer"
-    if list(document.get("classes", ())) != list(CLASS_NAMES):
+    problem = chunk_length_problem(document.get("chunk_length"))
+    if problem:
+        return f"chunk_length: {problem}"
+    if not _positive_int(document.get("hidden")):
+        return "hidden must be a positive integer"
+    if document.get("classes") != list(CLASS_NAMES):
         return f"classes must be {list(CLASS_NAMES)}"
-    if not isinstance(document.get("weights_sha256"), str):
-        return "weights_sha256 missing"
+    if not isinstance(document.get("weights_sha256"), str) or not _SHA256.fullmatch(document["weights_sha256"]):
+        return "weights_sha256 must be the 64 hex digits of the weights' SHA-256"
+    models = document.get("models", {})
+    if not isinstance(models, dict) or not all(
+            isinstance(models.get(kind, {}), dict) and isinstance(models.get(kind, {}).get("name", ""), str)
+            for kind in ("dnabert", "esm2")):
+        return "models must map dnabert and esm2 to objects whose name is text"
     return None
 
 
@@ -54,13 +73,14 @@ def read_classifier_meta(path: str | Path) -> dict | None:
         return None
     meta = meta_path(path)
     try:
-        document = json.loads(meta.read_text(encoding="utf-8"))
+        document = read_json(meta, max_bytes=MAX_DESCRIPTION_BYTES)
     except FileNotFoundError:
         raise ClassifierFileError(f"{path}: its description {meta.name} is not beside it; keep the .safetensors "
                                   "and .json that 'virnucpro-slurm train' wrote together") from None
-    except (OSError, ValueError) as exc:
-        raise ClassifierFileError(f"{meta}: unreadable classifier description ({type(exc).__name__}); copy it "
-                                  "again from the training workdir's classifier/ folder") from None
+    except (OSError, JsonFileError) as exc:
+        reason = exc.reason if isinstance(exc, JsonFileError) else exc.strerror or type(exc).__name__
+        raise ClassifierFileError(f"{meta}: unreadable classifier description ({reason}); copy it again from the "
+                                  "training workdir's classifier/ folder") from None
     problem = _problem(document)
     if problem:
         raise ClassifierFileError(f"{meta}: not a VirNucPro classifier description ({problem})")

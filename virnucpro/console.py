@@ -20,6 +20,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from .errors import OutputError
+
 console = Console(stderr=True, highlight=False)
 _quiet = False
 _verbose = False
@@ -165,8 +167,57 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[int], No
         yield lambda n=1: bar.advance(task, n)
 
 
+def _stdout_failed(exc: OSError) -> BaseException:
+    """What a failed write to stdout becomes. The rest of the output is dropped (stdout is pointed at
+    /dev/null, so the interpreter's own flush at exit has nothing to complain about): a reader that
+    went away (`| head`) ends the command quietly with status 1, as rich does; a full disk, or any
+    other failure, is one error line."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    if isinstance(exc, BrokenPipeError):
+        return SystemExit(1)
+    return OutputError(exc.errno, f"standard output: {exc.strerror or exc} while writing; nothing more was written "
+                                  "(free space, or send the output elsewhere)")
+
+
+def print_stdout(text: str) -> None:
+    """One line (or block) of machine-readable output on stdout, written and flushed now (see _stdout_failed)."""
+    try:
+        if sys.stdout is None:  # started with stdout closed
+            raise BrokenPipeError
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except OSError as exc:
+        raise _stdout_failed(exc) from None
+
+
+class StdoutFile:
+    """sys.stdout for a rich Console whose writes fail as print_stdout's do (rich handles a closed
+    pipe only; a full disk reached the user as an internal error)."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except (OSError, AttributeError) as exc:
+            raise _stdout_failed(exc if isinstance(exc, OSError) else BrokenPipeError()) from None
+
+    def flush(self) -> None:
+        try:
+            sys.stdout.flush()
+        except (OSError, AttributeError) as exc:
+            raise _stdout_failed(exc if isinstance(exc, OSError) else BrokenPipeError()) from None
+
+    def isatty(self) -> bool:
+        return stdout_is_tty()
+
+    def __getattr__(self, name):
+        return getattr(sys.stdout, name)
+
+
 def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()
+    return sys.stdout is not None and sys.stdout.isatty()  # None: started with stdout closed
 
 
 def is_quiet() -> bool:

@@ -23,7 +23,6 @@ import gzip
 import io
 import os
 import re
-import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 
 from . import console
 from .errors import InputError
+from .json_files import JsonFileError, not_regular_kind, read_file_bytes
 from .sequences import Read, translate_stream
 
 # IUPAC nucleotide codes: kept in sequences, and any codon holding one is dropped by the codon rule.
@@ -106,7 +106,8 @@ class Block:
 
 def fasta_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
     """Cut a plain or gzipped FASTA file into blocks of whole records (each block but the first
-    starts with '>'); a block holds about `block_bytes`, or one record if that is longer."""
+    starts with '>'); a block holds about `block_bytes`, or one record if that is longer. Line ends
+    are LF, CRLF or, in a file with no LF, CR alone (classic Mac OS): read as LF here."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: input file not found; check the path in your inputs list")
@@ -116,6 +117,7 @@ def fasta_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[B
         raise _read_error(path, exc) from None
     parts: list[bytes] = []
     line, first = 1, True
+    lone_cr = None  # classic Mac line ends (CR alone), decided on the first read
     try:
         with handle:
             header_open = False  # the pending record's header line has not ended yet
@@ -123,6 +125,10 @@ def fasta_blocks(path: str | Path, block_bytes: int = BLOCK_BYTES) -> Iterator[B
                 data = handle.read(block_bytes)
                 if not data:
                     break
+                if lone_cr is None:  # no LF at all, and a CR that is not the last byte (the half of a CRLF)
+                    lone_cr = b"\n" not in data and b"\r" in data[:-1]
+                if lone_cr:
+                    data = data.replace(b"\r", b"\n")
                 cut = data.rfind(b"\n>")
                 if cut >= 0:
                     parts.append(data[:cut + 1])
@@ -443,18 +449,29 @@ def read_inputs_list(list_path: str | Path) -> list[Path]:
     return paths
 
 
+MAX_LIST_BYTES = 64 << 20  # a list of paths: a million lines fit
+
+
 def read_list_text(list_path: Path, noun: str, lines: str) -> str:
     """A list file's text (UTF-8, a leading BOM ignored), or one line saying why it cannot be read;
-    `noun` names the list ("inputs list"), `lines` what it holds ("one FASTA path per line")."""
-    if list_path.is_dir():
-        raise InputError(f"{list_path}: is a directory; give a text file with {lines}")
-    if not list_path.is_file():
-        raise InputError(f"{list_path}: {noun} not found; give a text file with {lines}")
+    `noun` names the list ("inputs list"), `lines` what it holds ("one FASTA path per line").
+    A FIFO or a device is refused without being opened for reading (it would block, or never end)."""
     try:
-        return list_path.read_text(encoding="utf-8-sig")  # -sig: a BOM (Windows editors) is not part of a path
-    except (UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"{list_path}: cannot read the {noun} ({exc.__class__.__name__}); "
-                         "give a UTF-8 text file") from None
+        kind = not_regular_kind(os.stat(list_path).st_mode)
+    except FileNotFoundError:
+        raise InputError(f"{list_path}: {noun} not found; give a text file with {lines}") from None
+    except OSError as exc:
+        raise InputError(f"{list_path}: cannot reach the {noun} ({exc.strerror or exc}); check the path") from None
+    if kind == "a folder":
+        raise InputError(f"{list_path}: is a directory; give a text file with {lines}")
+    if kind:
+        raise InputError(f"{list_path}: is {kind}, not a text file; write the {noun} to a file with {lines} and "
+                         "give that")
+    try:
+        return read_file_bytes(list_path, MAX_LIST_BYTES).decode("utf-8-sig")  # -sig: a BOM is not part of a path
+    except (UnicodeDecodeError, OSError, JsonFileError) as exc:
+        reason = exc.reason if isinstance(exc, JsonFileError) else exc.__class__.__name__
+        raise InputError(f"{list_path}: cannot read the {noun} ({reason}); give a UTF-8 text file") from None
 
 
 def strip_comment(line: str) -> str:
@@ -462,12 +479,13 @@ def strip_comment(line: str) -> str:
     return _COMMENT.split(line, maxsplit=1)[0].strip()
 
 
-def listed_file(entry: Path, list_path: Path) -> tuple[Path, tuple[int, int]]:
+def listed_file(entry: Path, list_path: Path, kind: str = "FASTA file") -> tuple[Path, tuple[int, int]]:
     """A path as a list file names it (relative to the list's folder), made absolute but not
-    resolved through symlinks, and its (device, inode): the same file listed twice is one."""
+    resolved through symlinks, and its (device, inode): the same file listed twice is one. `kind`:
+    what the list says it is ("FASTA file", "GenBank file"), for the messages."""
     path = entry.expanduser()
     path = Path(os.path.normpath(path if path.is_absolute() else list_path.absolute().parent / path))
-    return path, _input_file_identity(path, list_path)
+    return path, _input_file_identity(path, list_path, kind)
 
 
 _COMMENT = re.compile(r"(?:^|\s)#")
@@ -478,11 +496,7 @@ def _listed_path(line: str) -> Path | None:
     return Path(entry) if entry else None
 
 
-_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                (stat.S_ISBLK, "a block device"))
-
-
-def _input_file_identity(path: Path, list_path: Path) -> tuple[int, int]:
+def _input_file_identity(path: Path, list_path: Path, noun: str) -> tuple[int, int]:
     """(device, inode) of a listed input, or a one-line error saying why it cannot be one; never
     opens the file (a FIFO would block the run right here)."""
     try:
@@ -490,19 +504,19 @@ def _input_file_identity(path: Path, list_path: Path) -> tuple[int, int]:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InputError(f"{path}: is a symbolic link loop (listed in {list_path}); point the link at the "
-                             "FASTA file") from None
+                             f"{noun}") from None
         if isinstance(exc, PermissionError):
             raise InputError(f"{path}: cannot be reached (permission denied on a folder above it; listed in "
                              f"{list_path}); fix the folder's permissions") from None
         broken = " (a broken symbolic link)" if path.is_symlink() else ""
         raise InputError(f"{path}: input file not found{broken} (listed in {list_path}); fix the path") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise InputError(f"{path}: is a directory, not a FASTA file (listed in {list_path}); "
-                         "list the files inside it")
-    for is_kind, kind in _NOT_REGULAR:
-        if is_kind(info.st_mode):
-            raise InputError(f"{path}: is not a regular file ({kind}), listed in {list_path}; write the reads "
-                             "to a file and list that (inputs are read more than once)")
+    kind = not_regular_kind(info.st_mode)
+    if kind == "a folder":
+        raise InputError(f"{path}: is a directory, not a {noun} (listed in {list_path}); "
+                         f"list the {noun} inside it")
+    if kind:
+        raise InputError(f"{path}: is not a regular file ({kind}), listed in {list_path}; write it to a file "
+                         "and list that (inputs are read more than once)")
     return info.st_dev, info.st_ino
 
 

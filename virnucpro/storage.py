@@ -30,6 +30,7 @@ import xxhash
 from .atomic import atomic_path, atomic_write_text, fsync_dir
 from .direct_io import CongruentBuffers, DirectReader, DirectWriter
 from .errors import ShardError, StaleInputError
+from .json_files import read_json
 
 FRAME_COLUMNS = ("input_index", "read_id", "chunk_id", "frame_id", "nucleotide", "protein")
 
@@ -306,6 +307,25 @@ def open_matrix(path: Path, expected_ids: list[str] | None = None, name: str = "
         yield (ids if ids is not None else expected_ids), matrix
 
 
+def first_non_finite_row(values: np.ndarray) -> int | None:
+    """The first row of a matrix holding a NaN or an infinite value; None when every value is finite
+    (then one reduction over the whole matrix, the common case)."""
+    if np.isfinite(values).all():
+        return None
+    return int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+
+
+def first_non_finite_frame(path: Path, name: str = "embeddings", block_rows: int = 8192) -> int | None:
+    """The first row of a stored matrix holding a NaN or an infinite value (read in blocks); None if none."""
+    with h5py.File(path, "r") as h5:
+        matrix = h5[name]
+        for start in range(0, matrix.shape[0], block_rows):
+            row = first_non_finite_row(matrix[start:start + block_rows])
+            if row is not None:
+                return start + row
+    return None
+
+
 def read_matrix(path: Path, expected_ids: list[str] | None = None, name: str = "embeddings",
                 dim: int | None = None, producer: tuple[str, int] | None = None) -> tuple[list[str] | None, np.ndarray]:
     with open_matrix(path, expected_ids, name, dim, producer) as (ids, matrix):
@@ -440,7 +460,7 @@ class ShardCheckpoint:
         """The progress record and the windows of it that check (in order, up to the first bad one),
         without changing anything on disk; (None, []) when there is no usable record."""
         try:
-            record = json.loads(self.progress_path.read_text())
+            record = read_json(self.progress_path)
             if any(record.get(key) != value for key, value in self._identity().items()):
                 return None, []  # another shard, model, dtype or format
             size = self.file_path.stat().st_size

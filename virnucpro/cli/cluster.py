@@ -163,7 +163,7 @@ def cmd_status(args) -> int:
     else:
         report = status_report(workdir, config)
         if args.json:
-            print(json.dumps(report, indent=1))
+            console.print_stdout(json.dumps(report, indent=1))  # a full or closed stdout: one line, not a traceback
         else:
             status_console().print(render_status(report))
     return 0 if report["complete"] else 1

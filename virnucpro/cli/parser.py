@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from .. import __version__
-from ..model_facts import DEFAULT_CHUNK_LENGTH, MAX_CHUNK_LENGTH, MIN_CHUNK_LENGTH
+from ..model_facts import DEFAULT_CHUNK_LENGTH, MAX_CHUNK_LENGTH, MIN_CHUNK_LENGTH, parse_chunk_length
 from ..pipeline import EVALUATION, KINDS, PREDICTION, STAGES, TRAINING
 
 
@@ -151,12 +151,9 @@ def _watch_seconds(text: str) -> float:
 
 def _chunk_length(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not MIN_CHUNK_LENGTH <= value <= MAX_CHUNK_LENGTH:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a chunk length from {MIN_CHUNK_LENGTH} to {MAX_CHUNK_LENGTH}")
-    return value
+        return parse_chunk_length(text)  # the same check as a classifier description's chunk_length
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _fraction(text: str) -> float:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VirnucproError
+from ..json_files import JsonFileError, read_json
 from . import safe_load
 from .safe_load import check_weights, declared_float, declared_size
 
@@ -78,13 +79,13 @@ def read_config(folder: Path) -> dict:
     if not path.is_file():
         raise DnabertModelError(f"{path}: missing; a DNABERT-S folder needs config.json, tokenizer.json and model.safetensors or pytorch_model.bin")
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-        if len(data) > MAX_CONFIG_BYTES:
+        config = read_json(path, MAX_CONFIG_BYTES)
+    except JsonFileError as exc:
+        if exc.too_large:
             raise DnabertModelError(f"{path}: larger than {MAX_CONFIG_BYTES >> 10} KiB, so not a model's config.json "
-                                    "(DNABERT-S's is 1 kB); copy the model folder again")
-        config = json.loads(data.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
+                                    "(DNABERT-S's is 1 kB); copy the model folder again") from None
+        raise DnabertModelError(f"{path}: not a readable JSON file ({exc.reason[:200]})") from None
+    except OSError as exc:
         raise DnabertModelError(f"{path}: not a readable JSON file ({str(exc)[:200]})") from None
     if not isinstance(config, dict):
         raise DnabertModelError(f"{path}: not a model config (expected a JSON object)")

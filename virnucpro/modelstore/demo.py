@@ -16,12 +16,12 @@ torch zip archive searched for the mark (never unpickled). No torch here: the pl
 
 from __future__ import annotations
 
-import json
 import struct
 import zipfile
 from pathlib import Path
 
-from .manifest import MANIFEST_NAME
+from ..json_files import parse_json, read_json
+from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES
 
 DEMO_KEY = "virnucpro_demo"
 DEMO_VALUE = "RANDOM WEIGHTS: predictions are meaningless"
@@ -41,7 +41,7 @@ def _safetensors_marked(path: Path) -> bool:
         (size,) = struct.unpack("<Q", head)
         if size > _MAX_JSON_BYTES:
             return False
-        return _json_has_mark(json.loads(handle.read(size)))
+        return _json_has_mark(parse_json(handle.read(size), path))
 
 
 def _torch_zip_marked(path: Path) -> bool:
@@ -55,7 +55,7 @@ def file_is_marked(path: Path) -> bool:
     """Whether one model file carries the demo mark (False for anything unreadable or foreign)."""
     try:
         if path.name == "config.json":
-            return path.stat().st_size <= _MAX_JSON_BYTES and _json_has_mark(json.loads(path.read_bytes()))
+            return _json_has_mark(read_json(path, _MAX_JSON_BYTES))
         if path.suffix == ".safetensors":
             return _safetensors_marked(path)
         return zipfile.is_zipfile(path) and _torch_zip_marked(path)
@@ -67,7 +67,7 @@ def _manifest_says_demo(file: Path) -> bool:
     """The models manifest of the folder holding `file` (or of its parent, for a DNABERT-S folder)."""
     for folder in (file.parent, file.parent.parent):
         try:
-            data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+            data = read_json(folder / MANIFEST_NAME, MAX_MANIFEST_BYTES)
         except (OSError, ValueError):
             continue
         if not isinstance(data, dict):

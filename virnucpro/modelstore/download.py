@@ -31,7 +31,8 @@ from pathlib import Path
 
 from .. import console
 from ..atomic import atomic_write_text, fsync_dir, open_lock
-from .manifest import Entry, entry_for, read_manifest, sha256_file, size_text, write_manifest
+from ..json_files import read_json
+from .manifest import MAX_MANIFEST_BYTES, Entry, entry_for, read_manifest, sha256_file, size_text, write_manifest
 from .sources import TIMEOUT_S, USER_AGENT, DownloadError, Job, describe_url_error
 
 STATE_NAME = ".virnucpro-download.json"
@@ -115,9 +116,9 @@ class _Record:
         for entry in read_manifest(directory) or []:
             self.entries[entry.path] = entry
         try:
-            for item in json.loads(self.path.read_text(encoding="utf-8"))["files"]:
+            for item in read_json(self.path, MAX_MANIFEST_BYTES)["files"]:
                 self.entries[item["path"]] = Entry.from_dict(item)
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError):
             pass
 
     def complete(self, directory: Path, job: Job) -> Entry | None:

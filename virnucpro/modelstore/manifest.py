@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..errors import InputError
+from ..json_files import JsonFileError, parse_json, read_file_bytes, read_json
 
 MANIFEST_NAME = "virnucpro-models.json"
 MANIFEST_VERSION = 1
@@ -114,7 +115,7 @@ def _check_entries(entries: list[Entry]) -> None:
 
 def parse_manifest(text: str, where: str) -> list[Entry]:
     try:
-        data = json.loads(text)
+        data = parse_json(text, where)
         entries = [Entry.from_dict(item) for item in data["files"]]
         _check_entries(entries)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -131,12 +132,13 @@ def too_large(where: str) -> InputError:
 def read_manifest(directory: Path) -> list[Entry] | None:
     path = manifest_path(directory)
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
+        data = read_file_bytes(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         return None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise too_large(str(path))
+    except JsonFileError as exc:
+        if exc.too_large:
+            raise too_large(str(path)) from None
+        raise InputError(f"{exc}; recreate it with 'virnucpro-slurm models download'") from None
     return parse_manifest(data.decode("utf-8", "replace"), str(path))
 
 
@@ -181,7 +183,7 @@ def download_command(directory: Path) -> str:
     import shlex
 
     try:
-        mirror = json.loads(manifest_path(directory).read_text(encoding="utf-8")).get("mirror")
+        mirror = read_json(manifest_path(directory), MAX_MANIFEST_BYTES).get("mirror")
     except (OSError, ValueError, AttributeError):
         mirror = None
     words = ["virnucpro-slurm", "models", "download", str(directory)]

@@ -27,13 +27,13 @@ Sources:
 
 from __future__ import annotations
 
-import json
 import os
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
 from ..errors import VirnucproError
+from ..json_files import parse_json
 from .manifest import KINDS, MANIFEST_NAME, MAX_MANIFEST_BYTES, kind_of, parse_manifest, too_large
 
 ESM_NAME = "esm2_t36_3B_UR50D"
@@ -122,7 +122,7 @@ def dnabert_jobs(endpoint: str | None = None, repo: str = DNABERT_REPO, revision
     listing_url = f"{endpoint}/api/models/{repo}/revision/{urllib.parse.quote(revision, safe='')}?blobs=true"
     where = f"{repo}@{revision} (hub listing)"
     try:
-        info = json.loads(fetch_small(listing_url, where))
+        info = parse_json(fetch_small(listing_url, where), where)
         commit = info.get("sha") or revision
         siblings = {s["rfilename"]: s for s in info["siblings"]}
     except (ValueError, KeyError, TypeError, AttributeError):

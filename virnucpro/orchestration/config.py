@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..errors import InputError, StateError
+from ..json_files import JsonFileError, read_json
 from ..paths import Workdir
 from ..modelstore.manifest import recorded_sha256
 from ..model_facts import ModelSpec
@@ -112,12 +113,12 @@ def read_run_marker(workdir: Workdir) -> dict | None:
     be ours, so its folder is no workdir: refused by every command, --restart or not, and nothing
     in it is deleted."""
     try:
-        data = json.loads(workdir.config.read_text(encoding="utf-8"))
+        data = read_json(workdir.config)
     except FileNotFoundError:
         return None
-    except ValueError:  # UnicodeDecodeError included
-        reason = "not JSON, or cut short"
-    except OSError as exc:  # a folder named run.json, no permission
+    except JsonFileError as exc:  # not JSON, a folder or a FIFO named run.json, ...
+        reason = exc.reason
+    except OSError as exc:  # no permission
         reason = f"not a readable file: {exc.strerror or exc}"
     else:
         missing = [key for key in RUN_MARKER_KEYS if key not in data] if isinstance(data, dict) else None
@@ -236,10 +237,10 @@ class HashCache:
     def __init__(self, path: Path):
         self.path = path
         try:
-            self.entries = json.loads(path.read_text())
+            self.entries = read_json(path)
             if not isinstance(self.entries, dict):
                 self.entries = {}
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):  # only a cache: whatever is wrong with it costs a re-hash
             self.entries = {}
         self.dirty = False
 
@@ -288,11 +289,16 @@ def model_identity(spec: str, hashes: HashCache) -> dict:
 def compute_fingerprint(config: RunConfig, hashes: HashCache) -> dict:
     """What decides whether existing results may be reused: inputs, parameters, models."""
     genbank = config.genbank or [None] * len(config.inputs)
+    # a GenBank file decides which frames prepare keeps: part of its input's identity
+    inputs = [{"path": p, "sha256": hashes.sha256(Path(p)),
+               **({"genbank": {"path": g, "sha256": hashes.sha256(Path(g))}} if g else {})}
+              for p, g in zip(config.inputs, genbank)]
+    if config.labels:  # the hashes are known here, before any work
+        from .labels import check_one_label_per_content  # deferred: labels reads FASTA (numpy); status must not
+
+        check_one_label_per_content(config.inputs, config.labels, [i["sha256"] for i in inputs], config.inputs_list)
     return {
-        # a GenBank file decides which frames prepare keeps: part of its input's identity
-        "inputs": [{"path": p, "sha256": hashes.sha256(Path(p)),
-                    **({"genbank": {"path": g, "sha256": hashes.sha256(Path(g))}} if g else {})}
-                   for p, g in zip(config.inputs, genbank)],
+        "inputs": inputs,
         "parameters": {
             "chunk_length": config.chunk_length,
             "shards": config.shards,

@@ -48,7 +48,7 @@ def read_labels(labels_path: str | Path, need_both_classes: bool = False) -> Lab
         if label not in LABELS:
             raise InputError(f"{where}: label {columns[1]!r} is neither 'virus' nor 'other'; use one of those two")
         fasta, identity = listed_file(Path(columns[0]), labels_path)
-        genbank = listed_file(Path(columns[2]), labels_path)[0] if len(columns) == 3 else None
+        genbank = listed_file(Path(columns[2]), labels_path, "GenBank file")[0] if len(columns) == 3 else None
         if identity in seen:
             first = seen[identity]
             if out.labels[first] != label:
@@ -71,3 +71,17 @@ def read_labels(labels_path: str | Path, need_both_classes: bool = False) -> Lab
     for path in out.inputs:
         sniff_fasta(path)
     return out
+
+
+def check_one_label_per_content(inputs: list[str], labels: list[str], sha256s: list[str], labels_path) -> None:
+    """Refuse two inputs of the same content (SHA-256) under the two labels: every frame of it would
+    be trained (or scored) as both 'virus' and 'other', so the classifier could learn nothing from it
+    and the evaluation would count each read as both right and wrong; it is a copy labelled twice
+    by mistake, never a wish. (Listed twice under one path, the same file is refused by read_labels.)"""
+    first: dict[str, int] = {}
+    for index, digest in enumerate(sha256s):
+        earlier = first.setdefault(digest, index)
+        if labels[earlier] != labels[index]:
+            raise InputError(f"{labels_path}: {inputs[index]} ({labels[index]}) has the same content (SHA-256 "
+                             f"{digest[:16]}...) as {inputs[earlier]} ({labels[earlier]}); a sequence cannot be both "
+                             "'virus' and 'other': remove one of the two, or fix its label")

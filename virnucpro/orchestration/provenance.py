@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..atomic import atomic_write_text
+from ..json_files import read_json
 from ..paths import Workdir
 from ..pipeline import stage_names
 from .config import RunConfig
@@ -158,10 +159,10 @@ def stage_timings(state: dict[str, dict[int, ShardState]], config: RunConfig) ->
 def slurm_jobs(workdir: Workdir, timings: dict[str, dict]) -> dict:
     jobs_file = workdir.jobs
     try:
-        submitted = json.loads(jobs_file.read_text(encoding="utf-8"))
+        submitted = read_json(jobs_file)
     except FileNotFoundError:
         submitted = None
-    except ValueError:
+    except (OSError, ValueError):
         submitted = {"unreadable": str(jobs_file)}
     return {"job_ids_by_stage": {stage: t["job_ids"] for stage, t in timings.items() if t["job_ids"]},
             "submitted": submitted}
@@ -229,8 +230,8 @@ def read_provenance(workdir: Workdir) -> dict:
     """provenance.json as recorded. Only its environments and events are carried into the next
     version (the rest is recomputed), so a damaged file, or a damaged one of those two, counts as absent."""
     try:
-        record = json.loads(workdir.provenance.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        record = read_json(workdir.provenance)
+    except (OSError, ValueError):
         return {}
     if not isinstance(record, dict):
         return {}

@@ -29,12 +29,14 @@ from typing import Iterator
 
 from ..atomic import atomic_write_text, open_lock
 from ..errors import StateError
+from ..json_files import JsonFileError, read_json
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 # a folder mtime younger than this at fold time is not trusted to change on the next write
 # (coarse timestamps on some NFS servers; clock skew between nodes)
 SETTLE_NS = 2_000_000_000
 RECORD_NAME = re.compile(r"^(\d+)\.json$")
+MAX_RECORD_BYTES = 4 << 20  # a (stage, shard) record is a few hundred bytes, its error message included
 
 
 @dataclass
@@ -120,14 +122,13 @@ class StateFile:
         return self.records / stage / f"{int(shard)}.json"
 
     def _read_record(self, path: Path | str) -> dict | None:
-        try:
-            with open(path, "rb") as handle:  # a str from the folder scan: no Path per record (10,000s per status)
-                data = json.loads(handle.read())
+        try:  # a str from the folder scan: no Path per record (10,000s per status)
+            data, problem = read_json(path, max_bytes=MAX_RECORD_BYTES), None
         except FileNotFoundError:
             return None
-        except (ValueError, UnicodeDecodeError):
-            data = None
-        problem = "not a JSON object" if not isinstance(data, dict) else record_problem(data)
+        except JsonFileError as exc:
+            data, problem = None, exc.reason
+        problem = problem or ("not a JSON object" if not isinstance(data, dict) else record_problem(data))
         if problem:
             raise StateError(f"{path}: damaged state record ({problem}); delete it (that shard is then run "
                              "again) and run the same command again")
@@ -154,10 +155,10 @@ class StateFile:
     def _shard_counts(self) -> dict[str, int]:
         path = self.records / "shards.json"
         try:
-            counts = json.loads(path.read_text(encoding="utf-8"))
+            counts = read_json(path, max_bytes=MAX_RECORD_BYTES)
         except FileNotFoundError:
             return {}
-        except (ValueError, UnicodeDecodeError):
+        except JsonFileError:
             counts = None
         if not isinstance(counts, dict) or not all(isinstance(v, int) for v in counts.values()):
             raise StateError(f"{path}: damaged; run the same 'run' or 'submit' command again to rewrite it")
@@ -166,10 +167,10 @@ class StateFile:
     def _snapshot(self) -> dict:
         """state.json as last folded; {} when missing or damaged (it is rebuilt from the records)."""
         try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            raw = read_json(self.path)
         except FileNotFoundError:
             return {}
-        except (ValueError, UnicodeDecodeError):
+        except JsonFileError:
             raw = None
         stages = raw.get("stages") if isinstance(raw, dict) else None
         if not isinstance(stages, dict) or not all(isinstance(v, dict) and all(isinstance(e, dict) for e in v.values())

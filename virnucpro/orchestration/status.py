@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import pipeline
+from ..console import StdoutFile, stdout_is_tty
 from ..pipeline import STAGES, stage_names
 from .slurm import format_states, slurm_view
 from .state import DONE, FAILED, PENDING, RUNNING, ShardState, StateFile
@@ -238,11 +239,9 @@ def describe_interruption(stage: str, stop: dict) -> str:
 
 def status_console():
     """stdout; when piped, wide enough that no column is cut (a terminal keeps its own width)."""
-    import sys
-
     from rich.console import Console
 
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    return Console(file=StdoutFile(), highlight=False, width=None if stdout_is_tty() else 200)
 
 
 def watch(workdir, interval: float, console, config=None) -> dict:

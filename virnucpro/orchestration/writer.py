@@ -25,9 +25,11 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text, open_lock
 from ..errors import StateError
+from ..json_files import read_json
 
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 120.0
+MAX_RECORD_BYTES = 64 << 10  # who holds the workdir: a command name, a host, a pid and times
 
 
 def _process_start(pid: int) -> str | None:
@@ -95,8 +97,8 @@ class WorkdirWriter:
 
     def read_record(self) -> dict | None:
         try:
-            record = json.loads(self.record_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+            record = read_json(self.record_path, max_bytes=MAX_RECORD_BYTES)
+        except (OSError, ValueError):
             return None
         return record if isinstance(record, dict) and _record_types_ok(record) else None
 

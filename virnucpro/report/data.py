@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import heapq
 import itertools
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import StateError
+from ..json_files import read_json
 from ..orchestration.config import RunConfig
 from ..orchestration.state import DONE, ShardState, StateFile
 from ..paths import COMPRESSED_SUFFIX, PREDICTION_RESULTS, READS_TABLE, Workdir
@@ -151,7 +151,7 @@ class RunReport:
 def read_prepare_summary(workdir: Workdir) -> dict | None:
     """Prepare's summary (every input, every shard), read once per report (None: prepare has not finished)."""
     try:
-        summary = json.loads(workdir.prepare_summary.read_text(encoding="utf-8"))
+        summary = read_json(workdir.prepare_summary)
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None

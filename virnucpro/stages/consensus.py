@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from .. import console
 from ..atomic import _is_out_of_space, atomic_open, fsync_dir, make_temp_file
 from ..errors import InputError, OutputError, ShardError, StaleInputError
 from ..fasta import _decode_header, fasta_blocks
+from ..json_files import read_json
 from ..orchestration.runner import StageContext
 from ..paths import COMPRESSED_SUFFIX, HIGHEST_SCORE, PREDICTION_RESULTS, READS_TABLE, VIRAL_FASTA
 from ..report import write_report
@@ -200,7 +200,7 @@ def _syncfs(path: Path) -> None:
 
 def read_summary(workdir) -> dict:
     try:
-        return json.loads(workdir.prepare_summary.read_text())
+        return read_json(workdir.prepare_summary)
     except (OSError, ValueError) as exc:
         raise StaleInputError(f"{workdir.prepare_summary}: missing or unreadable ({exc}); the prepare stage will run "
                               "again", "prepare", 0) from None

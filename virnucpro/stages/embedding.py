@@ -36,7 +36,7 @@ from ..engines import warm_up_cpu_math
 from ..errors import ShardError, VirnucproError
 from ..orchestration.runner import ShardInterrupted, StageContext
 from ..direct_io import CongruentBuffers
-from ..storage import ShardCheckpoint, read_shard_frames
+from ..storage import ShardCheckpoint, first_non_finite_row, read_shard_frames
 
 
 # Engine replacements by stage kind ("dnabert", "esm2"): kind -> factory(ctx) returning an object with
@@ -170,9 +170,10 @@ def embed_shard(ctx: StageContext, kind: str, shard: int, sequences_of: Callable
 def require_finite(values: np.ndarray, model, where: str, first_row: int = 0) -> None:
     """A NaN or infinite embedding or score fails the shard, naming the model that produced it
     (a NaN in a model file or its configuration would otherwise call every read 'others')."""
-    if np.isfinite(values).all():  # one reduction per window
+    row = first_non_finite_row(values)
+    if row is None:
         return
-    row = first_row + int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+    row += first_row
     raise ShardError(f"{model}: {where}: frame {row} came out NaN or infinite; the model file holds NaN/inf weights "
                      "or settings, or is not a trained model: replace it (e.g. 'virnucpro-slurm models download')")
 

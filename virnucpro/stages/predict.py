@@ -12,10 +12,10 @@ reads in flight) while the classifier scores this one, and the next shard's ids 
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import InputError, StaleInputError
+from ..json_files import read_json
 from ..orchestration.runner import StageContext
 from ..storage import RowReader, open_matrix, read_ahead, read_frame_ids, write_shard_matrix
 from .embedding import require_finite, resolve_device
@@ -27,7 +27,7 @@ def expected_frames(workdir, shards: list[int]) -> list[int]:
     """Frames prepare wrote into each of these shards (one read of its summary), so a table cut at
     a line end is refused too."""
     try:
-        entries = json.loads(workdir.prepare_summary.read_text())["shards"]
+        entries = read_json(workdir.prepare_summary)["shards"]
         return [int(entries[shard]["frames"]) for shard in shards]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         raise StaleInputError(f"{workdir.prepare_summary}: missing or unreadable; the prepare stage will run again",

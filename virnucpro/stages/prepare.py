@@ -37,8 +37,9 @@ from ..errors import InputError
 from ..orchestration.runner import StageContext
 from ..modelstore.resolve import dnabert_width
 from ..model_facts import KNOWN_WIDTHS
+from ..pipeline import stage_names
 from ..fasta import BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block, rna_warning
-from ..genbank import CodingFrames, cds_translations
+from ..genbank import CodingFrames, build_cds_index, cds_lookup
 from ..sequences import translate_stream
 from ..storage import FRAME_COLUMNS
 
@@ -68,15 +69,16 @@ class BlockResult:
 
 
 def prepare_block(task: tuple[Block, int, int, str | None]) -> BlockResult:
-    """Parse, validate, chunk and translate one block (runs in a worker process); with the
-    input's GenBank file, keep only the frames it annotates as coding (genbank.CodingFrames)."""
-    block, input_index, chunk_length, genbank = task
+    """Parse, validate, chunk and translate one block (runs in a worker process); with the index of
+    the input's GenBank file (genbank.build_cds_index), keep only the frames it annotates as coding
+    (genbank.CodingFrames), looking up only the block's records."""
+    block, input_index, chunk_length, cds_index = task
     reads = parse_block(block)
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts["rna_records"] = reads.rna_records
     spool, table, costs = [], [], []
     prefix = f"{input_index}\t"
-    coding = CodingFrames(cds_translations(genbank), reads, chunk_length) if genbank else None
+    coding = CodingFrames(cds_lookup(cds_index, (i for i, _ in reads)), reads, chunk_length) if cds_index else None
     for batch in translate_stream(reads, chunk_length):
         if coding:
             batch = coding.select(batch)
@@ -154,10 +156,11 @@ def _die_with_parent(parent: int) -> None:
 class InputTotals:
     """What prepare learns about one input file while its blocks go by."""
 
-    def __init__(self, name: str, path: Path):
+    def __init__(self, name: str, path: Path, has_results: bool = True):
         self.counts = {"name": name, "path": str(path), **dict.fromkeys(COUNT_KEYS, 0)}
         self.duplicates = DuplicateIds(path)
         self.path = path
+        self.has_results = has_results  # a prediction or evaluation writes result files per input; a training none
 
     def add(self, result: BlockResult) -> None:
         for key in COUNT_KEYS:
@@ -178,7 +181,8 @@ class InputTotals:
             console.warn(f"{self.path}: {missing} record(s) have no record of the same id in its GenBank file; "
                          "none of their frames is kept")
         if self.counts["frames"] == 0:
-            console.warn(f"{self.path}: no read yields a stop-free frame; its results will be header-only")
+            console.warn(f"{self.path}: no read yields a stop-free frame; "
+                         + ("its results will be header-only" if self.has_results else "it adds no example to the training"))
         return self.counts
 
 
@@ -189,34 +193,35 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
     inputs = [Path(p) for p in config.inputs]
     workers = prepare_workers(sum(p.stat().st_size for p in inputs))
     log.info("prepare: %d input(s), %d worker process(es)", len(inputs), workers)
-    genbank = config.genbank or [None] * len(inputs)
-    tasks = ((block, index, config.chunk_length, genbank[index]) for index, path in enumerate(inputs)
-             for block in fasta_blocks(path, BLOCK_BYTES))
-    results = ordered_map(prepare_block, tasks, workers)
-    # results come in block order, so each input's results are one run (none for an empty file)
-    runs = itertools.groupby(results, key=lambda result: result.input_index)
     costs = bytearray()
     summary = {"inputs": [], "shards": []}
-    with contextlib.closing(results), atomic_open(workdir.frames_spool, "wb") as spool, \
-            console.progress("prepare", len(inputs)) as advance:
-        spool.write(TABLE_HEADER)
-        run_index, run = next(runs, (None, iter(())))
-        for index, path in enumerate(inputs):
-            totals = InputTotals(config.input_names[index], path)
-            with atomic_open(workdir.reads_table(index), "wb") as reads_out:
-                reads_out.write(("\t".join(READS_COLUMNS) + "\n").encode())
-                if run_index == index:
-                    for result in run:
-                        spool.write(result.spool)
-                        reads_out.write(result.reads)
-                        costs += result.costs
-                        totals.add(result)
-                    run_index, run = next(runs, (None, iter(())))
-                summary["inputs"].append(totals.finish())
-            advance(1)
-        check_classes_have_frames(config, summary["inputs"])
-        check_shard_count(config.shards, len(costs) // 2)
-        before_shards()  # inside: if it refuses the models, the spool is never committed
+    has_results = "consensus" in stage_names(config)  # a training writes no result files
+    with genbank_indexes(workdir, config.genbank or [None] * len(inputs)) as cds_indexes:  # removed after the spool
+        tasks = ((block, index, config.chunk_length, cds_indexes[index]) for index, path in enumerate(inputs)
+                 for block in fasta_blocks(path, BLOCK_BYTES))
+        results = ordered_map(prepare_block, tasks, workers)
+        # results come in block order, so each input's results are one run (none for an empty file)
+        runs = itertools.groupby(results, key=lambda result: result.input_index)
+        with contextlib.closing(results), atomic_open(workdir.frames_spool, "wb") as spool, \
+                console.progress("prepare", len(inputs)) as advance:
+            spool.write(TABLE_HEADER)
+            run_index, run = next(runs, (None, iter(())))
+            for index, path in enumerate(inputs):
+                totals = InputTotals(config.input_names[index], path, has_results)
+                with atomic_open(workdir.reads_table(index), "wb") as reads_out:
+                    reads_out.write(("\t".join(READS_COLUMNS) + "\n").encode())
+                    if run_index == index:
+                        for result in run:
+                            spool.write(result.spool)
+                            reads_out.write(result.reads)
+                            costs += result.costs
+                            totals.add(result)
+                        run_index, run = next(runs, (None, iter(())))
+                    summary["inputs"].append(totals.finish())
+                advance(1)
+            check_classes_have_frames(config, summary["inputs"])
+            check_shard_count(config.shards, len(costs) // 2)
+            before_shards()  # inside: if it refuses the models, the spool is never committed
     token_costs = np.frombuffer(bytes(costs), np.uint16)
     summary["shards"] = split_spool(workdir, config.shards, token_costs)
     summary["total_tokens"] = int(token_costs.sum(dtype=np.int64))
@@ -226,6 +231,21 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
     workdir.frames_spool.unlink()
     return {"frames": summary["total_frames"], "tokens": summary["total_tokens"],
             "reads": sum(i["reads"] for i in summary["inputs"]), "workers": workers}
+
+
+@contextlib.contextmanager
+def genbank_indexes(workdir, genbank: list[str | None]) -> Iterator[list[str | None]]:
+    """Per input, the index of its GenBank file, or None: each file parsed once, here, whatever the
+    number of workers (genbank.build_cds_index); the indexes are removed when the block ends."""
+    built: dict[str, str] = {}
+    try:
+        for path in filter(None, genbank):
+            if path not in built:
+                built[path] = str(build_cds_index(path, workdir.prepare_dir / f"cds-{len(built):04d}.sqlite"))
+        yield [built[path] if path else None for path in genbank]
+    finally:
+        for index in built.values():
+            Path(index).unlink(missing_ok=True)
 
 
 def check_classes_have_frames(config, inputs: list[dict]) -> None:

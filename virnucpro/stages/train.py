@@ -60,7 +60,7 @@ def open_stage(ctx):
         try:
             trained = fit(shard_sources(workdir, config), labels_by_input(config), config.holdout, config.seed,
                           (workdir.training_checkpoint, workdir.training_state), device, ctx.stop_requested,
-                          console.info, RECIPE or ORIGINAL)
+                          console.info, RECIPE or ORIGINAL, warn=console.warn)
         except TrainingInterrupted as stop:
             raise ShardInterrupted({"epoch": stop.epoch + 1, "batch": stop.batch}) from None
         write_classifier(workdir.classifier_weights, workdir.classifier_meta, trained, classifier_metadata(config))

@@ -10,7 +10,9 @@ dropout masks and, on CPU, ends with bitwise the weights of an uninterrupted run
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,14 +21,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_text, fsync_dir
 from ..engines.classifier import MLPClassifier
 from ..errors import InputError
 from ..evaluation.metrics import binary_metrics
+from ..json_files import parse_json
 from .recipe import ORIGINAL, Recipe
 from .rows import CLASS_NAMES, EMBEDDINGS, RowIndex, RowStream, ShardSource
 
 CHECKPOINT_FORMAT = "virnucpro-training-checkpoint"
+CHECKPOINT_VERSION = 2  # 2: with the SHA-256 of its content (a version-1 checkpoint is set aside)
+HISTORY_FIELDS = ("epoch", "train_loss", "held_out_loss", "learning_rate")  # of each epoch, in this order
 HELD_OUT_BATCH = 1024  # rows scored at once on the held-out side (does not change the result)
 
 
@@ -69,6 +74,7 @@ class _Training:
     """The model, optimizer, scheduler and progress of one training, and its checkpoint."""
 
     def __init__(self, index: RowIndex, recipe: Recipe, seed: int, holdout: float, labels: list, device: str):
+        self._arguments = (index, recipe, seed, holdout, labels, device)  # a fresh start after a failed resume
         self.recipe, self.device = recipe, torch.device(device)
         self.model = new_model(index.width, recipe, seed).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=recipe.learning_rate, momentum=recipe.momentum)
@@ -93,30 +99,40 @@ class _Training:
         tensors["rng.cpu"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        state = {"format": CHECKPOINT_FORMAT, "version": 1, "data": self.data, **self.progress,
+        state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "data": self.data, **self.progress,
                  "optimizer_groups": optimizer["param_groups"], "scheduler": self.scheduler.state_dict()}
         text = json.dumps(state, sort_keys=True)
-        atomic_write_bytes(checkpoint, save(tensors, metadata={"state": text}))
+        atomic_write_bytes(checkpoint, save(tensors, metadata={"state": text, "sha256": checkpoint_sha256(text, tensors)}))
         atomic_write_text(readable, json.dumps(state, indent=1, sort_keys=True) + "\n")
 
-    def resume(self, checkpoint: Path, log: Callable[[str], None]) -> bool:
-        """Take up the checkpoint when it is of this training; False (starting over) otherwise."""
-        from safetensors import safe_open
-
+    def resume(self, checkpoint: Path, log: Callable[[str], None], warn: Callable[[str], None]) -> bool:
+        """Take up the checkpoint when it is of this training; False (starting over) otherwise. A
+        damaged one (unreadable, its checksum wrong, or not fitting the model) is set aside, renamed
+        beside it, so that it is neither resumed into a different classifier nor met again."""
         if not checkpoint.is_file():
             return False
         try:
-            with safe_open(str(checkpoint), framework="pt") as handle:
-                state = json.loads(handle.metadata()["state"])
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except Exception as exc:  # a damaged checkpoint costs the training done, nothing else
-            log(f"{checkpoint}: unreadable checkpoint ({type(exc).__name__}); training starts over")
+            state, tensors = read_checkpoint(checkpoint)
+        except DamagedCheckpoint as damage:
+            set_aside(checkpoint, str(damage), warn)
             return False
         if state.get("format") != CHECKPOINT_FORMAT or state.get("data") != self.data:
             log(f"{checkpoint}: made from other data or another recipe; training starts over")
             return False
+        try:
+            self._take_up(state, tensors)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:  # checksummed, but not of this model
+            self.__init__(*self._arguments)  # undo what was taken up: the fresh start of an uninterrupted training
+            set_aside(checkpoint, f"does not fit the model ({type(exc).__name__})", warn)
+            return False
+        return True
+
+    def _take_up(self, state: dict, tensors: dict) -> None:
         self.model.load_state_dict(_prefixed(tensors, "model."))
-        self.best = _prefixed(tensors, "best.")
+        best = _prefixed(tensors, "best.")
+        if best.keys() != self.best.keys() or any(best[k].shape != self.best[k].shape for k in best):
+            raise KeyError("best")
+        self.best = best
         momentum: dict = {}
         for key, value in _prefixed(tensors, "optimizer.").items():
             number, name = key.split(".", 1)
@@ -126,8 +142,11 @@ class _Training:
         torch.set_rng_state(tensors["rng.cpu"])
         if self.device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self.progress = {key: state[key] for key in self.progress}
-        return True
+        progress = {key: state[key] for key in self.progress}
+        # the checkpoint's JSON has its keys sorted: each epoch's entry back in the order an
+        # uninterrupted training writes it, so classifier.json is the same bytes either way
+        progress["history"] = [{key: entry[key] for key in HISTORY_FIELDS} for entry in progress["history"]]
+        self.progress = progress
 
     # ------------------------------------------------------------ epochs
 
@@ -171,8 +190,8 @@ class _Training:
         (its weights kept); `patience` epochs in a row without one stop the training. True: stop."""
         progress = self.progress
         epoch = progress["epoch"] + 1
-        progress["history"].append({"epoch": epoch, "train_loss": train_loss, "held_out_loss": held_out_loss,
-                                    "learning_rate": self.optimizer.param_groups[0]["lr"]})
+        progress["history"].append(dict(zip(HISTORY_FIELDS, (epoch, train_loss, held_out_loss,
+                                                             self.optimizer.param_groups[0]["lr"]))))
         if progress["best_loss"] is None or held_out_loss <= progress["best_loss"]:
             progress.update(best_loss=held_out_loss, best_epoch=epoch, epochs_without_improvement=0)
             self.best = _cpu_state(self.model)
@@ -186,6 +205,56 @@ class _Training:
         return stop
 
 
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be resumed: why, in words."""
+
+
+def checkpoint_sha256(state_text: str, tensors: dict) -> str:
+    """SHA-256 of a checkpoint's content: its state JSON and every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(state_text.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"\n{name} {tensor.dtype} {list(tensor.shape)}\n".encode())
+        digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(state, tensors) of a checkpoint whose checksum holds; DamagedCheckpoint otherwise."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises several types for a cut or garbled file
+        raise DamagedCheckpoint(f"unreadable ({type(exc).__name__})") from None
+    text, recorded = metadata.get("state"), metadata.get("sha256")
+    if not isinstance(text, str) or not isinstance(recorded, str):
+        raise DamagedCheckpoint("no state or no checksum (damaged, or written by an earlier version)")
+    if checkpoint_sha256(text, tensors) != recorded:
+        raise DamagedCheckpoint("its content does not match its checksum")
+    try:
+        state = parse_json(text, path)
+    except ValueError:
+        raise DamagedCheckpoint("its state is not JSON") from None
+    if not isinstance(state, dict):
+        raise DamagedCheckpoint("its state is not a JSON object")
+    return state, tensors
+
+
+def set_aside(checkpoint: Path, why: str, log: Callable[[str], None]) -> Path:
+    """Rename a damaged checkpoint beside itself (never over an earlier one) and say so."""
+    number, aside = 1, checkpoint.with_name(f"{checkpoint.name}.damaged")
+    while aside.exists():
+        number += 1
+        aside = checkpoint.with_name(f"{checkpoint.name}.damaged-{number}")
+    os.replace(checkpoint, aside)
+    fsync_dir(checkpoint.parent)
+    log(f"{checkpoint}: damaged checkpoint ({why}); set aside as {aside.name}, training starts over")
+    return aside
+
+
 def _cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -196,14 +265,16 @@ def _prefixed(tensors: dict, prefix: str) -> dict:
 
 def fit(sources: Sequence[ShardSource], labels_by_input: Sequence[int], holdout: float, seed: int,
         checkpoint: tuple[Path, Path], device: str, stop_requested: Callable[[], bool],
-        log: Callable[[str], None], recipe: Recipe = ORIGINAL) -> TrainedClassifier:
+        log: Callable[[str], None], recipe: Recipe = ORIGINAL,
+        warn: Callable[[str], None] | None = None) -> TrainedClassifier:
     """Train on the rows of these shards (label per input: 1 virus, 0 other), holding out the
     `holdout` fraction of reads; resume from `checkpoint` (safetensors, json) when it is of the same
-    data and recipe. Raises TrainingInterrupted, after saving the checkpoint, when `stop_requested()`
-    at a batch boundary; InputError when a class is missing from the data or from a side of the split."""
+    data and recipe (a damaged one is set aside, said through `warn`, default `log`). Raises
+    TrainingInterrupted, after saving the checkpoint, when `stop_requested()` at a batch boundary;
+    InputError when a class is missing from the data or from a side of the split."""
     index = RowIndex(sources, labels_by_input, seed, holdout)
     training = _Training(index, recipe, seed, holdout, [int(label) for label in labels_by_input], device)
-    if training.resume(checkpoint[0], log):
+    if training.resume(checkpoint[0], log, warn or log):
         log(f"resuming at epoch {training.progress['epoch'] + 1}, batch {training.progress['batch']}")
     log(f"{index.training_rows} training and {index.held_out_rows} held-out frames, "
         f"{index.width} features ({' + '.join(f'{k} {index.widths[k]}' for k in EMBEDDINGS)})")

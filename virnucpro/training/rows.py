@@ -37,7 +37,7 @@ import xxhash
 from ..classifier_meta import CLASS_NAMES
 from ..direct_io import READS_IN_FLIGHT, DirectReader, staging_buffers
 from ..errors import InputError, StaleInputError
-from ..storage import open_matrix, read_shard_frames
+from ..storage import first_non_finite_frame, first_non_finite_row, open_matrix, read_shard_frames
 
 BLOCK_ROWS = 256  # rows read at once from one shard (3.4 MB at 3328 float32 values)
 WINDOW_BLOCKS = 8  # blocks whose rows are shuffled together (2048 rows, 27 MB at 3328 float32)
@@ -214,13 +214,20 @@ class _Files:
             return reader
 
     def read_all(self, reads: list) -> None:
-        """Every (matrix, start row, end row, out array, producer) read, READS_IN_FLIGHT at once."""
+        """Every (matrix, start row, end row, out array, kind, shard source) read, READS_IN_FLIGHT at once."""
         for done in [self.pool.submit(self._read, *read) for read in reads]:
             done.result()
 
-    def _read(self, matrix: _Matrix, start: int, stop: int, out: np.ndarray, producer: tuple) -> None:
+    def _read(self, matrix: _Matrix, start: int, stop: int, out: np.ndarray, kind: str, source: ShardSource) -> None:
         """Rows [start, stop) into `out` (float32, the embedding's columns of wider rows: float16
-        is widened as it is copied out of the staging buffer)."""
+        is widened as it is copied out of the staging buffer). A NaN or infinite value is refused
+        before any batch holds it (a NaN loss would be kept as the best epoch's)."""
+        producer = (kind, source.shard)
+        self._read_rows(matrix, start, stop, out, producer)
+        if first_non_finite_row(out) is not None:
+            raise non_finite_rows(matrix.path, kind, source)
+
+    def _read_rows(self, matrix: _Matrix, start: int, stop: int, out: np.ndarray, producer: tuple) -> None:
         try:
             if matrix.offset is None:  # not written by this package: through HDF5
                 with h5py.File(matrix.path, "r") as h5:
@@ -292,7 +299,7 @@ class RowStream:
             for kind in EMBEDDINGS:
                 width = self.index.widths[kind]
                 reads.append((shard.matrices[kind], start, stop, window[row:row + stop - start, column:column + width],
-                              (kind, shard.source.shard)))
+                              kind, shard.source))
                 column += width
             row += stop - start
         self.files.read_all(reads)
@@ -367,6 +374,16 @@ class RowStream:
         for features, labels in self._windows(jobs):
             for begin in range(0, len(labels), rows_per_batch):
                 yield features[begin:begin + rows_per_batch], labels[begin:begin + rows_per_batch]
+
+
+def non_finite_rows(path: Path, kind: str, source: ShardSource) -> StaleInputError:
+    """The refusal of an embedding file holding a NaN or infinite value, naming its first such frame.
+    The embedding stages refuse such values as they compute them, so the file was changed since:
+    that stage runs again for the shard."""
+    row = first_non_finite_frame(path)
+    frame = read_shard_frames(source.frames).frame_ids[row] if row is not None else "?"
+    return StaleInputError(f"{path}: frame {frame} (row {row}) holds NaN or infinite values, which no training can "
+                           f"use; the {kind} stage will run again for shard {source.shard}", kind, source.shard)
 
 
 def _runs(held_out: np.ndarray) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ from typing import Iterator
 
 from ...atomic import atomic_write_text
 from ...errors import VirnucproError
+from ...json_files import JsonFileError, read_json
 from ...paths import Workdir
 from ...pipeline import STAGE, STAGES
 from ..state import exclusive_lock
@@ -62,11 +63,12 @@ def _problem(data) -> str | None:
 
 def load_jobs(workdir: Workdir) -> dict:
     try:
-        data = json.loads(workdir.jobs.read_text(encoding="utf-8"))
+        data = read_json(workdir.jobs)
     except FileNotFoundError:
         return {"submissions": []}
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise VirnucproError(f"{workdir.jobs}: unreadable ({exc}); cancel its jobs by hand with scancel") from None
+    except (OSError, JsonFileError) as exc:
+        reason = exc.reason if isinstance(exc, JsonFileError) else exc.strerror or exc
+        raise VirnucproError(f"{workdir.jobs}: unreadable ({reason}); cancel its jobs by hand with scancel") from None
     problem = _problem(data)
     if problem:
         raise VirnucproError(f"{workdir.jobs}: damaged ({problem}); nothing was passed to SLURM: cancel this "

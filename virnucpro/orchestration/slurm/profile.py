@@ -56,6 +56,11 @@ OWNED_SBATCH_OPTIONS = frozenset({
     "job-name", "partition", "time", "cpus-per-task", "mem", "account", "qos", "dependency", "array", "output",
     "error", "chdir", "signal", "kill-on-invalid-dep", "requeue", "gres", "nodes", "open-mode", "wckey",
     "mem-per-cpu", "mem-per-gpu"})
+# Options of the sbatch command rather than of the job: --wrap would submit its command instead of the
+# stage script, --wait block the submission, --parsable and --test-only change what sbatch prints
+# (submitit reads the job id from it), --hold keep every task waiting for a release nobody sends.
+COMMAND_SBATCH_OPTIONS = frozenset({"wrap", "wait", "parsable", "test-only", "hold", "help", "usage", "version",
+                                    "export-file", "ignore-pbs"})
 # A profile is a few lines of settings; the cap (and refusing YAML aliases) keeps a hostile file
 # from expanding into gigabytes while it is parsed.
 MAX_PROFILE_BYTES = 64 << 10
@@ -85,7 +90,7 @@ def load_profile(spec: str | None) -> tuple[dict, str]:
     import yaml
 
     try:
-        data = yaml.safe_load(_profile_text(path)) or {}
+        data = yaml.load(_profile_text(path), Loader=_unique_keys_loader()) or {}
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}" if where else ""
@@ -94,6 +99,25 @@ def load_profile(spec: str | None) -> tuple[dict, str]:
         raise InputError(f"{path}: a SLURM profile must be a mapping of settings (see slurm_templates/example-site.yaml)")
     merge_settings(profile, data, str(path))
     return profile, str(path)
+
+
+def _unique_keys_loader():
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
+    silently: a `partition:` further down would win without a word)."""
+    import yaml
+
+    class UniqueKeysLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r:.60} is given twice in one mapping; keep one", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeysLoader
 
 
 def _profile_text(path: Path) -> str:
@@ -151,6 +175,12 @@ def sbatch_option(key, value, origin: str) -> str:
     if not isinstance(key, str) or not _SBATCH_OPTION.fullmatch(key):
         raise InputError(f"{origin}: sbatch option name {key!r:.80} is not an sbatch long option (letters, digits, '-'); "
                          "write it as in `sbatch --help`, without the leading '--'")
+    if len(key) < 2:
+        raise InputError(f"{origin}: sbatch.{key} is a one-letter (short) option; write the long option as in "
+                         "`sbatch --help` (e.g. 'constraint', not 'C')")
+    if key.replace("_", "-") in COMMAND_SBATCH_OPTIONS:
+        raise InputError(f"{origin}: sbatch.{key} changes what sbatch itself does (the script it submits, whether "
+                         "it waits, what it prints), not the job's resources; virnucpro decides those: remove it")
     if key.replace("_", "-") in OWNED_SBATCH_OPTIONS:
         raise InputError(f"{origin}: sbatch.{key} is written by virnucpro itself (array, logs, resources, dependencies); "
                          "use the profile's settings (partition, account, qos, gres_name, stages.STAGE.time/mem/cpus)")
@@ -175,7 +205,11 @@ def validate_setting(label: str, kind: str, value, origin: str):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{origin}: {label} must be a positive whole number, not {value!r}")
     elif kind == "preamble":
-        value = "\n".join(value) if isinstance(value, list) else str(value)
+        lines = value if isinstance(value, list) else [value]
+        if not all(isinstance(line, str) for line in lines):
+            raise InputError(f"{origin}: {label} must be shell text or a list of lines of text, not {value!r:.80}; "
+                             "quote lines YAML reads as numbers or true/false")
+        value = "\n".join(lines)
     elif kind in ("partition", "cpu_partition", "account", "qos", "gres_name"):
         value = str(value)
         if not _NAME.fullmatch(value):
