@@ -44,7 +44,8 @@ def register(subparsers, add_common, add_run_options) -> None:
         "report", help="write an HTML report (W/report/index.html) and W/provenance.json for a run",
         description="Summarise a run, finished or not: virus scores per frame and per read, read calls, "
                     "chunks and frames per read, frames lost to stop codons, and per stage wall time, "
-                    "throughput, requeues and failures. The page is self-contained and opens offline.",
+                    "throughput, requeues and failures; of a training run: loss per epoch, held-out metrics, "
+                    "frames per class and input, the recipe. The page is self-contained and opens offline.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  virnucpro-slurm report --workdir W\n  xdg-open W/report/index.html")
     report.add_argument("--workdir", "-w", type=Path, required=True, help="the run's workdir")

@@ -105,22 +105,13 @@ class InputTally:
 
 
 def open_stage(ctx: StageContext):
+    from ..report import finish_report
+
     def process(shard: int) -> dict:
         totals = consensus(ctx, ctx.config.min_score)
-        finish_report(ctx, totals)
+        finish_report(ctx, "consensus", totals)
         return totals
     return process
-
-
-def finish_report(ctx: StageContext, totals: dict) -> None:
-    """The final stage writes the run's report and provenance; the results stand even if that fails."""
-    from ..report import write_report
-
-    try:
-        write_report(ctx.workdir, ctx.config, completing={"consensus": totals}, event="consensus")
-    except Exception as exc:  # a report problem (fonts, disk) must not fail a finished run's results
-        console.warn(f"report not written ({type(exc).__name__}: {exc}); "
-                     f"run 'virnucpro-slurm report --workdir {ctx.workdir.root}'")
 
 
 GZIP_LEVEL = 6  # gzip's own default: most of level 9's size at a fraction of its time
