@@ -33,7 +33,7 @@ def test_every_read_names_its_genome_and_place_as_the_readme_says(example_inputs
             accessions.add(accession)
         (accession,) = accessions  # one genome per input
         assert f"`{path.name}`" in readme and accession in readme
-    assert "meaningless" in readme and "make_example.py" in readme and "Biopython" in readme
+    assert "meaningless" in readme and "bench/example_reads.py" in readme and "Biopython" in readme
 
 
 def test_example_reads_have_the_frame_statistics_of_real_dna(example_inputs, tmp_path):

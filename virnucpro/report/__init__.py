@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from .. import console
+from ..atomic import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 from ..orchestration.config import RunConfig
+from ..orchestration.provenance import update_provenance
+from ..orchestration.state import exclusive_lock
 from ..paths import REPORT_INDEX as INDEX  # noqa: F401 (the page's name, for callers)
 from ..paths import Workdir
 from ..pipeline import PREDICTION, TRAINING
+from . import page
+from .data import gather, gather_training, load_state
 
 STAGES_PNG = "stages.png"
 LOSS_PNG, FRAMES_PNG = "training.loss.png", "training.frames.png"  # a training run's figures
@@ -30,10 +35,6 @@ def write_report(workdir: Workdir, config: RunConfig | None = None, completing: 
                  event: str = "report") -> Path:
     """Gather, draw and write the report; `completing` names a stage (and its metrics) that is
     finishing in this very process, so the report does not show it as still running."""
-    from ..atomic import remove_stale_temp_files
-    from ..orchestration.state import exclusive_lock
-    from .data import gather, gather_training, load_state
-
     config = config or RunConfig.load(workdir)
     state = load_state(workdir, completing)
     training = getattr(config, "kind", PREDICTION) == TRAINING
@@ -48,8 +49,6 @@ def write_report(workdir: Workdir, config: RunConfig | None = None, completing: 
 def finish_report(ctx, stage: str, metrics: dict) -> None:
     """The run's last stage (consensus, train) writes its report and provenance; the stage's results
     stand even if that fails."""
-    from .. import console
-
     try:
         write_report(ctx.workdir, ctx.config, completing={stage: metrics}, event=stage)
     except Exception as exc:  # a report problem (fonts, disk) must not fail a finished run's results
@@ -58,8 +57,7 @@ def finish_report(ctx, stage: str, metrics: dict) -> None:
 
 
 def _write_files(workdir: Workdir, config: RunConfig, state, report, event: str) -> Path:
-    from ..provenance import update_provenance
-    from . import figures, page
+    from . import figures  # matplotlib: only when a report is drawn
 
     drawn: dict[int, dict[str, bytes]] = {}
     for stats in report.inputs[:MAX_INPUT_FIGURES]:
@@ -77,8 +75,7 @@ def _write_files(workdir: Workdir, config: RunConfig, state, report, event: str)
 
 
 def _write_training_files(workdir: Workdir, config: RunConfig, state, report, event: str) -> Path:
-    from ..provenance import update_provenance
-    from . import figures, page
+    from . import figures  # matplotlib: only when a report is drawn
 
     drawn = {name: draw(report) for name, draw in ((LOSS_PNG, figures.training_loss_figure),
                                                     (FRAMES_PNG, figures.training_frames_figure),

@@ -22,8 +22,8 @@ from ..errors import StateError
 from ..orchestration.config import RunConfig
 from ..orchestration.state import DONE, ShardState, StateFile
 from ..paths import COMPRESSED_SUFFIX, PREDICTION_RESULTS, READS_TABLE, Workdir
+from ..orchestration.provenance import stage_timings
 from ..pipeline import is_done
-from ..provenance import stage_timings
 
 SCORE_BINS = np.linspace(0.0, 1.0, 41)
 # A float32 score is binned as the number its text in prediction_results.txt reads back as

@@ -31,6 +31,7 @@ from ..errors import InputError, OutputError, ShardError, StaleInputError
 from ..fasta import _decode_header, fasta_blocks
 from ..orchestration.runner import StageContext
 from ..paths import COMPRESSED_SUFFIX, HIGHEST_SCORE, PREDICTION_RESULTS, READS_TABLE, VIRAL_FASTA
+from ..report import finish_report
 from ..storage import read_frame_ids, read_matrix
 from .prepare import READS_COLUMNS
 
@@ -105,8 +106,6 @@ class InputTally:
 
 
 def open_stage(ctx: StageContext):
-    from ..report import finish_report
-
     def process(shard: int) -> dict:
         totals = consensus(ctx, ctx.config.min_score)
         finish_report(ctx, "consensus", totals)

@@ -12,13 +12,14 @@ from __future__ import annotations
 from .. import console
 from ..modelstore.demo import DEMO_KEY, DEMO_VALUE
 from ..pipeline import ShardInterrupted
+from ..report import finish_report
 from .embedding import resolve_device
 
 RECIPE = None  # None: the original recipe (training.recipe.ORIGINAL); tests shorten it here
 
 
 def shard_sources(workdir, config) -> list:
-    from ..training import ShardSource
+    from ..training import ShardSource  # torch: only when a training reads its shards
 
     return [ShardSource(workdir.shard_frames(k), workdir.embeddings("dnabert", k), workdir.embeddings("esm2", k), k)
             for k in range(config.shards)]
@@ -51,8 +52,7 @@ def classifier_metadata(config) -> dict:
 
 
 def open_stage(ctx):
-    from ..report import finish_report
-    from ..training import ORIGINAL, TrainingInterrupted, fit, write_classifier
+    from ..training import ORIGINAL, TrainingInterrupted, fit, write_classifier  # torch: when the stage opens
 
     config, workdir = ctx.config, ctx.workdir
     device = resolve_device(config.device)

@@ -1,6 +1,6 @@
-"""Cut the bundled example reads from two real public genomes (see README.md in this folder).
+"""Cut the bundled example reads from two real public genomes (virnucpro/data/example/README.md).
 
-    python virnucpro/data/example/make_example.py BIOPYTHON_SOURCE [OUT_DIR]
+    python bench/example_reads.py BIOPYTHON_SOURCE [OUT_DIR]   (OUT_DIR: virnucpro/data/example)
 
 BIOPYTHON_SOURCE is an unpacked biopython source distribution (1.88 was used):
     pip download --no-deps --no-binary :all: biopython==1.88 -d SRC && tar xzf SRC/biopython-1.88.tar.gz -C SRC
@@ -28,6 +28,7 @@ from Bio import SeqIO
 
 from virnucpro.sequences import Read, frames_of_read
 
+EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "virnucpro" / "data" / "example"
 SEED = 30
 LINE = 60
 AMBIGUITY = "NRYKMSW"
@@ -106,7 +107,7 @@ def main(argv: list[str]) -> None:
     if len(argv) not in (1, 2):
         sys.exit(__doc__)
     source = Path(argv[0])
-    out = Path(argv[1]) if len(argv) == 2 else Path(__file__).parent
+    out = Path(argv[1]) if len(argv) == 2 else EXAMPLE_DIR
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(SEED)
     genomes = {}
