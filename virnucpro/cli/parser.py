@@ -371,7 +371,8 @@ def _add_submit_and_cancel(sub) -> None:
     slurm = submit.add_argument_group("SLURM (flags override the --profile, which overrides the defaults)")
     slurm.add_argument("--profile", metavar="YAML|NAME", help="site profile, e.g. slurm_templates/example-site.yaml")
     slurm.add_argument("--partition", help="partition of the GPU stages (dnabert, esm2)")
-    slurm.add_argument("--cpu-partition", help="partition of the stages that need no GPU: prepare, predict, consensus, evaluate, and all stages with --device cpu (default: --partition)")
+    slurm.add_argument("--cpu-partition", help="partition of the stages that need no GPU: prepare, predict, consensus, "
+                                               "evaluate, and every stage with --device cpu (default: --partition)")
     slurm.add_argument("--account", help="account to charge the jobs to (sbatch --account)")
     slurm.add_argument("--qos", help="quality of service of the jobs (sbatch --qos)")
     slurm.add_argument("--gres-name", help="GPU gres as in --gres=NAME:N (default gpu; e.g. gpu:a100)")
