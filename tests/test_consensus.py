@@ -1,6 +1,9 @@
 """Output files byte for byte, from hand-chosen scores (ties included), through the real stages."""
 
 import gzip
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -182,6 +185,22 @@ def test_multiqc_custom_content_header_and_table(tmp_path):
     assert rows == [["Sample", "reads", "bases", "chunks", "frames", "reads_without_frames", "viral_reads", "viral_percent"],
                     ["a", "3", "40", "3", "9", "1", "1", "33.33"],
                     ["b", "1", "9", "1", "0", "1", "0", "0.00"]]
+
+
+def test_multiqc_shows_every_column_of_the_summary(tmp_path):
+    """Issue 30 item 8: MultiQC (1.35) showed only '% viral'; it shows only the columns the
+    `headers:` block names. The real multiqc (the test extra) on a results folder."""
+    workdir = _run(tmp_path, 2, min_score=0.55)
+    done = subprocess.run([sys.executable, "-m", "multiqc", str(workdir.results), "-o", str(tmp_path / "mqc"), "--no-ai",
+                           "--quiet", "--no-version-check"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "mqc" / "multiqc_data" / "multiqc_data.json").read_text())
+    (dataset,) = data["report_plot_data"]["virnucpro_table"]["datasets"]
+    text = workdir.multiqc_summary.read_text()
+    columns = next(line for line in text.splitlines() if not line.startswith("#")).split("\t")[1:]
+    assert list(dataset["header_by_metric"]) == [f"virnucpro-{column}" for column in columns]  # all, in order
+    titles = [header["title"] for header in dataset["header_by_metric"].values()]
+    assert "% viral" in titles and "Reads without frames" in titles
 
 
 def test_compress_gzips_the_result_files_reproducibly_and_a_change_redoes_consensus_only(tmp_path):

@@ -12,7 +12,8 @@ import yaml
 from virnucpro.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-MANUALS = [ROOT / "README.md", ROOT / "bench" / "README.md", ROOT / "tests" / "slurm" / "README.md"]
+MANUALS = [ROOT / "README.md", ROOT / "bench" / "README.md", ROOT / "tests" / "slurm" / "README.md",
+           ROOT / "virnucpro" / "data" / "example" / "README.md"]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 # CFF 1.2.0's patterns for these fields (schema.json of citation-file-format)

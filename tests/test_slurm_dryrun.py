@@ -84,6 +84,24 @@ def test_dry_run_without_slurm_on_path_writes_quoted_scripts_and_changes_no_stat
         assert "without --dry-run" in shown.stderr and "start a run with" not in shown.stderr
 
 
+def test_device_cpu_puts_the_embedding_arrays_on_the_cpu_partition_without_gpus(demo_models, example_inputs, tmp_path):
+    """Issue 30 item 6: `submit --device cpu` asked for --gres=gpu:1 on the GPU partition for
+    dnabert and esm2, holding GPUs idle while the tasks computed on the CPU."""
+    workdir = tmp_path / "w"
+    result = subprocess.run([sys.executable, "-m", "virnucpro.cli", "submit", str(example_inputs), "--models", str(demo_models),
+                             "--workdir", str(workdir), "--partition", "gpu", "--cpu-partition", "cpu", "--shards", "3",
+                             "--device", "cpu", "--gpus-per-task", "2", "--max-parallel-gpus", "2", "--dry-run"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    options = {s: sbatch_options((workdir / "slurm" / "dry-run" / f"{s}.sh").read_text()) for s in STAGES}
+    for stage in STAGES:
+        assert options[stage]["partition"] == "cpu" and "gres" not in options[stage], (stage, options[stage])
+    for stage, cpus in (("dnabert", "4"), ("esm2", "8")):  # per-GPU resources not multiplied by --gpus-per-task
+        assert options[stage]["cpus-per-task"] == cpus and options[stage]["array"] == "0-2%3"  # no GPU cap either
+    assert options["esm2"]["dependency"] == "afterok:PREPARE_JOB_ID"  # no wait for dnabert's GPUs to be freed
+    assert options["dnabert"]["requeue"] is True  # still checkpointed and requeued on preemption
+
+
 def test_submit_without_sbatch_is_a_one_line_error(demo_models, example_inputs, tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "virnucpro.cli", "submit", str(example_inputs), "--models", str(demo_models),

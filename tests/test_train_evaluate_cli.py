@@ -2,8 +2,11 @@
 learnably (GC content) through the demo models, the 150-bp chunk length, the classifier written as
 safetensors + json and read back by `evaluate` and `run` without unpickling anything."""
 
+import html
 import json
 import random
+import re
+import shutil
 import subprocess
 import sys
 
@@ -55,6 +58,89 @@ def test_train_writes_a_classifier_of_the_original_recipe_split_by_read(trained)
     # trained on demo models' embeddings: it is a demo model too, and says so
     assert is_demo_model(root / "T" / "classifier" / "classifier.safetensors")
     assert "MEANINGLESS" in done.stderr + done.stdout
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TRAINING_FIGURES = {"training.loss.png", "training.frames.png", "stages.png"}
+
+
+def page_text(index) -> str:
+    """The page's text (tags, styles and embedded images left out), white space collapsed."""
+    page = re.sub(r"<style>.*?</style>|src=\"data:[^\"]*\"", "", index.read_text(), flags=re.S)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+
+
+def assert_training_report(workdir):
+    """Issue 30 item 7: a training's own report: loss per epoch, held-out metrics, frames per class
+    and input, the recipe; only its own figures beside it."""
+    meta = json.loads((workdir / "classifier" / "classifier.json").read_text())
+    prepared = json.loads((workdir / "prepare" / "summary.json").read_text())["inputs"]
+    report = workdir / "report"
+    assert {p.name for p in report.iterdir()} == {"index.html", *TRAINING_FIGURES}
+    assert all((report / name).read_bytes().startswith(PNG_MAGIC) for name in TRAINING_FIGURES)
+    page = (report / "index.html").read_text()
+    assert re.findall(r"<h2>(.*?)</h2>", page) == ["Summary", "Loss per epoch", "Held-out metrics", "Training data",
+                                                   "Recipe", "Stages", "Run"]
+    assert page.count('src="data:image/png;base64,') == 3 and "DEMO MODELS" in page and "Training complete." in page
+    text = page_text(report / "index.html")
+    assert f"epochs trained {meta['epochs']} (stopped by" in text and f"best epoch (its weights kept) {meta['best_epoch']}" in text
+    assert f"accuracy {meta['held_out_metrics']['accuracy']:.4f}" in text
+    rows = meta["rows"]
+    for entry, label in zip(prepared, ("virus", "other")):  # frames per input, and per class on each side
+        assert f"{entry['name']} {label} - {entry['reads']} {entry['chunks']} {entry['frames']:,}" in text
+        assert f"{label} {entry['frames']:,} {rows[f'training_{label}']:,} {rows[f'held_out_{label}']:,}" in text
+    assert "learning_rate 0.0002" in text and "patience 5" in text and f"seed {meta['seed']}" in text
+    assert re.search(r"device dnabert \w+; esm2 \w+; train \w+ ", text)  # what the train stage ran on
+
+
+def test_train_writes_a_training_report_and_report_rewrites_it(trained):
+    root, done = trained
+    assert done.returncode == 0, done.stderr
+    workdir = root / "T"
+    assert_training_report(workdir)
+    shutil.rmtree(workdir / "report")
+    # `report -w T` crashed (KeyError 'predict') and left the prediction report's PNGs without an index.html
+    again = cli("report", "-w", workdir, cwd=root)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert_training_report(workdir)
+
+
+def test_report_of_a_stopped_training_shows_the_epochs_so_far(trained, tmp_path):
+    from virnucpro.orchestration.state import StateFile
+    from virnucpro.paths import Workdir
+
+    root, done = trained
+    assert done.returncode == 0, done.stderr
+    workdir = tmp_path / "T"
+    shutil.copytree(root / "T", workdir)
+    paths = Workdir(workdir)
+    StateFile(paths.state, paths.state_lock).mark_interrupted("train", 0, {"epoch": 3, "batch": 0})
+    progress = json.loads((workdir / "training" / "checkpoint.json").read_text())
+    shown = cli("report", "-w", workdir, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    text = page_text(workdir / "report" / "index.html")
+    assert f"Training in progress or stopped: {len(progress['history'])} epoch(s) finished" in text
+    assert "Held-out metrics Known when the training has finished." in text
+
+
+@pytest.mark.browser
+def test_training_report_renders_in_chromium_without_console_errors(trained):
+    from selenium.webdriver.common.by import By
+    from test_report import chrome_or_skip
+
+    root, done = trained
+    assert done.returncode == 0, done.stderr
+    browser = chrome_or_skip()
+    try:
+        browser.get((root / "T" / "report" / "index.html").as_uri())
+        assert browser.title == "VirNucPro training report: T"
+        images = browser.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+        assert len(images) == 3 and all(complete and width > 0 for complete, width in images)
+        header = browser.find_element(By.TAG_NAME, "header")
+        assert header.value_of_css_property("background-color") == "rgba(31, 58, 77, 1)"  # the prediction report's look
+        assert [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")] == []
+    finally:
+        browser.quit()
 
 
 def test_evaluate_a_trained_classifier_on_new_labeled_reads(trained, demo_models):

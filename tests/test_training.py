@@ -310,6 +310,7 @@ def fake_run(shards, folder: Path):
     sources, labels = shards
     shard_folder = sources[0].frames.parent
     workdir = SimpleNamespace(
+        root=folder,  # no run.json or state: the report the stage writes at its end is refused with a warning
         shard_frames=lambda k: shard_paths(shard_folder, k).frames,
         embeddings=lambda kind, k: getattr(shard_paths(shard_folder, k), kind),
         training_checkpoint=folder / "training/checkpoint.safetensors",

@@ -75,8 +75,9 @@ class Stage:
         return config.shards if self.sharded else 1
 
     def wants_gpu(self, config) -> bool:
-        """Whether its SLURM tasks ask for a GPU: a training run with --device cpu trains on CPU nodes."""
-        return self.gpu and not (self.name == "train" and config.device == "cpu")
+        """Whether its SLURM tasks ask for a GPU: with --device cpu no stage does (the embedding
+        arrays and a training then run on the CPU partition instead of holding a GPU idle)."""
+        return self.gpu and config.device != "cpu"
 
 
 STAGE_TABLE: tuple[Stage, ...] = (

@@ -368,7 +368,8 @@ def _add_submit_and_cancel(sub) -> None:
     slurm = submit.add_argument_group("SLURM (flags override the --profile, which overrides the defaults)")
     slurm.add_argument("--profile", metavar="YAML|NAME", help="site profile, e.g. slurm_templates/example-site.yaml")
     slurm.add_argument("--partition", help="partition of the GPU stages (dnabert, esm2)")
-    slurm.add_argument("--cpu-partition", help="partition of prepare, predict and consensus (default: --partition)")
+    slurm.add_argument("--cpu-partition", help="partition of the stages that need no GPU: prepare, predict, consensus, "
+                                               "evaluate, and every stage with --device cpu (default: --partition)")
     slurm.add_argument("--account", help="account to charge the jobs to (sbatch --account)")
     slurm.add_argument("--qos", help="quality of service of the jobs (sbatch --qos)")
     slurm.add_argument("--gres-name", help="GPU gres as in --gres=NAME:N (default gpu; e.g. gpu:a100)")
@@ -398,7 +399,8 @@ def _add_report(sub) -> None:
         "report", help="write an HTML report (W/report/index.html) and W/provenance.json for a run",
         description="Summarise a run, finished or not: virus scores per frame and per read, read calls, "
                     "chunks and frames per read, frames lost to stop codons, and per stage wall time, "
-                    "throughput, requeues and failures. The page is self-contained and opens offline.",
+                    "throughput, requeues and failures; of a training run: loss per epoch, held-out metrics, "
+                    "frames per class and input, the recipe. The page is self-contained and opens offline.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  virnucpro-slurm report --workdir W\n  xdg-open W/report/index.html")
     report.add_argument("--workdir", "-w", type=Path, required=True, help="the run's workdir")

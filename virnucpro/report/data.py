@@ -23,6 +23,7 @@ from ..orchestration.config import RunConfig
 from ..orchestration.state import DONE, ShardState, StateFile
 from ..paths import COMPRESSED_SUFFIX, PREDICTION_RESULTS, READS_TABLE, Workdir
 from ..orchestration.provenance import stage_timings
+from ..pipeline import is_done
 
 SCORE_BINS = np.linspace(0.0, 1.0, 41)
 # A float32 score is binned as the number its text in prediction_results.txt reads back as
@@ -312,3 +313,75 @@ def gather(workdir: Workdir, config: RunConfig, state: dict[str, dict[int, Shard
         inputs.append(stats)
     return RunReport(workdir=workdir, config=config, generated=time.time(), stages=stage_timings(state, config),
                      inputs=inputs, min_score=getattr(config, "min_score", None))
+
+
+# ---------------------------------------------------------------- a training run's report
+
+@dataclass
+class TrainingInput:
+    stats: InputStats  # prepare's counts (no results: a training has none)
+    label: str  # virus or other
+    genbank: str | None
+    records_not_in_genbank: int = 0
+
+
+@dataclass
+class TrainingReport:
+    """What a training run's report shows: its inputs, and the training as classifier.json (when
+    the train stage is done) or the checkpoint (while it runs, or stopped) describes it."""
+
+    workdir: Workdir
+    config: RunConfig
+    generated: float
+    stages: dict[str, dict]
+    inputs: list[TrainingInput]
+    classifier: dict | None  # classifier.json of a finished training
+    progress: dict | None  # training/checkpoint.json: the epochs done so far
+    problem: str | None = None  # why neither tells what the training did
+
+    @property
+    def complete(self) -> bool:
+        return all(s["shards"] and s["done"] == s["shards"] for s in self.stages.values())
+
+    @property
+    def history(self) -> list[dict]:
+        return (self.classifier or self.progress or {}).get("history") or []
+
+    @property
+    def recipe(self) -> dict:
+        return (self.classifier or {}).get("recipe") or (self.progress or {}).get("data", {}).get("recipe") or {}
+
+    @property
+    def best_epoch(self) -> int | None:
+        return (self.classifier or self.progress or {}).get("best_epoch") or None
+
+
+def read_json_file(path: Path) -> tuple[dict | None, str | None]:
+    """(its object, None), or (None, why not) for a missing or damaged file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"{path} is missing"
+    except (OSError, ValueError) as exc:
+        return None, f"{path} is unreadable ({type(exc).__name__})"
+    return (data, None) if isinstance(data, dict) else (None, f"{path} is not a JSON object")
+
+
+def gather_training(workdir: Workdir, config: RunConfig, state: dict[str, dict[int, ShardState]],
+                    block_rows: int = BLOCK_ROWS) -> TrainingReport:
+    prepared = read_prepare_summary(workdir)
+    inputs = []
+    for index, (name, path) in enumerate(zip(config.input_names, config.inputs)):
+        stats = InputStats(index=index, name=name, path=path)
+        read_prepare(workdir, stats, block_rows, prepared)
+        genbank = config.genbank[index] if index < len(config.genbank) else None
+        missing = prepared["inputs"][index].get("records_not_in_genbank", 0) if stats.prepared else 0
+        inputs.append(TrainingInput(stats, config.labels[index], genbank, missing))
+    trained = all(is_done(entry) for entry in state.get("train", {}).values()) and bool(state.get("train"))
+    classifier, problem = read_json_file(workdir.classifier_meta) if trained else (None, None)
+    progress = None
+    if classifier is None:
+        progress, unread = read_json_file(workdir.training_state)
+        problem = problem or (unread if workdir.training_state.exists() else None)
+    return TrainingReport(workdir=workdir, config=config, generated=time.time(), stages=stage_timings(state, config),
+                          inputs=inputs, classifier=classifier, progress=progress, problem=problem)

@@ -15,7 +15,7 @@ logging.getLogger("matplotlib").setLevel(logging.ERROR)
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .data import CALLS, SCORE_BINS, InputStats, IntegerCounts, RunReport
+from .data import CALLS, SCORE_BINS, InputStats, IntegerCounts, RunReport, TrainingReport
 
 COLOURS = {"virus": "#c0392b", "others": "#2e86c1", "no_frames": "#95a5a6", "kept": "#27ae60", "lost": "#e67e22",
            "bar": "#34495e", "requeues": "#f39c12", "failed": "#c0392b"}
@@ -176,4 +176,66 @@ def stages_figure(report: RunReport) -> bytes:
     if not any(requeues + failed):
         trouble_ax.text(0.5, 0.45, "no requeues, no failures", ha="center", transform=trouble_ax.transAxes, color=COLOURS["kept"])
     trouble_ax.legend(loc="upper left", fontsize=7, frameon=False)
+    return png_bytes(figure)
+
+
+# ---------------------------------------------------------------- a training run's figures
+
+def training_loss_figure(report: TrainingReport) -> bytes:
+    """Mean training loss and held-out loss per epoch; the best epoch (the weights kept) marked."""
+    figure = Figure(figsize=(10, 3.8))
+    ax = figure.add_subplot()
+    figure.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.88)
+    history = report.history
+    if not history:
+        _nothing_yet(ax, "Loss per epoch", "no epoch finished yet")
+        return png_bytes(figure)
+    epochs = [entry["epoch"] for entry in history]
+    marker = "o" if len(epochs) <= 30 else None
+    ax.plot(epochs, [entry["train_loss"] for entry in history], color=COLOURS["bar"], marker=marker, markersize=3,
+            label="training loss (mean over the epoch's batches)")
+    ax.plot(epochs, [entry["held_out_loss"] for entry in history], color=COLOURS["virus"], marker=marker, markersize=3,
+            label="held-out loss (after the epoch)")
+    if report.best_epoch:
+        ax.axvline(report.best_epoch, color="black", linestyle="--", linewidth=1,
+                   label=f"best epoch {report.best_epoch}: its weights are the classifier's")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy loss")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(f"Loss per epoch ({len(epochs)} epoch{'s' if len(epochs) != 1 else ''})")
+    ax.legend(loc="upper right", fontsize=8, frameon=False)
+    return png_bytes(figure)
+
+
+def training_frames_figure(report: TrainingReport) -> bytes:
+    """Frames per input coloured by its label; with a finished training, frames per class on each side of the split."""
+    figure = Figure(figsize=(10, 3.6))
+    inputs_ax, split_ax = figure.subplots(1, 2, gridspec_kw={"left": 0.12, "right": 0.98, "bottom": 0.16, "top": 0.88,
+                                                              "wspace": 0.35})
+    shown = [item for item in report.inputs[:MAX_INTEGER_BARS] if item.stats.prepared]
+    if shown:
+        names = [item.stats.name for item in shown][::-1]
+        colours = [COLOURS["virus" if item.label == "virus" else "others"] for item in shown][::-1]
+        inputs_ax.barh(names, [item.stats.frames for item in shown][::-1], color=colours)
+        inputs_ax.set_xlabel("stop-free frames (training examples)")
+        inputs_ax.set_title("Frames per input (red: virus, blue: other)")
+    else:
+        _nothing_yet(inputs_ax, "Frames per input", "not prepared yet")
+    rows = (report.classifier or {}).get("rows") or {}
+    if rows:
+        sides = ["training", "held_out"]
+        for offset, name in ((-0.2, "virus"), (0.2, "other")):
+            counts = [rows.get(f"{side}_{name}", 0) for side in sides]
+            bars = split_ax.bar(np.arange(2) + offset, counts, width=0.4,
+                                color=COLOURS["virus" if name == "virus" else "others"], label=name)
+            for bar, count in zip(bars, counts):
+                split_ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{count:,}", ha="center",
+                              va="bottom", fontsize=8)
+        split_ax.set_xticks(np.arange(2), ["training", "held out"])
+        split_ax.set_ylabel("frames")
+        split_ax.set_ylim(0, max(rows.get(f"{s}_{n}", 0) for s in sides for n in ("virus", "other")) * 1.2 + 1)
+        split_ax.set_title("Frames per class and side of the split")
+        split_ax.legend(loc="upper right", fontsize=8, frameon=False)
+    else:
+        _nothing_yet(split_ax, "Frames per class and side of the split", "known when the training has finished")
     return png_bytes(figure)

@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import __version__
 from ..modelstore.demo import models_are_demo
 from ..paths import RESULT_FILES
-from .data import TOP_READS, InputStats, RunReport
+from .data import TOP_READS, InputStats, RunReport, TrainingReport
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #222; background: #fafafa; }
@@ -157,7 +157,7 @@ def stages_section(report: RunReport, figure: bytes) -> str:
 
 def what_ran(report: RunReport, stages: tuple[str, ...], key: str, requested: str) -> str:
     """The devices or precisions the stages' finished shards recorded; the request until one has."""
-    ran = [f"{stage} {', '.join(report.stages[stage][key])}" for stage in stages if report.stages[stage].get(key)]
+    ran = [f"{stage} {', '.join(report.stages[stage][key])}" for stage in stages if report.stages.get(stage, {}).get(key)]
     return e("; ".join(ran)) if ran else f"{e(requested)} <span class=muted>(requested; nothing has run yet)</span>"
 
 
@@ -172,14 +172,16 @@ def run_section(report: RunReport) -> str:
         if "files" in ident:
             return f"{len(ident['files'])} files hashed"
         return "hub name"
-    rows = [[e(kind), f"<code>{e(getattr(config.models, kind))}</code>", identity(kind)] for kind in ("esm", "dnabert", "classifier")]
+    kinds = ("esm", "dnabert", "classifier") if config.models.classifier else ("esm", "dnabert")  # a training makes one
+    rows = [[e(kind), f"<code>{e(getattr(config.models, kind))}</code>", identity(kind)] for kind in kinds]
     provenance = os.path.relpath(report.workdir.provenance, report.workdir.report_dir)
     return ('<section id="run"><h2>Run</h2>'
             + table(["parameter", "value"], [["chunk length", str(config.chunk_length)], ["shards", str(config.shards)],
                                              ["precision", what_ran(report, ("dnabert", "esm2"), "precisions", config.precision)],
                                              ["packed ESM-2", str(config.packing)],
-                                             ["device", what_ran(report, ("dnabert", "esm2", "predict"), "devices", config.device)],
-                                             ["inputs list", f"<code>{e(config.inputs_list)}</code>"]],
+                                             ["device", what_ran(report, ("dnabert", "esm2", "predict", "train"), "devices", config.device)],
+                                             ["LABELS file" if config.labels else "inputs list",
+                                              f"<code>{e(config.inputs_list)}</code>"]],
                     text_columns=2)
             + table(["model", "spec", "identity"], rows, text_columns=3)
             + f'<p>Versions, hashes, timings and job ids: <a href="{e(provenance)}">provenance.json</a>.</p></section>')
@@ -187,34 +189,14 @@ def run_section(report: RunReport) -> str:
 
 def render(report: RunReport, input_figures: dict[int, dict[str, bytes]], stage_figure: bytes,
            omitted_inputs: int = 0) -> str:
-    config, root = report.config, report.workdir.root
     state = ('<div class="banner ok">Run complete.</div>' if report.complete else
              '<div class="banner progress">Run in progress or stopped: figures show what is finished so far.</div>')
-    demo = ('<div class="banner demo">DEMO MODELS: random weights, so these predictions are MEANINGLESS.</div>'
-            if models_are_demo(config.models) else "")
     sections = "".join(input_section(report, s, input_figures[s.index]) for s in report.inputs if s.index in input_figures)
     if omitted_inputs:
         sections += f'<p class="muted">Figures of {omitted_inputs} more input(s) are left out; the summary table lists them all.</p>'
     summary = table(["input", "reads", "bases", "chunks", "frames kept / possible", "lost to stops",
                      "virus reads", "virus share", "others", "no frames"], summary_rows(report))
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,">
-<title>VirNucPro report: {e(root.name)}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<header>
-<h1>VirNucPro report: {e(root.name)}</h1>
-<p>workdir <code>{e(root)}</code></p>
-<p>generated {e(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report.generated)))} by virnucpro {e(__version__)}</p>
-</header>
-<main>
-{demo}{state}
-<section id="summary"><h2>Summary</h2>
+    return document(report, "VirNucPro report", state, f"""<section id="summary"><h2>Summary</h2>
 {summary}
 <p>Call rule: {call_rule(report.min_score)}. Reads with no stop-free frame in any chunk are <b>no_frames</b>.</p>
 <p>Result folders by input: {link(report, report.workdir.results_index)}; this table for MultiQC:
@@ -223,8 +205,123 @@ def render(report: RunReport, input_figures: dict[int, dict[str, bytes]], stage_
 {top_reads_section(report)}
 {sections}
 {stages_section(report, stage_figure)}
-{run_section(report)}
+{run_section(report)}""")
+
+
+def document(report, title: str, state: str, body: str, meaningless: str = "these predictions are") -> str:
+    """The page around `body`: header, demo banner (demo models or a demo-trained classifier), state banner."""
+    root = report.workdir.root
+    demo = (f'<div class="banner demo">DEMO MODELS: random weights, so {meaningless} MEANINGLESS.</div>'
+            if models_are_demo(report.config.models) else "")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{e(title)}: {e(root.name)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header>
+<h1>{e(title)}: {e(root.name)}</h1>
+<p>workdir <code>{e(root)}</code></p>
+<p>generated {e(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report.generated)))} by virnucpro {e(__version__)}</p>
+</header>
+<main>
+{demo}{state}
+{body}
 </main>
 </body>
 </html>
 """
+
+
+# ---------------------------------------------------------------- a training run's page
+
+METRIC_NAMES = ("n", "positives", "accuracy", "precision", "recall", "f1", "mcc", "auroc", "auprc")
+
+
+def fraction(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def training_summary(report: TrainingReport) -> str:
+    workdir, meta, history = report.workdir, report.classifier, report.history
+    if meta:
+        rows = meta.get("rows", {})
+        stopped = ("early stopping: no better held-out loss in {} epochs".format(report.recipe.get("patience"))
+                   if meta.get("epochs", 0) < report.recipe.get("max_epochs", 0) else "the recipe's last epoch")
+        facts = [["classifier", f"{link(report, workdir.classifier_weights)} · {link(report, workdir.classifier_meta)}"],
+                 ["epochs trained", f"{number(meta.get('epochs'))} (stopped by {e(stopped)})"],
+                 ["best epoch (its weights kept)", number(meta.get("best_epoch"))],
+                 ["held-out loss of the best epoch", fraction(meta.get("held_out_metrics", {}).get("loss"))],
+                 ["frames: training / held out", f"{number(rows.get('training'))} / {number(rows.get('held_out'))}"]]
+        return table(["", "value"], facts, text_columns=2)
+    if history:
+        best = next((h for h in history if h["epoch"] == report.best_epoch), history[-1])
+        return (f"<p>Training in progress or stopped: {len(history)} epoch(s) finished, the best so far epoch "
+                f"{best['epoch']} (held-out loss {best['held_out_loss']:.4f}). The same command resumes it from "
+                f"{link(report, workdir.training_checkpoint)}.</p>")
+    why = f" ({e(report.problem)})" if report.problem else ""
+    return f'<p class="muted">No epoch has finished yet{why}.</p>'
+
+
+def held_out_section(report: TrainingReport) -> str:
+    metrics = (report.classifier or {}).get("held_out_metrics")
+    if not metrics:
+        return '<section id="held-out"><h2>Held-out metrics</h2><p class="muted">Known when the training has finished.</p></section>'
+    rows = [[e(name), number(metrics.get(name)) if name in ("n", "positives") else fraction(metrics.get(name))]
+            for name in METRIC_NAMES]
+    rows += [[e(k.upper()), number(metrics.get("confusion", {}).get(k))] for k in ("tp", "fp", "tn", "fn")]
+    return ('<section id="held-out"><h2>Held-out metrics</h2>'
+            "<p>Per frame, of the best epoch's weights on the held-out frames (a frame is called virus when its "
+            "virus score is at least 0.5). The split is by read: every frame of a read or genome record is on one "
+            "side. For the metrics a user quotes, per read and with <code>--min-score</code> advice, run "
+            "<code>virnucpro-slurm evaluate</code> on a labelled set the training never saw.</p>"
+            + table(["metric", "value"], rows) + "</section>")
+
+
+def training_data_section(report: TrainingReport, figure: bytes) -> str:
+    rows = []
+    for item in report.inputs:
+        s = item.stats
+        rows.append([f"<code>{e(s.name)}</code>", f'<span class="{"virus" if item.label == "virus" else ""}">{e(item.label)}</span>',
+                     f"<code>{e(Path(item.genbank).name)}</code>" if item.genbank else "-",
+                     number(s.reads if s.prepared else None), number(s.chunks if s.prepared else None),
+                     number(s.frames if s.prepared else None), number(s.reads_without_frames if s.prepared else None),
+                     number(item.records_not_in_genbank) if item.genbank and s.prepared else "-"])
+    totals = {label: sum(i.stats.frames for i in report.inputs if i.label == label) for label in ("virus", "other")}
+    split = (report.classifier or {}).get("rows") or {}
+    by_class = [[e(label), number(totals[label]), number(split.get(f"training_{label}")), number(split.get(f"held_out_{label}"))]
+                for label in ("virus", "other")]
+    return ('<section id="training-data"><h2>Training data</h2>'
+            "<p>Frames are the training examples: the stop-free frames of every chunk (with a GenBank file, only "
+            "those inside an annotated CDS).</p>"
+            + table(["input", "label", "GenBank", "reads", "chunks", "frames", "reads without frames",
+                     "records not in GenBank"], rows, text_columns=3)
+            + table(["class", "frames", "training", "held out"], by_class)
+            + image(figure, "frames per input and per class on each side of the split") + "</section>")
+
+
+def recipe_section(report: TrainingReport) -> str:
+    config, meta = report.config, report.classifier or {}
+    rows = [[e(key), f"<code>{e(value)}</code>"] for key, value in report.recipe.items()]
+    rows += [["seed", f"<code>{e(config.seed)}</code>"], ["held-out fraction", f"<code>{e(config.holdout)}</code>"],
+             ["split", e(meta.get("split", "by read: every frame of a read (or genome record) on one side"))],
+             ["chunk length", f"<code>{e(config.chunk_length)}</code>"],
+             ["embedding dtype", f"<code>{e(config.embedding_dtype)}</code>"]]
+    return ('<section id="recipe"><h2>Recipe</h2><p>The original VirNucPro training recipe, as recorded in '
+            + (link(report, report.workdir.classifier_meta) if meta else "the checkpoint")
+            + ".</p>" + table(["setting", "value"], rows, text_columns=2) + "</section>")
+
+
+def render_training(report: TrainingReport, loss_figure: bytes, frames_figure: bytes, stage_figure: bytes) -> str:
+    state = ('<div class="banner ok">Training complete.</div>' if report.complete and report.classifier else
+             '<div class="banner progress">Training in progress or stopped: the figures show what is finished so far.</div>')
+    body = (f'<section id="summary"><h2>Summary</h2>{training_summary(report)}</section>'
+            f'<section id="loss"><h2>Loss per epoch</h2>{image(loss_figure, "training and held-out loss per epoch")}'
+            "<p>Early stopping on the held-out loss: the classifier keeps the weights of the best epoch.</p></section>"
+            f"{held_out_section(report)}\n{training_data_section(report, frames_figure)}\n{recipe_section(report)}\n"
+            f"{stages_section(report, stage_figure)}\n{run_section(report)}")
+    return document(report, "VirNucPro training report", state, body, meaningless="this classifier and its metrics are")

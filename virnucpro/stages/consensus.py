@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from .. import console
 from ..atomic import _is_out_of_space, atomic_open, fsync_dir, make_temp_file
@@ -30,7 +31,7 @@ from ..fasta import _decode_header, fasta_blocks
 from ..json_files import read_json
 from ..orchestration.runner import StageContext
 from ..paths import COMPRESSED_SUFFIX, HIGHEST_SCORE, PREDICTION_RESULTS, READS_TABLE, VIRAL_FASTA
-from ..report import write_report
+from ..report import finish_report
 from ..storage import read_frame_ids, read_matrix
 from .prepare import READS_COLUMNS
 
@@ -107,18 +108,9 @@ class InputTally:
 def open_stage(ctx: StageContext):
     def process(shard: int) -> dict:
         totals = consensus(ctx, ctx.config.min_score)
-        finish_report(ctx, totals)
+        finish_report(ctx, "consensus", totals)
         return totals
     return process
-
-
-def finish_report(ctx: StageContext, totals: dict) -> None:
-    """The final stage writes the run's report and provenance; the results stand even if that fails."""
-    try:
-        write_report(ctx.workdir, ctx.config, completing={"consensus": totals}, event="consensus")
-    except Exception as exc:  # a report problem (fonts, disk) must not fail a finished run's results
-        console.warn(f"report not written ({type(exc).__name__}: {exc}); "
-                     f"run 'virnucpro-slurm report --workdir {ctx.workdir.root}'")
 
 
 GZIP_LEVEL = 6  # gzip's own default: most of level 9's size at a fraction of its time
@@ -338,24 +330,30 @@ def tsv_field(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-# MultiQC custom content: YAML in '#' comment lines, then a table whose first column is the sample
-MULTIQC_COLUMNS = ("Sample", "reads", "bases", "chunks", "frames", "reads_without_frames", "viral_reads",
-                   "viral_percent")
-MULTIQC_HEADER = """# id: 'virnucpro'
-# section_name: 'VirNucPro'
-# description: 'reads called virus per input by VirNucPro (virnucpro-slurm); frames are stop-free six-frame translations of each chunk'
-# plot_type: 'table'
-# pconfig:
-#     id: 'virnucpro_table'
-#     title: 'VirNucPro: reads called virus'
-#     namespace: 'VirNucPro'
-# headers:
-#     viral_percent:
-#         title: '% viral'
-#         suffix: '%'
-#         max: 100
-#         min: 0
-"""
+# MultiQC custom content: YAML in '#' comment lines, then a table whose first column is the sample.
+# MultiQC shows only the columns its `headers:` block names, so every column has an entry here.
+COUNT = {"format": "{:,.0f}", "min": 0}
+MULTIQC_COLUMN_HEADERS = {
+    "reads": {"title": "Reads", "description": "records read from the input", **COUNT},
+    "bases": {"title": "Bases", "description": "nucleotides in the reads", **COUNT},
+    "chunks": {"title": "Chunks", "description": "chunks the reads were cut into (--chunk-length)", **COUNT},
+    "frames": {"title": "Frames", "description": "stop-free six-frame translations of the chunks, scored", **COUNT},
+    "reads_without_frames": {"title": "Reads without frames",
+                             "description": "reads with no stop-free frame: never called virus", **COUNT},
+    "viral_reads": {"title": "Viral reads", "description": "reads called virus", **COUNT},
+    "viral_percent": {"title": "% viral", "description": "share of the reads called virus", "suffix": "%",
+                      "max": 100, "min": 0, "format": "{:,.2f}"},
+}
+MULTIQC_COLUMNS = ("Sample", *MULTIQC_COLUMN_HEADERS)
+MULTIQC_HEADER = "".join(f"# {line}\n" for line in yaml.safe_dump({
+    "id": "virnucpro",
+    "section_name": "VirNucPro",
+    "description": "reads called virus per input by VirNucPro (virnucpro-slurm); frames are stop-free six-frame "
+                   "translations of each chunk",
+    "plot_type": "table",
+    "pconfig": {"id": "virnucpro_table", "title": "VirNucPro: reads called virus", "namespace": "VirNucPro"},
+    "headers": MULTIQC_COLUMN_HEADERS,
+}, sort_keys=False, width=1000).splitlines())
 
 
 class PerInputWriter(contextlib.ExitStack):

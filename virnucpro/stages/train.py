@@ -4,7 +4,7 @@ Reads every shard's frame table and its two embedding matrices (training.rows), 
 with its input's label, holds out a fraction of the reads, and trains with the original recipe
 (training.recipe), checkpointing into training/ every epoch and when asked to stop (SIGTERM/USR2:
 at the next batch boundary), so a requeued or re-run task resumes where it stopped. Writes
-classifier/classifier.safetensors and classifier/classifier.json.
+classifier/classifier.safetensors and classifier/classifier.json, then the training's report.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from .. import console
 from ..modelstore.demo import DEMO_KEY, DEMO_VALUE
 from ..pipeline import ShardInterrupted
+from ..report import finish_report
 from .embedding import resolve_device
 
 RECIPE = None  # None: the original recipe (training.recipe.ORIGINAL); tests shorten it here
@@ -64,6 +65,9 @@ def open_stage(ctx):
         except TrainingInterrupted as stop:
             raise ShardInterrupted({"epoch": stop.epoch + 1, "batch": stop.batch}) from None
         write_classifier(workdir.classifier_weights, workdir.classifier_meta, trained, classifier_metadata(config))
-        return {"frames": trained.rows["training"] + trained.rows["held_out"], "epochs": trained.epochs,
-                "best_epoch": trained.best_epoch, "held_out_accuracy": trained.metrics.get("accuracy")}
+        metrics = {"frames": trained.rows["training"] + trained.rows["held_out"], "epochs": trained.epochs,
+                   "best_epoch": trained.best_epoch, "held_out_accuracy": trained.metrics.get("accuracy"),
+                   "device": device}  # what --device auto became: the reports' "device" row
+        finish_report(ctx, "train", metrics)
+        return metrics
     return process
