@@ -9,6 +9,11 @@ length + BOS + EOS) crosses k/N of the total, so every shard costs the GPU about
 split is a pure function of the inputs and N. Memory stays bounded by a few blocks (plus 2 bytes
 per frame for the token costs and 8 bytes per read for the duplicate-id check).
 
+A training's prepare also writes each frame's key of the held-out split beside its shard
+(virnucpro.holdout: a hash of its record's, or its window's, sequence) and refuses a split with
+a side that lacks a class, naming a --holdout-window that works: here, not after the GPU arrays.
+An evaluation ignores the GenBank column of its LABELS file (RunConfig.frame_selection).
+
 Before writing the shards, the stage checks that the three models fit together (the
 classifier's input width is DNABERT-S's plus ESM-2's), so a wrong model fails here, on the CPU,
 and not after hours of GPU.
@@ -38,6 +43,9 @@ from ..orchestration.runner import StageContext
 from ..modelstore.resolve import FAIR_ESM2_WIDTHS
 from ..fasta import BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block, rna_warning
 from ..genbank import CodingFrames, cds_translations
+from ..holdout import KEY_DTYPE, FrameKeys, held_out, seed_problem, write_keys
+from ..orchestration.labels import LABELS
+from ..pipeline import TRAINING
 from ..sequences import translate_stream
 from ..storage import FRAME_COLUMNS
 
@@ -64,13 +72,17 @@ class BlockResult:
     costs: bytes  # ESM-2 tokens of each frame, uint16
     digests: bytes  # read-id digests for the duplicate check
     counts: dict
+    split_keys: bytes = b""  # a training's: each frame's unit of the held-out split (holdout.py), uint64
 
 
-def prepare_block(task: tuple[Block, int, int, str | None]) -> BlockResult:
+def prepare_block(task: tuple[Block, int, int, str | None, int | None]) -> BlockResult:
     """Parse, validate, chunk and translate one block (runs in a worker process); with the
-    input's GenBank file, keep only the frames it annotates as coding (genbank.CodingFrames)."""
-    block, input_index, chunk_length, genbank = task
+    input's GenBank file, keep only the frames it annotates as coding (genbank.CodingFrames);
+    with a held-out window (a training: 0 for whole records), the key of each frame's unit of the split."""
+    block, input_index, chunk_length, genbank, split_window = task
     reads = parse_block(block)
+    frame_keys = FrameKeys(reads, chunk_length, split_window) if split_window is not None else None
+    keys = []
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts["rna_records"] = reads.rna_records
     spool, table, costs = [], [], []
@@ -79,6 +91,8 @@ def prepare_block(task: tuple[Block, int, int, str | None]) -> BlockResult:
     for batch in translate_stream(reads, chunk_length):
         if coding:
             batch = coding.select(batch)
+        if frame_keys:
+            keys.append(frame_keys(batch.read_ids, batch.chunk_ids))
         spool.append("".join([f"{prefix}{r}\t{c}\t{f}\t{n}\t{p}\n" for r, c, f, n, p in zip(
             batch.read_ids, batch.chunk_ids, batch.frame_ids, batch.nucleotides, batch.proteins)]))
         table.append("".join([f"{i}\t{length}\t{chunks}\t{frames}\n" for i, length, chunks, frames in zip(
@@ -96,7 +110,8 @@ def prepare_block(task: tuple[Block, int, int, str | None]) -> BlockResult:
     counts["records_not_in_genbank"] = len(coding.records_without_cds) if coding else 0
     cost_bytes = np.concatenate(costs).tobytes() if costs else b""
     digests = id_hashes(read_id for read_id, _ in reads)
-    return BlockResult(input_index, "".join(spool).encode(), "".join(table).encode(), cost_bytes, digests, counts)
+    return BlockResult(input_index, "".join(spool).encode(), "".join(table).encode(), cost_bytes, digests, counts,
+                       np.concatenate(keys).tobytes() if keys else b"")
 
 
 # ---------------------------------------------------------------- the stage
@@ -188,15 +203,23 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
     inputs = [Path(p) for p in config.inputs]
     workers = prepare_workers(sum(p.stat().st_size for p in inputs))
     log.info("prepare: %d input(s), %d worker process(es)", len(inputs), workers)
-    genbank = config.genbank or [None] * len(inputs)
-    tasks = ((block, index, config.chunk_length, genbank[index]) for index, path in enumerate(inputs)
+    genbank = config.frame_selection
+    if any(config.genbank or ()) and not any(genbank):
+        console.warn(f"{config.inputs_list}: its GenBank column is ignored by an evaluation, which scores every "
+                     "stop-free frame as 'run' does (only a training keeps the frames inside annotated CDS)")
+    training = config.kind == TRAINING
+    check_split_options(config)
+    split_window = config.holdout_window if training else None
+    tasks = ((block, index, config.chunk_length, genbank[index], split_window) for index, path in enumerate(inputs)
              for block in fasta_blocks(path, BLOCK_BYTES))
     results = ordered_map(prepare_block, tasks, workers)
     # results come in block order, so each input's results are one run (none for an empty file)
     runs = itertools.groupby(results, key=lambda result: result.input_index)
     costs = bytearray()
     summary = {"inputs": [], "shards": []}
+    split = SplitTally(config) if training else None
     with contextlib.closing(results), atomic_open(workdir.frames_spool, "wb") as spool, \
+            (atomic_open(workdir.split_keys_spool, "wb") if training else contextlib.nullcontext()) as key_spool, \
             console.progress("prepare", len(inputs)) as advance:
         spool.write(TABLE_HEADER)
         run_index, run = next(runs, (None, iter(())))
@@ -210,14 +233,21 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
                         reads_out.write(result.reads)
                         costs += result.costs
                         totals.add(result)
+                        if split:
+                            key_spool.write(result.split_keys)
+                            split.add(index, result.split_keys)
                     run_index, run = next(runs, (None, iter(())))
                 summary["inputs"].append(totals.finish())
             advance(1)
         check_classes_have_frames(config, summary["inputs"])
+        if split:
+            split.check(summary["inputs"])
         check_shard_count(config.shards, len(costs) // 2)
         before_shards()  # inside: if it refuses the models, the spool is never committed
     token_costs = np.frombuffer(bytes(costs), np.uint16)
     summary["shards"] = split_spool(workdir, config.shards, token_costs)
+    if training:
+        split_key_spool(workdir, shard_boundaries(token_costs, config.shards))
     summary["total_tokens"] = int(token_costs.sum(dtype=np.int64))
     summary["total_frames"] = len(token_costs)
     summary["workers"] = workers
@@ -238,6 +268,71 @@ def check_classes_have_frames(config, inputs: list[dict]) -> None:
                 config.genbank[i] for i, given in enumerate(config.labels) if given == label) else "")
             raise InputError(f"{named[0]['path']}: no input labelled {label!r} yields a stop-free frame{where}; "
                              f"a training needs examples of both classes: add {label} sequences to {config.inputs_list}")
+
+
+def check_split_options(config) -> None:
+    """A training's seed and held-out window, before any input is read."""
+    if config.kind != TRAINING:
+        return
+    problem = seed_problem(config.seed)
+    if problem:
+        raise InputError(f"--seed: {problem}")
+    window = config.holdout_window
+    if window and window < config.chunk_length:
+        raise InputError(f"--holdout-window {window} is shorter than a chunk ({config.chunk_length} bases); "
+                         f"give at least --holdout-window {config.chunk_length}, e.g. {20 * config.chunk_length}")
+
+
+class SplitTally:
+    """Frames of each class on each side of a training's held-out split, counted as prepare
+    reads them, so that a side without a class is refused before any GPU work."""
+
+    def __init__(self, config):
+        self.config = config
+        self.counts = {(side, label): 0 for side in (False, True) for label in LABELS}
+
+    def add(self, input_index: int, keys: bytes) -> None:
+        sides = held_out(np.frombuffer(keys, KEY_DTYPE), self.config.seed, self.config.holdout)
+        label = self.config.labels[input_index]
+        held = int(np.count_nonzero(sides))
+        self.counts[(True, label)] += held
+        self.counts[(False, label)] += len(sides) - held
+
+    def check(self, inputs: list[dict]) -> None:
+        config = self.config
+        for side, name in ((True, "held-out"), (False, "training")):
+            for label in LABELS:
+                if self.counts[(side, label)]:
+                    continue
+                named = [counts for counts, given in zip(inputs, config.labels) if given == label]
+                window = suggested_window(sum(c["bases"] for c in named), config.holdout, config.chunk_length)
+                if config.holdout_window:
+                    how = (f"its '{label}' records, in {config.holdout_window}-base windows, each lie wholly on one "
+                           f"side; use smaller windows (--holdout-window {min(window, config.holdout_window // 2)})")
+                else:
+                    how = (f"its {sum(c['reads'] for c in named)} '{label}' record(s) each lie wholly on one side; "
+                           f"split records into windows for the split (--holdout-window {window}, in bases)")
+                raise InputError(f"{config.inputs_list}: the {name} side of the split (--holdout {config.holdout}, "
+                                 f"--seed {config.seed}) has no '{label}' frame: {how}, or change --holdout or --seed, "
+                                 f"or add '{label}' sequences")
+
+
+def suggested_window(bases: int, holdout: float, chunk_length: int) -> int:
+    """A window (a whole number of chunks) that cuts a class's `bases` into about 10 held-out
+    windows: the chance that none is held out is then about e^-10."""
+    return max(chunk_length, int(bases * holdout / 10) // chunk_length * chunk_length)
+
+
+def split_key_spool(workdir, bounds: list[int]) -> None:
+    """Cut the spooled split keys into one file per shard, as split_spool cut the frames."""
+    spool = workdir.split_keys_spool
+    if spool.stat().st_size != bounds[-1] * KEY_DTYPE.itemsize:
+        raise RuntimeError(f"{spool}: {spool.stat().st_size} bytes of keys for {bounds[-1]} frames")
+    for shard in range(len(bounds) - 1):  # one shard's keys in memory at a time
+        keys = np.fromfile(spool, KEY_DTYPE, count=bounds[shard + 1] - bounds[shard],
+                           offset=bounds[shard] * KEY_DTYPE.itemsize)
+        write_keys(workdir.split_keys(shard), keys)
+    spool.unlink()
 
 
 def check_shard_count(shards: int, frames: int) -> None:
