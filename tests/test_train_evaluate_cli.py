@@ -126,6 +126,15 @@ def test_every_threshold_row_is_what_run_min_score_gives_and_the_evaluation_is_m
     result = json.loads((folder / "metrics.json").read_text())
     read = result["levels"]["read"]
     assert read["without_score"] > 0  # the case that matters: reads without a stop-free frame
+    # chunks without a frame are left out of the chunk level, and counted
+    prepared = json.loads((workdir / "prepare" / "summary.json").read_text())["inputs"]
+    chunk = result["levels"]["chunk"]
+    assert chunk["left_out"] == sum(i["chunks"] for i in prepared) - chunk["n"] > 0
+    assert f"{chunk['left_out']:,} chunk(s) without a stop-free frame are left out" in (folder / "index.html").read_text()
+    # and the command says what matters: AUROC, F1, the --min-score to use
+    said = first.stdout + first.stderr
+    assert f"per read: AUROC {read['auroc']:.3f}, F1 {read['f1']:.3f}" in said
+    assert f"--min-score {str(np.float32(read['min_score_for_target_fdr']))} for FDR <= 0.2" in said
     header, *rows = [line.split("\t") for line in (folder / "thresholds-read.tsv").read_text().splitlines()]
     table = {row[0]: dict(zip(header, row)) for row in rows}
     chosen = read["min_score_for_target_fdr"]

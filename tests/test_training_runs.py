@@ -183,7 +183,8 @@ def test_genbank_mode_keeps_only_frames_inside_an_annotated_cds(tmp_path):
     clean = gene + "TAA" + "".join(rng.choice(list("ACGT"), 297))  # 900 nt: chunks 0-300, 300-600, 600-900
     ambiguous = gene[:150] + "N" + gene[151:]  # same gene, one N: its first chunk is dropped whole
     write_genbank(tmp_path / "g.gbff.gz", [("rec1", clean, [(0, 600, 1)]), ("rec2", ambiguous, [(0, 600, 1)])])
-    fasta = write(tmp_path / "g.fa", f">rec1 annotated\n{clean}\n>rec2\n{ambiguous}\n>rec3 not in the GenBank file\n{gene}\n")
+    fasta = write(tmp_path / "g.fa", f">rec1 annotated\n{clean}\n>rec2\n{ambiguous}\n>rec3 not in the GenBank file\n{gene}\n"
+                                     ">rec4 neither, and without a stop-free frame\nAC\n")
     block = Block(path=fasta, data=fasta.read_bytes(), first_line=1, is_first=True)
 
     every = [f for batch in translate_stream([("rec1", clean), ("rec2", ambiguous), ("rec3", gene)], 300)
@@ -197,10 +198,11 @@ def test_genbank_mode_keeps_only_frames_inside_an_annotated_cds(tmp_path):
     assert "rec1_chunk_1F1" in kept_ids and "rec1_chunk_2F1" in kept_ids and "rec2_chunk_2F1" in kept_ids
     assert len(kept_ids) < len(every)
     assert not any(i.startswith("rec2_chunk_1") for i in kept_ids)  # the chunk with an N
-    assert selected.counts["records_not_in_genbank"] == 1 and selected.counts["frames"] == len(kept_ids)
+    assert selected.counts["records_not_in_genbank"] == 2 and selected.counts["frames"] == len(kept_ids)
+    assert selected.counts["frames_outside_cds"] == len(every) - len(kept_ids)
     # the reads table's frame counts are the kept frames
     reads = {row.split("\t")[0]: int(row.split("\t")[3]) for row in selected.reads.decode().splitlines()}
-    assert reads == {r: sum(i.startswith(r + "_") for i in kept_ids) for r in ("rec1", "rec2", "rec3")}
+    assert reads == {r: sum(i.startswith(r + "_") for i in kept_ids) for r in ("rec1", "rec2", "rec3", "rec4")}
     # without the GenBank file every stop-free frame is kept
     assert [line.split("\t")[3] for line in prepare_block((block, 0, 300, None, None)).spool.decode().splitlines()] == \
         [i for i, _ in every]
@@ -360,7 +362,8 @@ def test_a_run_file_of_an_unknown_kind_is_refused(tmp_path, two_fastas, demo_mod
         RunConfig.load(workdir)
 
 
-def test_training_prepare_uses_the_genbank_files_and_refuses_a_class_without_frames(tmp_path, two_fastas, demo_models):
+def test_training_prepare_uses_the_genbank_files_and_refuses_a_class_without_frames(tmp_path, two_fastas, demo_models,
+                                                                                    capsys):
     from virnucpro.orchestration.runner import StageContext, run_locally
 
     rng = np.random.default_rng(3)
@@ -378,6 +381,9 @@ def test_training_prepare_uses_the_genbank_files_and_refuses_a_class_without_fra
                                         "annotated CDS are kept"):
         run_locally(StageContext(workdir=workdir, config=config), state, ("prepare",))
     assert not workdir.prepare_summary.exists() and not workdir.shard_frames(0).exists()
+    said = capsys.readouterr().err  # its frames are stop-free, but none is coding: not "no stop-free frame"
+    assert f"o.fa: no stop-free frame lies inside a CDS annotated in {two_fastas / 'o.gbk'} (4 lie outside)" in said
+    assert "no read yields a stop-free frame" not in said and "header-only" not in said
 
     # with the other class annotated too: prepare keeps the coding frames of both
     write_genbank(two_fastas / "o.gbk", [("other1", gene, [(0, 300, 1)])])
@@ -472,6 +478,15 @@ def test_the_same_record_in_two_inputs_lies_on_one_side(tmp_path, two_fastas, de
     assert keys["shared_copy_1"] == keys["shared_copy_2"] and len(keys["shared_copy_1"]) == 1
     for seed in range(20):  # so on one side whatever the seed
         assert len(set(held_out(np.array(list(keys["shared_copy_1"] | keys["shared_copy_2"]), np.uint64), seed, 0.5))) == 1
+
+
+@pytest.mark.parametrize("command", [["run"], ["submit", "--dry-run", "--partition", "gpu"]])
+def test_a_labels_file_given_as_an_inputs_list_is_named_as_such(tmp_path, two_fastas, demo_models, command):
+    labels = write(two_fastas / "labels.tsv", "a.fa\tvirus\nb.fa\tother\n")
+    done = cli(command[0], str(labels), "--workdir", str(tmp_path / "W"), "--models", str(demo_models), *command[1:])
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"{labels}: a LABELS file (FASTA, label per line), not an inputs list" in done.stderr
+    assert "--kind train" in done.stderr and "input file not found" not in done.stderr
 
 
 @pytest.mark.parametrize("command,extra,message", [

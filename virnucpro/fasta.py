@@ -433,7 +433,11 @@ def read_inputs_list(list_path: str | Path) -> list[Path]:
     paths: list[Path] = []
     seen: set[tuple[int, int]] = set()
     for entry in listed:
-        path, identity = listed_file(entry, list_path)
+        try:
+            path, identity = listed_file(entry, list_path)
+        except InputError:
+            refuse_labels_file(list_path, str(entry))
+            raise
         if identity in seen:
             continue  # listed twice: one input, never counted twice
         seen.add(identity)
@@ -441,6 +445,18 @@ def read_inputs_list(list_path: str | Path) -> list[Path]:
     for path in paths:
         sniff_fasta(path)
     return paths
+
+
+def refuse_labels_file(list_path: Path, entry: str) -> None:
+    """An inputs list line that is no file but a FASTA path and its label: the user gave a LABELS
+    file where an inputs list goes (`run`, or `submit` without --kind); say so, and what to type."""
+    from .orchestration.labels import LABELS  # (labels reads its files with this module)
+
+    columns = entry.split("\t") if "\t" in entry else entry.split()
+    if len(columns) in (2, 3) and columns[1].strip().lower() in LABELS:
+        raise InputError(f"{list_path}: a LABELS file (FASTA, label{', GenBank' if len(columns) == 3 else ''} per "
+                         "line), not an inputs list of FASTA files; train or evaluate with it: 'virnucpro-slurm "
+                         "train|evaluate LABELS', or 'submit LABELS --kind train' (or --kind evaluate)")
 
 
 def read_list_text(list_path: Path, noun: str, lines: str) -> str:

@@ -48,6 +48,7 @@ class LevelScores:
     calls: np.ndarray | None = None  # None: score >= 0.5
     call_at: Callable[[float], np.ndarray] | None = None
     scored: np.ndarray | None = None
+    left_out: int | None = None  # items of this level without a score, not among these (chunks without a frame)
 
     def __post_init__(self):
         self.truth = np.asarray(self.truth, dtype=bool)
@@ -72,7 +73,36 @@ def evaluate_level(level: LevelScores, target_fdr: float) -> tuple[dict, list[di
                                  if k != "min_score"})
     if level.scored is not None:
         summary["without_score"] = int(np.count_nonzero(~np.asarray(level.scored, dtype=bool)))
+    if level.left_out is not None:
+        summary["left_out"] = level.left_out
     return summary, table
+
+
+def unscored_notes(summaries: dict) -> list[str]:
+    """What each level does with the items that have no score of their own, in words."""
+    notes = []
+    for level, s in summaries.items():
+        if s.get("left_out"):
+            notes.append(f"{s['left_out']:,} {level}(s) without a stop-free frame are left out of the per-{level} "
+                         "metrics (they have no score)")
+        if s.get("without_score"):
+            notes.append(f"{s['without_score']:,} {level}(s) without a stop-free frame count as scored 0 and never "
+                         "called virus (as the tool treats them)")
+    return notes
+
+
+def summary_lines(result: dict, page: Path) -> list[str]:
+    """What `evaluate` prints when it ends: per level AUROC, F1 and the --min-score to use."""
+    lines = []
+    for level, s in result["levels"].items():
+        auroc = "-" if s["auroc"] is None else f"{s['auroc']:.3f}"
+        chosen = s["min_score_for_target_fdr"]
+        use = ("no --min-score reaches FDR <= {:g}".format(result["target_fdr"]) if chosen is None else
+               f"--min-score {score_text(chosen)} for FDR <= {result['target_fdr']:g} "
+               f"(recall {s['at_target_fdr']['recall']:.3f})")
+        lines.append(f"per {level}: AUROC {auroc}, F1 {s['f1']:.3f} (precision {s['precision']:.3f}, "
+                     f"recall {s['recall']:.3f}); {use}")
+    return lines + [f"evaluation: {page}"]
 
 
 def _table_tsv(rows: list[dict]) -> str:
@@ -145,7 +175,7 @@ def _page(summaries: dict, tables: dict, figures: dict, target_fdr: float, conte
 <body><header><h1>Classifier evaluation</h1><p>Scores of labeled sequences against their labels
 (<a style="color:#fff" href="{METRICS_FILE}">{METRICS_FILE}</a>).</p></header><main>{DEMO_BANNER if demo else ""}
 <section><h2>Metrics</h2><p>Calls: {e(call_rule)}. AUROC and AUPRC rank the virus score, so they
-do not depend on a threshold.</p>
+do not depend on a threshold.</p>{''.join(f"<p class=muted>{e(note)}.</p>" for note in unscored_notes(summaries))}
 <table><tr><th></th>{head}</tr>{rows}</table></section>
 <section><h2>Choosing --min-score</h2><p>The lowest min-score whose calls have a false-discovery rate of
 at most {target_fdr:g} on this set:</p><ul>{''.join(advice)}</ul>

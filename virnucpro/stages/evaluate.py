@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import console
 from ..errors import ShardError
 from ..evaluation.outputs import LevelScores
 from ..modelstore.demo import models_are_demo
@@ -32,6 +33,7 @@ class InputScores:
     chunk_calls: np.ndarray
     read_starts: np.ndarray
     frameless_reads: int
+    frameless_chunks: int
 
     def read_calls(self, min_score: float | None) -> tuple[np.ndarray, np.ndarray]:
         """(virus score, call) of every read as consensus makes them (consensus.read_calls), the
@@ -67,8 +69,9 @@ def input_scores(ctx: StageContext) -> list[InputScores]:
     out = []
     for index, tally in enumerate(tallies):
         others, chunk_scores, new_read = tally.columns()
+        counts = summary["inputs"][index]
         out.append(InputScores(chunk_scores, chunk_scores >= others, np.flatnonzero(new_read),
-                               summary["inputs"][index]["reads_without_frames"]))
+                               counts["reads_without_frames"], counts["chunks"] - len(chunk_scores)))
     return out
 
 
@@ -92,14 +95,15 @@ def evaluation_levels(ctx: StageContext) -> dict[str, LevelScores]:
     chunk_scores = np.concatenate([s.chunk_scores for s in inputs] or [np.zeros(0, np.float32)])
     return {
         "chunk": LevelScores(truth([len(s.chunk_scores) for s in inputs]), chunk_scores,
-                             np.concatenate([s.chunk_calls for s in inputs] or [np.zeros(0, bool)])),
+                             np.concatenate([s.chunk_calls for s in inputs] or [np.zeros(0, bool)]),
+                             left_out=sum(s.frameless_chunks for s in inputs)),
         "read": LevelScores(truth([len(s.read_starts) + s.frameless_reads for s in inputs]), read_scores,
                             read_calls_made, call_at=lambda min_score: reads_at(min_score)[1], scored=scored),
     }
 
 
 def evaluate(ctx: StageContext) -> dict:
-    from ..evaluation.outputs import write_comparison, write_evaluation
+    from ..evaluation.outputs import PAGE, summary_lines, write_comparison, write_evaluation
 
     config, workdir = ctx.config, ctx.workdir
     levels = evaluation_levels(ctx)
@@ -112,9 +116,12 @@ def evaluate(ctx: StageContext) -> dict:
                "min_score": config.min_score, "reads_without_frames": "scored 0: never called virus"}
     read_rule = ("one of its chunks is" if config.min_score is None else
                  f"its virus score is at least {config.min_score} (--min-score)")
-    result = write_evaluation(workdir.evaluation_result(config.evaluation_name), levels, config.target_fdr, context,
+    folder = workdir.evaluation_result(config.evaluation_name)
+    result = write_evaluation(folder, levels, config.target_fdr, context,
                               call_rule=f"a chunk is virus when max(score2) >= max(score1) over its frames (the "
                                         f"original's rule); a read when {read_rule}", demo=demo)
     write_comparison(workdir.evaluation_dir)
+    for line in summary_lines(result, folder / PAGE):
+        console.info(line)
     return {"chunks": len(levels["chunk"].truth), "reads": len(levels["read"].truth),
             **{f"{level}_auroc": summary["auroc"] for level, summary in result["levels"].items()}}

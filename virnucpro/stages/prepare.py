@@ -53,7 +53,7 @@ log = logging.getLogger("virnucpro.prepare")
 
 READS_COLUMNS = ("read_id", "length", "chunks", "frames")
 COUNT_KEYS = ("reads", "bases", "chunks", "frames", "reads_without_frames", "reads_shorter_than_codon",
-              "records_without_sequence", "rna_records", "records_not_in_genbank")
+              "records_without_sequence", "rna_records", "records_not_in_genbank", "frames_outside_cds")
 TABLE_HEADER = ("\t".join(FRAME_COLUMNS) + "\n").encode()
 PARALLEL_MIN_BYTES = 16 << 20  # below this much input, worker start-up costs more than it saves
 
@@ -108,6 +108,7 @@ def prepare_block(task: tuple[Block, int, int, str | None, int | None]) -> Block
         counts["reads_shorter_than_codon"] += int((lengths < 3).sum())
         counts["records_without_sequence"] += int((lengths == 0).sum())
     counts["records_not_in_genbank"] = len(coding.records_without_cds) if coding else 0
+    counts["frames_outside_cds"] = coding.outside if coding else 0
     cost_bytes = np.concatenate(costs).tobytes() if costs else b""
     digests = id_hashes(read_id for read_id, _ in reads)
     return BlockResult(input_index, "".join(spool).encode(), "".join(table).encode(), cost_bytes, digests, counts,
@@ -168,10 +169,10 @@ def _die_with_parent(parent: int) -> None:
 class InputTotals:
     """What prepare learns about one input file while its blocks go by."""
 
-    def __init__(self, name: str, path: Path):
+    def __init__(self, name: str, path: Path, genbank: str | None = None, training: bool = False):
         self.counts = {"name": name, "path": str(path), **dict.fromkeys(COUNT_KEYS, 0)}
         self.duplicates = DuplicateIds(path)
-        self.path = path
+        self.path, self.genbank, self.training = path, genbank, training
 
     def add(self, result: BlockResult) -> None:
         for key in COUNT_KEYS:
@@ -192,8 +193,16 @@ class InputTotals:
             console.warn(f"{self.path}: {missing} record(s) have no record of the same id in its GenBank file; "
                          "none of their frames is kept")
         if self.counts["frames"] == 0:
-            console.warn(f"{self.path}: no read yields a stop-free frame; its results will be header-only")
+            console.warn(self.no_frame_message())
         return self.counts
+
+    def no_frame_message(self) -> str:
+        if self.counts["frames_outside_cds"]:  # GenBank mode: stop-free frames, none of them coding
+            return (f"{self.path}: no stop-free frame lies inside a CDS annotated in {self.genbank} "
+                    f"({self.counts['frames_outside_cds']} lie outside); a training keeps only those, so this input "
+                    "gives no example")
+        return f"{self.path}: no read yields a stop-free frame" + ("" if self.training else
+                                                                    "; its results will be header-only")
 
 
 def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None) -> dict:
@@ -224,7 +233,7 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
         spool.write(TABLE_HEADER)
         run_index, run = next(runs, (None, iter(())))
         for index, path in enumerate(inputs):
-            totals = InputTotals(config.input_names[index], path)
+            totals = InputTotals(config.input_names[index], path, genbank[index], training)
             with atomic_open(workdir.reads_table(index), "wb") as reads_out:
                 reads_out.write(("\t".join(READS_COLUMNS) + "\n").encode())
                 if run_index == index:
