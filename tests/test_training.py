@@ -370,3 +370,37 @@ def test_train_stage_writes_the_classifier_and_stops_with_shard_interrupted(trai
                                               "sha256": "ab" * 32}
     assert document["chunk_length"] == 300 and document["input_widths"] == {"dnabert": 8, "esm2": 12}
     assert_same_weights(load_classifier(workdir.classifier_weights).state_dict(), trained[0].state)
+
+
+def test_status_shows_where_an_unfinished_training_stands(trained, tmp_path):
+    """While train runs (or after it stopped), status reads the checkpoint's summary: epochs done
+    of the most the recipe allows, the last losses, the best epoch."""
+    import shutil
+
+    from virnucpro.orchestration.state import StateFile
+    from virnucpro.orchestration.status import render_status, status_report
+    from virnucpro.paths import Workdir
+
+    result, folder, _ = trained
+    workdir = Workdir(tmp_path / "T")
+    workdir.training_dir.mkdir(parents=True)
+    shutil.copy(folder / "checkpoint.json", workdir.training_state)
+    state = StateFile(workdir.state, workdir.state_lock)
+    state.initialise({"prepare": 1, "dnabert": 1, "esm2": 1, "train": 1})
+    state.mark_running("train", 0)
+    report = status_report(workdir)
+    last = result.history[-1]
+    assert report["training"] == {"epochs_done": result.epochs, "batch": 0, "max_epochs": SHORT.max_epochs,
+                                  "train_loss": last["train_loss"], "held_out_loss": last["held_out_loss"],
+                                  "best_epoch": result.best_epoch, "best_loss": min(h["held_out_loss"] for h in result.history)}
+    from rich.console import Console
+
+    console = Console(width=300, record=True)
+    console.print(render_status(report))
+    assert (f"training: {result.epochs} of at most {SHORT.max_epochs} epochs done (epoch {result.epochs + 1} at batch 0), "
+            f"last training loss {last['train_loss']:.4f}") in console.export_text()
+    state.mark_done("train", 0, {})
+    assert status_report(workdir)["training"] is None  # a finished training: its classifier.json says the rest
+    workdir.training_state.write_text("{damaged")
+    state.mark_running("train", 0)
+    assert status_report(workdir)["training"] is None  # unreadable: status still works
