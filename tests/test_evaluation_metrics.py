@@ -96,16 +96,16 @@ def test_a_read_without_a_frame_is_never_a_candidate_threshold():
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.0, 0.0, 0.0], np.float32)  # the last two have no frame (scores: float32)
     scored = np.array([1, 1, 1, 1, 1, 0, 0], bool)
     scores[4] = 0.05  # a scored 'other' read scoring low: calling it too breaks the target
-    level = outputs.LevelScores(truth, scores, scored=scored)
+    level = metrics.LevelScores(truth, scores, scored=scored)
     summary, table = outputs.evaluate_level(level, 0.05)
     assert summary["min_score_for_target_fdr"] == pytest.approx(0.6)
     assert summary["at_target_fdr"]["recall"] == pytest.approx(4 / 5) and summary["at_target_fdr"]["fp"] == 0
     assert summary["without_score"] == 2
     scores[4] = 0.65  # every scored read called at its lowest score would be FDR 1/5: 0.7 is named
-    summary, _ = outputs.evaluate_level(outputs.LevelScores(truth, scores, scored=scored), 0.05)
+    summary, _ = outputs.evaluate_level(metrics.LevelScores(truth, scores, scored=scored), 0.05)
     assert summary["min_score_for_target_fdr"] == pytest.approx(0.7)
     # all scored reads meet a loose target: the lowest scored score, never the placeholder
-    summary, table = outputs.evaluate_level(outputs.LevelScores(truth, scores, scored=scored), 0.5)
+    summary, table = outputs.evaluate_level(metrics.LevelScores(truth, scores, scored=scored), 0.5)
     assert summary["min_score_for_target_fdr"] == pytest.approx(0.6)
     assert summary["at_target_fdr"]["recall"] == pytest.approx(4 / 5)
     assert all(row["tp"] + row["fp"] <= 5 for row in table)

@@ -32,6 +32,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import console
+from .classifier_meta import CLASS_NAMES  # the two labels a LABELS file gives
 from .errors import InputError
 from .sequences import Read, translate_stream
 
@@ -450,10 +451,8 @@ def read_inputs_list(list_path: str | Path) -> list[Path]:
 def refuse_labels_file(list_path: Path, entry: str) -> None:
     """An inputs list line that is no file but a FASTA path and its label: the user gave a LABELS
     file where an inputs list goes (`run`, or `submit` without --kind); say so, and what to type."""
-    from .orchestration.labels import LABELS  # (labels reads its files with this module)
-
     columns = entry.split("\t") if "\t" in entry else entry.split()
-    if len(columns) in (2, 3) and columns[1].strip().lower() in LABELS:
+    if len(columns) in (2, 3) and columns[1].strip().lower() in CLASS_NAMES:
         raise InputError(f"{list_path}: a LABELS file (FASTA, label{', GenBank' if len(columns) == 3 else ''} per "
                          "line), not an inputs list of FASTA files; train or evaluate with it: 'virnucpro-slurm "
                          "train|evaluate LABELS', or 'submit LABELS --kind train' (or --kind evaluate)")

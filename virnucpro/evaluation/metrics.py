@@ -19,7 +19,8 @@ are rarer in the real data than in the labeled set.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -169,3 +170,25 @@ def threshold_table(truth, scores, thresholds: Sequence[float] | None = None, ca
     call_at = call_at or (lambda min_score: calls_at(scores, min_score))
     chosen = DEFAULT_THRESHOLDS if thresholds is None else thresholds
     return [threshold_row(truth, call_at(t), t) for t in sorted(set(float(t) for t in chosen))]
+
+
+@dataclass
+class LevelScores:
+    """One level (chunk, read) of an evaluation: per item its truth, virus score and call.
+    `call_at(min_score)` gives the calls `--min-score` would make (default: metrics.calls_at);
+    `scored` marks the items with a score of their own (None: all): an item without one (a read
+    without a stop-free frame) carries a placeholder score, is never called, and its placeholder
+    is never a candidate threshold."""
+
+    truth: np.ndarray
+    scores: np.ndarray
+    calls: np.ndarray | None = None  # None: score >= 0.5
+    call_at: Callable[[float], np.ndarray] | None = None
+    scored: np.ndarray | None = None
+    left_out: int | None = None  # items of this level without a score, not among these (chunks without a frame)
+
+    def __post_init__(self):
+        self.truth = np.asarray(self.truth, dtype=bool)
+        self.scores = np.asarray(self.scores, dtype=np.float64)
+        if self.call_at is None:
+            self.call_at = lambda min_score: calls_at(self.scores, min_score, self.scored)

@@ -4,9 +4,7 @@ figures, and a self-contained index.html. Every file atomic; the page opens offl
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -16,6 +14,7 @@ from ..modelstore.demo import DEMO_KEY, DEMO_VALUE
 from ..report.figures import png_bytes
 from ..report.page import CSS, e, image
 from . import metrics
+from .metrics import LevelScores
 
 METRICS_FILE = "metrics.json"
 ROC_FIGURE = "roc.png"
@@ -33,28 +32,6 @@ def score_text(value: float) -> str:
     """A score as the shortest text that reads back as the same float32: the scores are float32,
     and `--min-score` compares float32 scores with float32(min-score)."""
     return str(np.float32(value))
-
-
-@dataclass
-class LevelScores:
-    """One level (chunk, read) of an evaluation: per item its truth, virus score and call.
-    `call_at(min_score)` gives the calls `--min-score` would make (default: metrics.calls_at);
-    `scored` marks the items with a score of their own (None: all): an item without one (a read
-    without a stop-free frame) carries a placeholder score, is never called, and its placeholder
-    is never a candidate threshold."""
-
-    truth: np.ndarray
-    scores: np.ndarray
-    calls: np.ndarray | None = None  # None: score >= 0.5
-    call_at: Callable[[float], np.ndarray] | None = None
-    scored: np.ndarray | None = None
-    left_out: int | None = None  # items of this level without a score, not among these (chunks without a frame)
-
-    def __post_init__(self):
-        self.truth = np.asarray(self.truth, dtype=bool)
-        self.scores = np.asarray(self.scores, dtype=np.float64)
-        if self.call_at is None:
-            self.call_at = lambda min_score: metrics.calls_at(self.scores, min_score, self.scored)
 
 
 def evaluate_level(level: LevelScores, target_fdr: float) -> tuple[dict, list[dict]]:

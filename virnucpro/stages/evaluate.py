@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import console
 from ..errors import ShardError
-from ..evaluation.outputs import LevelScores
+from ..evaluation.metrics import LevelScores
 from ..modelstore.demo import models_are_demo
 from ..orchestration.runner import StageContext
 from ..storage import read_frame_ids, read_matrix
@@ -103,6 +103,7 @@ def evaluation_levels(ctx: StageContext) -> dict[str, LevelScores]:
 
 
 def evaluate(ctx: StageContext) -> dict:
+    # matplotlib: only when the stage writes
     from ..evaluation.outputs import PAGE, summary_lines, write_comparison, write_evaluation
 
     config, workdir = ctx.config, ctx.workdir
