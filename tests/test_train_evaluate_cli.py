@@ -171,3 +171,84 @@ def test_a_second_classifier_evaluated_in_one_workdir_keeps_the_first(trained, d
     assert first["context"]["classifier"] == str(classifiers[0])  # not replaced by the second
     page = (workdir / "evaluation" / "index.html").read_text()
     assert all(f'href="{f.name}/index.html"' in page for f in folders)
+
+
+def test_the_natural_command_with_a_trained_classifier_and_a_models_folder(trained, demo_models):
+    """--classifier MINE.safetensors --models DIR --chunk-length 150: DIR gives the embedding
+    models and is not searched for a classifier (it holds 300_/500_model.pth, none for 150 bp), for
+    run, evaluate and submit --dry-run alike; a real contradiction is still refused."""
+    root, done = trained
+    assert done.returncode == 0, done.stderr
+    classifier = root / "T" / "classifier" / "classifier.safetensors"
+    labels = labeled_set(root / "natural-set", seed=8, reads=10)
+    inputs = root / "natural-set" / "inputs.txt"
+    inputs.write_text("gc_rich.fa\n")
+    given = ["--classifier", classifier, "--models", demo_models, "--chunk-length", 150]
+    ran = cli("run", inputs, "-w", root / "natural-run", *given, cwd=root)
+    assert ran.returncode == 0, ran.stderr
+    evaluated = cli("evaluate", labels, "-w", root / "natural-evaluation", *given, cwd=root)
+    assert evaluated.returncode == 0, evaluated.stderr
+    previewed = cli("submit", inputs, "-w", root / "natural-submit", *given, "--partition", "gpu", "--dry-run", cwd=root)
+    assert previewed.returncode == 0, previewed.stderr
+    assert "previews only, not for sbatch by hand" in previewed.stderr
+    # a released classifier's file name says 300 bp: 150 contradicts it
+    contradiction = cli("run", inputs, "-w", root / "natural-refused", "--classifier", demo_models / "300_model.pth",
+                        "--models", demo_models, "--chunk-length", 150, cwd=root)
+    assert contradiction.returncode != 0 and "--chunk-length 150 contradicts the classifier 300_model.pth" in \
+        contradiction.stderr and "Traceback" not in contradiction.stderr
+    # a trained classifier's chunk length is part of it: --force-chunk-length does not apply, and the line says so
+    forced = cli("run", inputs, "-w", root / "natural-refused", *given[:4], "--chunk-length", 300, "--force-chunk-length",
+                 cwd=root)
+    assert forced.returncode != 0 and "trained on 150-bp chunks (--force-chunk-length applies to a released " \
+        "300_/500_model.pth only" in forced.stderr
+    assert not (root / "natural-refused").exists()
+
+
+STATUS_WHILE_RUNNING = """
+import sys
+from rich.console import Console
+import virnucpro.cli.run as commands
+from virnucpro.cli import main
+from virnucpro.orchestration.status import render_status, status_report
+
+def stages_as_status_sees_them(ctx, state):  # what `status` shows while the stages run
+    Console(width=300).print(render_status(status_report(ctx.workdir, ctx.config)))
+    sys.exit(0)
+
+commands.run_locally = stages_as_status_sees_them
+main(sys.argv[1:])
+"""
+
+
+def test_status_names_the_training_holder_and_train_help_says_the_recipe_is_fixed(tmp_path, demo_models):
+    labels = labeled_set(tmp_path / "set", seed=1, reads=5)
+    shown = subprocess.run([sys.executable, "-c", STATUS_WHILE_RUNNING, "train", str(labels), "-w", str(tmp_path / "T"),
+                            "--models", str(demo_models)], capture_output=True, text=True, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "in use by 'virnucpro-slurm train'" in shown.stdout
+    root = tmp_path
+    helped = cli("train", "--help", cwd=root)
+    text = " ".join(helped.stdout.split())
+    assert "The recipe is the original VirNucPro train.py's and is fixed" in text and "unbalanced classes" in text
+    assert "--holdout-window BASES" in text
+    assert "a trained classifier's chunk length is part of it and is never overridden" in \
+        " ".join(cli("run", "--help", cwd=root).stdout.split())
+
+
+def test_few_genomes_are_refused_before_any_gpu_work_and_train_in_windows(tmp_path, demo_models):
+    rng = random.Random(9)
+    for name, gc in (("phage", 0.65), ("host", 0.35)):
+        bases = "".join(rng.choice("GC") if rng.random() < gc else rng.choice("AT") for _ in range(9000))
+        (tmp_path / f"{name}.fa").write_text(f">{name}_genome\n{bases}\n")
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("phage.fa\tvirus\nhost.fa\tother\n")
+    command = ["train", labels, "-w", tmp_path / "T", "--models", demo_models, "--chunk-length", 150]
+    refused = cli(*command, cwd=tmp_path)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "side of the split (--holdout 0.1, --seed 42) has no" in refused.stderr and "--holdout-window" in refused.stderr
+    assert not (tmp_path / "T" / "embeddings").exists() or not any((tmp_path / "T" / "embeddings").rglob("*.h5"))
+    windows = cli(*command, "--holdout-window", 300, cwd=tmp_path)
+    assert windows.returncode == 0, windows.stderr
+    meta = json.loads((tmp_path / "T" / "classifier" / "classifier.json").read_text())
+    assert meta["holdout_window"] == 300 and all(meta["rows"][k] for k in ("held_out_virus", "held_out_other",
+                                                                           "training_virus", "training_other"))

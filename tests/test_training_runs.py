@@ -312,6 +312,7 @@ def test_other_embedding_models_are_still_refused(tmp_path, quiet_demo_run, demo
 
 def test_submit_dry_run_of_a_training_shows_the_train_job(tmp_path, two_fastas, demo_models):
     from tests.test_slurm_dryrun import sbatch_options
+    from virnucpro.orchestration.slurm import PREVIEW_NOTE
 
     labels = write(two_fastas / "labels.tsv", "a.fa\tvirus\nb.fa\tother\n")
     workdir = Workdir(tmp_path / "T")
@@ -320,7 +321,9 @@ def test_submit_dry_run_of_a_training_shows_the_train_job(tmp_path, two_fastas, 
     assert done.returncode == 0, done.stderr
     scripts = sorted(p.stem for p in workdir.dry_run_dir.glob("*.sh"))
     assert scripts == ["dnabert", "esm2", "prepare", "train"]
-    train = sbatch_options(workdir.dry_run_script("train").read_text())
+    script = workdir.dry_run_script("train").read_text()
+    assert script.splitlines()[1] == PREVIEW_NOTE.strip() and "not for sbatch by hand" in done.stderr
+    train = sbatch_options(script)
     assert train["gres"] == "gpu:1" and train["partition"] == "gpu" and train["requeue"] is True
     assert "array" in train and train["array"].startswith("0-0")  # one task
     assert "afterok" in train["dependency"]
@@ -411,8 +414,8 @@ def test_evaluation_scores_every_stop_free_frame_whatever_the_genbank_column(tmp
         labels = write(two_fastas / f"labels-{name}.tsv", text)
         request = RunRequest(inputs_list=labels, workdir=tmp_path / name, models_dir=demo_models, kind="evaluate",
                              chunk_length=300, device="cpu")
-        workdir, config, state = plan_run(request)
         capsys.readouterr()
+        workdir, config, state = plan_run(request)
         run_locally(StageContext(workdir=workdir, config=config), state, ("prepare",))
         said = capsys.readouterr().err
         frames[name] = [i["frames"] for i in json.loads(workdir.prepare_summary.read_text())["inputs"]]
@@ -493,6 +496,9 @@ def test_a_labels_file_given_as_an_inputs_list_is_named_as_such(tmp_path, two_fa
 @pytest.mark.parametrize("command,extra,message", [
     ("train", ["--holdout", "1"], "'1' is not a fraction between 0 and 1"),
     ("train", ["--chunk-length", "20"], "'20' is not a chunk length from 30 to 3000"),
+    ("train", ["--seed", "-1"], "argument --seed: -1 is not a seed (a whole number from 0 to 18446744073709551615)"),
+    ("train", ["--seed", str(2 ** 64)], f"{2 ** 64} is not a seed"),
+    ("train", ["--holdout-window", "-300"], "'-300' is not a whole number of at least 0"),
     ("train", ["--classifier", "x.pth"], "unrecognized arguments: --classifier"),
     ("evaluate", [], "no classifier given"),
     ("evaluate", ["--target-fdr", "0"], "'0' is not a fraction between 0 and 1"),

@@ -23,27 +23,7 @@ from .atomic import atomic_open
 from .errors import StaleInputError
 from .sequences import chunk_starts
 
-MAX_SEED = 2 ** 64 - 1  # the seed is an unsigned 64-bit number (numpy's generators, the key mixing)
 KEY_DTYPE = np.dtype("<u8")
-
-
-def seed_problem(value) -> str | None:
-    """Why a value is no seed (None when it is one): a whole number from 0 to 2**64 - 1."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
-        return f"{value!r} is not a seed (a whole number from 0 to {MAX_SEED})"
-    return None
-
-
-def parse_seed(text: str) -> int:
-    """A --seed option's value; ValueError with one line for -1, 2**64, 1.5, 'x'."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = text
-    problem = seed_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
 
 
 def sequence_key(sequence: str) -> int:

@@ -12,7 +12,7 @@ per frame for the token costs and 8 bytes per read for the duplicate-id check).
 A training's prepare also writes each frame's key of the held-out split beside its shard
 (virnucpro.holdout: a hash of its record's, or its window's, sequence) and refuses a split with
 a side that lacks a class, naming a --holdout-window that works: here, not after the GPU arrays.
-An evaluation ignores the GenBank column of its LABELS file (RunConfig.frame_selection).
+Only a training selects frames by a GenBank file (RunConfig.frame_selection).
 
 Before writing the shards, the stage checks that the three models fit together (the
 classifier's input width is DNABERT-S's plus ESM-2's), so a wrong model fails here, on the CPU,
@@ -41,10 +41,10 @@ from ..atomic import atomic_open, atomic_write_text
 from ..errors import InputError
 from ..orchestration.runner import StageContext
 from ..modelstore.resolve import dnabert_width
-from ..model_facts import KNOWN_WIDTHS
+from ..model_facts import KNOWN_WIDTHS, seed_problem
 from ..fasta import BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block, rna_warning
 from ..genbank import CodingFrames, cds_translations
-from ..holdout import KEY_DTYPE, FrameKeys, held_out, seed_problem, write_keys
+from ..holdout import KEY_DTYPE, FrameKeys, held_out, write_keys
 from ..orchestration.labels import LABELS
 from ..pipeline import TRAINING
 from ..sequences import translate_stream
@@ -214,9 +214,6 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
     workers = prepare_workers(sum(p.stat().st_size for p in inputs))
     log.info("prepare: %d input(s), %d worker process(es)", len(inputs), workers)
     genbank = config.frame_selection
-    if any(config.genbank or ()) and not any(genbank):
-        console.warn(f"{config.inputs_list}: its GenBank column is ignored by an evaluation, which scores every "
-                     "stop-free frame as 'run' does (only a training keeps the frames inside annotated CDS)")
     training = config.kind == TRAINING
     check_split_options(config)
     split_window = config.holdout_window if training else None
