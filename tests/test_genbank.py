@@ -54,7 +54,7 @@ from pathlib import Path
 from virnucpro.fasta import Block
 from virnucpro.stages.prepare import prepare_block
 fasta = Path(sys.argv[1])
-result = prepare_block((Block(fasta, fasta.read_bytes(), 1, True), 0, 60, sys.argv[2]))
+result = prepare_block((Block(fasta, fasta.read_bytes(), 1, True), 0, 60, sys.argv[2], None))
 assert result.counts["reads"] == 3, result.counts
 assert "Bio" not in sys.modules, "a prepare worker parsed the GenBank file"
 """

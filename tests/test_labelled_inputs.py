@@ -74,7 +74,7 @@ def test_a_training_input_without_frames_is_not_promised_header_only_results(two
 
     console.configure(quiet=False)
     for has_results, said in ((False, "it adds no example to the training"), (True, "results will be header-only")):
-        totals = InputTotals("a", two_fastas / "a.fa", has_results)
+        totals = InputTotals("a", two_fastas / "a.fa", training=not has_results)
         totals.counts["reads"] = 1  # one read, no stop-free frame
         totals.finish()
         err = capsys.readouterr().err

@@ -183,13 +183,14 @@ def test_a_submitted_run_completes_with_the_local_results(slurm_run, example_ref
 
 
 def test_b_dry_run_scripts_are_the_submitted_scripts(slurm_run):
-    from virnucpro.orchestration.slurm import placeholder
+    from virnucpro.orchestration.slurm import PREVIEW_NOTE, placeholder
 
     submission = latest_submission(slurm_run["workdir"])
     assert sorted(slurm_run["scripts"]) == sorted(submission["stages"])
     ids = {name: job["job_id"] for name, job in submission["stages"].items()}
     for name, job in submission["stages"].items():
-        expected = slurm_run["scripts"][name]
+        assert slurm_run["scripts"][name].splitlines()[1] + "\n" == PREVIEW_NOTE  # says it is a preview
+        expected = slurm_run["scripts"][name].replace(PREVIEW_NOTE, "")
         for dependency, job_id in ids.items():
             expected = expected.replace(placeholder(dependency), job_id)
         assert Path(job["script"]).read_text() == expected

@@ -2,6 +2,7 @@
 learnably (GC content) through the demo models, the 150-bp chunk length, the classifier written as
 safetensors + json and read back by `evaluate` and `run` without unpickling anything."""
 
+import hashlib
 import html
 import json
 import random
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from virnucpro.modelstore.demo import is_demo_model
@@ -19,6 +21,11 @@ HELD_OUT_ACCURACY = 0.9  # stated in the README: GC-rich 'virus' against AT-rich
 
 def cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "virnucpro.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def evaluation_folder(workdir, classifier):
+    """W/evaluation/NAME: the classifier's name and the first 12 hex digits of its SHA-256."""
+    return workdir / "evaluation" / f"{classifier.stem}-{hashlib.sha256(classifier.read_bytes()).hexdigest()[:12]}"
 
 
 def labeled_set(folder, seed: int, reads: int):
@@ -43,7 +50,7 @@ def trained(tmp_path_factory, demo_models):
     return root, done
 
 
-def test_train_writes_a_classifier_of_the_original_recipe_split_by_read(trained):
+def test_train_writes_a_classifier_of_the_original_recipe_split_by_sequence(trained):
     root, done = trained
     assert done.returncode == 0, done.stderr
     meta = json.loads((root / "T" / "classifier" / "classifier.json").read_text())
@@ -51,7 +58,7 @@ def test_train_writes_a_classifier_of_the_original_recipe_split_by_read(trained)
     assert meta["recipe"] == {"hidden": 512, "classes": 2, "init": "xavier_uniform", "loss": "cross_entropy",
                               "optimizer": "sgd", "learning_rate": 0.0002, "momentum": 0.9, "batch_size": 32,
                               "lr_step_epochs": 10, "lr_gamma": 0.85, "max_epochs": 200, "patience": 5}
-    assert meta["split"].startswith("by read") and meta["seed"] == 3 and meta["holdout"] == 0.1
+    assert meta["split"].startswith("by sequence content") and meta["holdout_window"] == 0 and meta["seed"] == 3 and meta["holdout"] == 0.1
     assert 1 <= meta["best_epoch"] <= meta["epochs"] <= 200
     assert meta["held_out_metrics"]["accuracy"] >= HELD_OUT_ACCURACY
     assert {i["label"] for i in meta["training_inputs"]} == {"virus", "other"}
@@ -152,7 +159,7 @@ def test_evaluate_a_trained_classifier_on_new_labeled_reads(trained, demo_models
                     "--esm-model", demo_models / "esm2_t2_demo.pt", "--dnabert-model", demo_models / "dnabert-s-demo",
                     "--target-fdr", 0.1, cwd=root)
     assert evaluated.returncode == 0, evaluated.stderr
-    folder = root / "E" / "evaluation"
+    folder = evaluation_folder(root / "E", classifier)
     result = json.loads((folder / "metrics.json").read_text())
     assert set(result["levels"]) == {"chunk", "read"} and result["target_fdr"] == 0.1
     read = result["levels"]["read"]
@@ -171,3 +178,163 @@ def test_evaluate_a_trained_classifier_on_new_labeled_reads(trained, demo_models
     assert predicted.returncode == 0, predicted.stderr
     reads = (root / "P" / "results" / "gc_rich" / "reads.tsv").read_text().splitlines()
     assert len(reads) == 31
+
+
+def demo_model_options(demo_models):
+    return ["--esm-model", demo_models / "esm2_t2_demo.pt", "--dnabert-model", demo_models / "dnabert-s-demo"]
+
+
+def calls_in_reads_tables(workdir, labels):
+    """(tp, fp, reads called virus) from reads.tsv of each input of an evaluation (virus: gc_rich)."""
+    tp = fp = 0
+    for name, virus in (("gc_rich", True), ("at_rich", False)):
+        rows = (workdir / "results" / name / "reads.tsv").read_text().splitlines()[1:]
+        called = sum(row.split("\t")[-1] == "virus" for row in rows)
+        tp, fp = (tp + called, fp) if virus else (tp, fp + called)
+    return tp, fp
+
+
+def test_every_threshold_row_is_what_run_min_score_gives_and_the_evaluation_is_marked_demo(trained, demo_models):
+    """The read-level threshold table against `--min-score T` itself (consensus then writes
+    reads.tsv with those calls): the row named for the target FDR and a grid row; reads without a
+    frame (many AT-rich reads of 150-320 bp) are never called, so the placeholder score 0 is never
+    named."""
+    root, done = trained
+    assert done.returncode == 0, done.stderr
+    labels = labeled_set(root / "threshold-set", seed=5, reads=40)
+    classifier = root / "T" / "classifier" / "classifier.safetensors"
+    workdir = root / "E-thresholds"
+    command = ["evaluate", labels, "--classifier", classifier, "-w", workdir, *demo_model_options(demo_models),
+               "--target-fdr", 0.2]
+    first = cli(*command, cwd=root)
+    assert first.returncode == 0, first.stderr
+    folder = evaluation_folder(workdir, classifier)
+    result = json.loads((folder / "metrics.json").read_text())
+    read = result["levels"]["read"]
+    assert read["without_score"] > 0  # the case that matters: reads without a stop-free frame
+    # chunks without a frame are left out of the chunk level, and counted
+    prepared = json.loads((workdir / "prepare" / "summary.json").read_text())["inputs"]
+    chunk = result["levels"]["chunk"]
+    assert chunk["left_out"] == sum(i["chunks"] for i in prepared) - chunk["n"] > 0
+    assert f"{chunk['left_out']:,} chunk(s) without a stop-free frame are left out" in (folder / "index.html").read_text()
+    # and the command says what matters: AUROC, F1, the --min-score to use
+    said = first.stdout + first.stderr
+    assert f"per read: AUROC {read['auroc']:.3f}, F1 {read['f1']:.3f}" in said
+    assert f"--min-score {str(np.float32(read['min_score_for_target_fdr']))} for FDR <= 0.2" in said
+    header, *rows = [line.split("\t") for line in (folder / "thresholds-read.tsv").read_text().splitlines()]
+    table = {row[0]: dict(zip(header, row)) for row in rows}
+    chosen = read["min_score_for_target_fdr"]
+    assert chosen is not None and chosen > 0
+    for min_score in (str(np.float32(chosen)), "0.5"):
+        again = cli(*command, "--min-score", min_score, cwd=root)
+        assert again.returncode == 0, again.stderr
+        tp, fp = calls_in_reads_tables(workdir, labels)
+        assert (tp, fp) == (int(table[min_score]["tp"]), int(table[min_score]["fp"])), min_score
+        recall = tp / read["positives"]
+        assert float(table[min_score]["recall"]) == pytest.approx(recall, abs=1e-6)
+    # demo models and a demo-trained classifier: the evaluation says so, in its files and on its pages
+    assert result["demo_models"] is True
+    assert "MEANINGLESS" in (folder / "index.html").read_text()
+    assert "DEMO" in (workdir / "evaluation" / "index.html").read_text()
+
+
+def test_a_second_classifier_evaluated_in_one_workdir_keeps_the_first(trained, demo_models):
+    root, done = trained
+    assert done.returncode == 0, done.stderr
+    other = cli("train", root / "train-set" / "labels.tsv", "-w", root / "T2", "--models", demo_models,
+                "--chunk-length", 150, "--seed", 9, cwd=root)
+    assert other.returncode == 0, other.stderr
+    labels = labeled_set(root / "compare-set", seed=6, reads=20)
+    workdir = root / "E-compare"
+    classifiers = [root / "T" / "classifier" / "classifier.safetensors", root / "T2" / "classifier" / "classifier.safetensors"]
+    for classifier in classifiers:
+        evaluated = cli("evaluate", labels, "--classifier", classifier, "-w", workdir, *demo_model_options(demo_models),
+                        cwd=root)
+        assert evaluated.returncode == 0, evaluated.stderr
+    folders = [evaluation_folder(workdir, c) for c in classifiers]
+    assert folders[0] != folders[1] and all((f / "metrics.json").exists() for f in folders)
+    first = json.loads((folders[0] / "metrics.json").read_text())
+    assert first["context"]["classifier"] == str(classifiers[0])  # not replaced by the second
+    page = (workdir / "evaluation" / "index.html").read_text()
+    assert all(f'href="{f.name}/index.html"' in page for f in folders)
+
+
+def test_the_natural_command_with_a_trained_classifier_and_a_models_folder(trained, demo_models):
+    """--classifier MINE.safetensors --models DIR --chunk-length 150: DIR gives the embedding
+    models and is not searched for a classifier (it holds 300_/500_model.pth, none for 150 bp), for
+    run, evaluate and submit --dry-run alike; a real contradiction is still refused."""
+    root, done = trained
+    assert done.returncode == 0, done.stderr
+    classifier = root / "T" / "classifier" / "classifier.safetensors"
+    labels = labeled_set(root / "natural-set", seed=8, reads=10)
+    inputs = root / "natural-set" / "inputs.txt"
+    inputs.write_text("gc_rich.fa\n")
+    given = ["--classifier", classifier, "--models", demo_models, "--chunk-length", 150]
+    ran = cli("run", inputs, "-w", root / "natural-run", *given, cwd=root)
+    assert ran.returncode == 0, ran.stderr
+    evaluated = cli("evaluate", labels, "-w", root / "natural-evaluation", *given, cwd=root)
+    assert evaluated.returncode == 0, evaluated.stderr
+    previewed = cli("submit", inputs, "-w", root / "natural-submit", *given, "--partition", "gpu", "--dry-run", cwd=root)
+    assert previewed.returncode == 0, previewed.stderr
+    assert "previews only, not for sbatch by hand" in previewed.stderr
+    # a released classifier's file name says 300 bp: 150 contradicts it
+    contradiction = cli("run", inputs, "-w", root / "natural-refused", "--classifier", demo_models / "300_model.pth",
+                        "--models", demo_models, "--chunk-length", 150, cwd=root)
+    assert contradiction.returncode != 0 and "--chunk-length 150 contradicts the classifier 300_model.pth" in \
+        contradiction.stderr and "Traceback" not in contradiction.stderr
+    # a trained classifier's chunk length is part of it: --force-chunk-length does not apply, and the line says so
+    forced = cli("run", inputs, "-w", root / "natural-refused", *given[:4], "--chunk-length", 300, "--force-chunk-length",
+                 cwd=root)
+    assert forced.returncode != 0 and "trained on 150-bp chunks (--force-chunk-length applies to a released " \
+        "300_/500_model.pth only" in forced.stderr
+    assert not (root / "natural-refused").exists()
+
+
+STATUS_WHILE_RUNNING = """
+import sys
+from rich.console import Console
+import virnucpro.cli.run as commands
+from virnucpro.cli import main
+from virnucpro.orchestration.status import render_status, status_report
+
+def stages_as_status_sees_them(ctx, state):  # what `status` shows while the stages run
+    Console(width=300).print(render_status(status_report(ctx.workdir, ctx.config)))
+    sys.exit(0)
+
+commands.run_locally = stages_as_status_sees_them
+main(sys.argv[1:])
+"""
+
+
+def test_status_names_the_training_holder_and_train_help_says_the_recipe_is_fixed(tmp_path, demo_models):
+    labels = labeled_set(tmp_path / "set", seed=1, reads=5)
+    shown = subprocess.run([sys.executable, "-c", STATUS_WHILE_RUNNING, "train", str(labels), "-w", str(tmp_path / "T"),
+                            "--models", str(demo_models)], capture_output=True, text=True, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "in use by 'virnucpro-slurm train'" in shown.stdout
+    root = tmp_path
+    helped = cli("train", "--help", cwd=root)
+    text = " ".join(helped.stdout.split())
+    assert "The recipe is the original VirNucPro train.py's and is fixed" in text and "unbalanced classes" in text
+    assert "--holdout-window BASES" in text
+    assert "a trained classifier's chunk length is part of it and is never overridden" in \
+        " ".join(cli("run", "--help", cwd=root).stdout.split())
+
+
+def test_few_genomes_are_refused_before_any_gpu_work_and_train_in_windows(tmp_path, demo_models):
+    rng = random.Random(9)
+    for name, gc in (("phage", 0.65), ("host", 0.35)):
+        bases = "".join(rng.choice("GC") if rng.random() < gc else rng.choice("AT") for _ in range(9000))
+        (tmp_path / f"{name}.fa").write_text(f">{name}_genome\n{bases}\n")
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("phage.fa\tvirus\nhost.fa\tother\n")
+    command = ["train", labels, "-w", tmp_path / "T", "--models", demo_models, "--chunk-length", 150]
+    refused = cli(*command, cwd=tmp_path)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "side of the split (--holdout 0.1, --seed 42) has no" in refused.stderr and "--holdout-window" in refused.stderr
+    assert not (tmp_path / "T" / "embeddings").exists() or not any((tmp_path / "T" / "embeddings").rglob("*.h5"))
+    windows = cli(*command, "--holdout-window", 300, cwd=tmp_path)
+    assert windows.returncode == 0, windows.stderr
+    meta = json.loads((tmp_path / "T" / "classifier" / "classifier.json").read_text())
+    assert meta["holdout_window"] == 300 and all(meta["rows"][k] for k in ("held_out_virus", "held_out_other",
+                                                                           "training_virus", "training_other"))

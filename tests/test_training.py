@@ -1,4 +1,4 @@
-"""The train stage's engine (virnucpro.training): split by read, streaming, the recipe, checkpoints
+"""The train stage's engine (virnucpro.training): split by sequence content, streaming, the recipe, checkpoints
 that resume bitwise, and the classifier's safetensors files."""
 
 import json
@@ -20,7 +20,8 @@ from virnucpro.classifier_meta import ClassifierFileError, read_classifier_meta
 from virnucpro.engines.classifier import classify, load_classifier
 from virnucpro.errors import InputError
 from virnucpro.pipeline import ShardInterrupted
-from virnucpro.training import ORIGINAL, TrainingInterrupted, fit, holdout_reads, write_classifier
+from virnucpro.holdout import chunk_keys, held_out, sequence_key
+from virnucpro.training import ORIGINAL, TrainingInterrupted, fit, write_classifier
 from virnucpro.training import rows as training_rows
 
 SHORT = replace(ORIGINAL, max_epochs=3)
@@ -57,22 +58,47 @@ def assert_same_weights(a: dict, b: dict):
 
 # ------------------------------------------------------------------ the split
 
-def test_holdout_is_by_read_and_independent_of_sharding():
-    reads = [f"r{n}" for n in range(5000) for _ in range(6)]  # 6 frames a read
-    index = np.repeat(np.arange(5000) % 3, 6)
-    whole = holdout_reads(index, reads, 42, 0.1)
+def test_holdout_is_by_sequence_content_and_independent_of_sharding():
+    rng = np.random.default_rng(1)
+    sequences = ["".join(rng.choice(list("ACGT"), 40)) for _ in range(5000)]
+    keys = np.repeat([sequence_key(s) for s in sequences], 6)  # 6 frames a read
+    whole = held_out(keys, 42, 0.1)
     # every frame of a read on one side
     assert (whole.reshape(-1, 6) == whole.reshape(-1, 6)[:, :1]).all()
     assert 0.08 < whole.mean() < 0.12
     # cut into shards anywhere, in any order: the same sides
-    cuts = [0, 7, 1000, 17_777, len(reads)]
-    parts = [holdout_reads(index[a:b], reads[a:b], 42, 0.1) for a, b in zip(cuts, cuts[1:])]
-    assert np.array_equal(np.concatenate(parts), whole)
-    backwards = holdout_reads(index[::-1], reads[::-1], 42, 0.1)
-    assert np.array_equal(backwards[::-1], whole)
-    # the input index is part of a read's identity; the seed changes the split
-    assert not np.array_equal(holdout_reads(index + 1, reads, 42, 0.1), whole)
-    assert not np.array_equal(holdout_reads(index, reads, 43, 0.1), whole)
+    cuts = [0, 7, 1000, 17_777, len(keys)]
+    assert np.array_equal(np.concatenate([held_out(keys[a:b], 42, 0.1) for a, b in zip(cuts, cuts[1:])]), whole)
+    assert np.array_equal(held_out(keys[::-1], 42, 0.1)[::-1], whole)
+    # the content is the identity: the same sequence in any case, in any input, on one side; the seed changes the split
+    assert sequence_key(sequences[0].lower()) == sequence_key(sequences[0])
+    assert not np.array_equal(held_out(keys, 43, 0.1), whole)
+    assert held_out(keys, 2 ** 64 - 1, 0.1).any() and held_out(keys, 0, 0.1).any()
+
+
+def test_windows_of_a_genome_are_units_of_their_own_and_identical_windows_share_a_side():
+    from virnucpro.sequences import chunk_starts
+
+    rng = np.random.default_rng(2)
+    genome = "".join(rng.choice(list("ACGT"), 10_000))
+    whole = chunk_keys(genome, 300)
+    assert whole == [sequence_key(genome)]  # one unit: every chunk of the record on one side
+    windows = chunk_keys(genome, 300, window=2000)
+    starts = chunk_starts(len(genome), 300)
+    assert len(windows) == len(starts) and len(set(windows)) == 5
+    assert windows == [sequence_key(genome[s // 2000 * 2000:(s // 2000 + 1) * 2000]) for s in starts]
+    # a second genome sharing the first 2,000 bases: that window has the same key, so the same side
+    other = genome[:2000] + "".join(rng.choice(list("ACGT"), 4000))
+    assert chunk_keys(other, 300, window=2000)[0] == windows[0]
+    assert chunk_keys(genome[:1500], 300, window=2000) == [sequence_key(genome[:1500])]
+
+
+@pytest.mark.parametrize("value", [-1, 2 ** 64, 1.5, "x", True])
+def test_a_seed_out_of_range_is_one_line(value):
+    from virnucpro.model_facts import seed_problem
+
+    assert seed_problem(value) == f"{value!r} is not a seed (a whole number from 0 to {2 ** 64 - 1})"
+    assert seed_problem(2 ** 64 - 1) is None and seed_problem(0) is None
 
 
 def test_epoch_order_covers_every_training_row_once_and_depends_on_seed_and_epoch(shards, monkeypatch):
@@ -196,7 +222,7 @@ def test_damaged_classifier_files_are_refused_in_one_line(trained, tmp_path):
 @pytest.mark.parametrize("case, match", [
     ("one class", "every input is labelled 'other'"),
     ("no virus rows", "the inputs labelled 'virus' gave no frame"),
-    ("held-out without virus", "the held-out split .* has no 'virus' frame"),
+    ("held-out without virus", "side of the split .* has no 'virus' frame"),
 ])
 def test_unusable_labels_or_splits_are_refused(tmp_path, case, match):
     if case == "one class":
@@ -313,12 +339,14 @@ def fake_run(shards, folder: Path):
         root=folder,  # no run.json or state: the report the stage writes at its end is refused with a warning
         shard_frames=lambda k: shard_paths(shard_folder, k).frames,
         embeddings=lambda kind, k: getattr(shard_paths(shard_folder, k), kind),
+        split_keys=lambda k: shard_paths(shard_folder, k).split_keys,
         training_checkpoint=folder / "training/checkpoint.safetensors",
         training_state=folder / "training/checkpoint.json",
         classifier_weights=folder / "classifier/classifier.safetensors",
         classifier_meta=folder / "classifier/classifier.json")
     config = SimpleNamespace(
         shards=len(sources), labels=["virus" if label else "other" for label in labels], holdout=0.2, seed=7,
+        holdout_window=0,
         device="cpu", chunk_length=300, embedding_dtype="float32", input_names=[f"in{i}" for i in range(4)],
         inputs=[f"/data/in{i}.fa" for i in range(4)],
         models=SimpleNamespace(dnabert="DNABERT-S", esm="esm2_t6_8M_UR50D", classifier="", demo=False),
@@ -344,3 +372,37 @@ def test_train_stage_writes_the_classifier_and_stops_with_shard_interrupted(trai
                                               "sha256": "ab" * 32}
     assert document["chunk_length"] == 300 and document["input_widths"] == {"dnabert": 8, "esm2": 12}
     assert_same_weights(load_classifier(workdir.classifier_weights).state_dict(), trained[0].state)
+
+
+def test_status_shows_where_an_unfinished_training_stands(trained, tmp_path):
+    """While train runs (or after it stopped), status reads the checkpoint's summary: epochs done
+    of the most the recipe allows, the last losses, the best epoch."""
+    import shutil
+
+    from virnucpro.orchestration.state import StateFile
+    from virnucpro.orchestration.status import render_status, status_report
+    from virnucpro.paths import Workdir
+
+    result, folder, _ = trained
+    workdir = Workdir(tmp_path / "T")
+    workdir.training_dir.mkdir(parents=True)
+    shutil.copy(folder / "checkpoint.json", workdir.training_state)
+    state = StateFile(workdir.state, workdir.state_lock)
+    state.initialise({"prepare": 1, "dnabert": 1, "esm2": 1, "train": 1})
+    state.mark_running("train", 0)
+    report = status_report(workdir)
+    last = result.history[-1]
+    assert report["training"] == {"epochs_done": result.epochs, "batch": 0, "max_epochs": SHORT.max_epochs,
+                                  "train_loss": last["train_loss"], "held_out_loss": last["held_out_loss"],
+                                  "best_epoch": result.best_epoch, "best_loss": min(h["held_out_loss"] for h in result.history)}
+    from rich.console import Console
+
+    console = Console(width=300, record=True)
+    console.print(render_status(report))
+    assert (f"training: {result.epochs} of at most {SHORT.max_epochs} epochs done (epoch {result.epochs + 1} at batch 0), "
+            f"last training loss {last['train_loss']:.4f}") in console.export_text()
+    state.mark_done("train", 0, {})
+    assert status_report(workdir)["training"] is None  # a finished training: its classifier.json says the rest
+    workdir.training_state.write_text("{damaged")
+    state.mark_running("train", 0)
+    assert status_report(workdir)["training"] is None  # unreadable: status still works

@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 
 from virnucpro import pipeline
-from virnucpro.errors import InputError
+from virnucpro.errors import InputError, VirnucproError
+from virnucpro.holdout import sequence_key
 from virnucpro.orchestration.config import ModelSpec, RunConfig
 from virnucpro.orchestration.labels import read_labels
 from virnucpro.modelstore.resolve import check_classifier_widths
 from virnucpro.orchestration.plan import RunRequest, new_config, plan_run
 from virnucpro.orchestration.state import DONE
 from virnucpro.paths import Workdir
+from virnucpro.storage import read_shard_frames
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "virnucpro" / "data" / "example"
 
@@ -182,7 +184,8 @@ def test_genbank_mode_keeps_only_frames_inside_an_annotated_cds(tmp_path):
     clean = gene + "TAA" + "".join(rng.choice(list("ACGT"), 297))  # 900 nt: chunks 0-300, 300-600, 600-900
     ambiguous = gene[:150] + "N" + gene[151:]  # same gene, one N: its first chunk is dropped whole
     write_genbank(tmp_path / "g.gbff.gz", [("rec1", clean, [(0, 600, 1)]), ("rec2", ambiguous, [(0, 600, 1)])])
-    fasta = write(tmp_path / "g.fa", f">rec1 annotated\n{clean}\n>rec2\n{ambiguous}\n>rec3 not in the GenBank file\n{gene}\n")
+    fasta = write(tmp_path / "g.fa", f">rec1 annotated\n{clean}\n>rec2\n{ambiguous}\n>rec3 not in the GenBank file\n{gene}\n"
+                                     ">rec4 neither, and without a stop-free frame\nAC\n")
     block = Block(path=fasta, data=fasta.read_bytes(), first_line=1, is_first=True)
 
     every = [f for batch in translate_stream([("rec1", clean), ("rec2", ambiguous), ("rec3", gene)], 300)
@@ -190,7 +193,7 @@ def test_genbank_mode_keeps_only_frames_inside_an_annotated_cds(tmp_path):
     from virnucpro.genbank import build_cds_index
 
     index = build_cds_index(tmp_path / "g.gbff.gz", tmp_path / "cds.sqlite")  # what prepare's workers are given
-    selected = prepare_block((block, 0, 300, str(index)))
+    selected = prepare_block((block, 0, 300, str(index), 300))  # a training's, windows of 300
     kept = [line.split("\t") for line in selected.spool.decode().splitlines()]
     kept_ids = [row[3] for row in kept]
     annotated = str(__import__("Bio.Seq", fromlist=["Seq"]).Seq(gene).translate())
@@ -199,13 +202,19 @@ def test_genbank_mode_keeps_only_frames_inside_an_annotated_cds(tmp_path):
     assert "rec1_chunk_1F1" in kept_ids and "rec1_chunk_2F1" in kept_ids and "rec2_chunk_2F1" in kept_ids
     assert len(kept_ids) < len(every)
     assert not any(i.startswith("rec2_chunk_1") for i in kept_ids)  # the chunk with an N
-    assert selected.counts["records_not_in_genbank"] == 1 and selected.counts["frames"] == len(kept_ids)
+    assert selected.counts["records_not_in_genbank"] == 2 and selected.counts["frames"] == len(kept_ids)
+    assert selected.counts["frames_outside_cds"] == len(every) - len(kept_ids)
     # the reads table's frame counts are the kept frames
     reads = {row.split("\t")[0]: int(row.split("\t")[3]) for row in selected.reads.decode().splitlines()}
-    assert reads == {r: sum(i.startswith(r + "_") for i in kept_ids) for r in ("rec1", "rec2", "rec3")}
+    assert reads == {r: sum(i.startswith(r + "_") for i in kept_ids) for r in ("rec1", "rec2", "rec3", "rec4")}
     # without the GenBank file every stop-free frame is kept
-    assert [line.split("\t")[3] for line in prepare_block((block, 0, 300, None)).spool.decode().splitlines()] == \
+    assert [line.split("\t")[3] for line in prepare_block((block, 0, 300, None, None)).spool.decode().splitlines()] == \
         [i for i, _ in every]
+    # GenBank mode split into windows: one key per kept frame, that of its chunk's 300-base window
+    keys = np.frombuffer(selected.split_keys, np.uint64)
+    windows = {"rec1": clean, "rec2": ambiguous}
+    assert keys.tolist() == [sequence_key(windows[i.split("_chunk_")[0]][300 * (int(i.split("_chunk_")[1][:-2]) - 1):]
+                                          [:300]) for i in kept_ids]
 
 
 def test_a_file_that_is_not_genbank_is_one_line(tmp_path):
@@ -307,6 +316,7 @@ def test_other_embedding_models_are_still_refused(tmp_path, quiet_demo_run, demo
 
 def test_submit_dry_run_of_a_training_shows_the_train_job(tmp_path, two_fastas, demo_models):
     from tests.test_slurm_dryrun import sbatch_options
+    from virnucpro.orchestration.slurm import PREVIEW_NOTE
 
     labels = write(two_fastas / "labels.tsv", "a.fa\tvirus\nb.fa\tother\n")
     workdir = Workdir(tmp_path / "T")
@@ -315,7 +325,9 @@ def test_submit_dry_run_of_a_training_shows_the_train_job(tmp_path, two_fastas, 
     assert done.returncode == 0, done.stderr
     scripts = sorted(p.stem for p in workdir.dry_run_dir.glob("*.sh"))
     assert scripts == ["dnabert", "esm2", "prepare", "train"]
-    train = sbatch_options(workdir.dry_run_script("train").read_text())
+    script = workdir.dry_run_script("train").read_text()
+    assert script.splitlines()[1] == PREVIEW_NOTE.strip() and "not for sbatch by hand" in done.stderr
+    train = sbatch_options(script)
     assert train["gres"] == "gpu:1" and train["partition"] == "gpu" and train["requeue"] is True
     assert "array" in train and train["array"].startswith("0-0")  # one task
     assert "afterok" in train["dependency"]
@@ -358,7 +370,8 @@ def test_a_run_file_of_an_unknown_kind_is_refused(tmp_path, two_fastas, demo_mod
         RunConfig.load(workdir)
 
 
-def test_training_prepare_uses_the_genbank_files_and_refuses_a_class_without_frames(tmp_path, two_fastas, demo_models):
+def test_training_prepare_uses_the_genbank_files_and_refuses_a_class_without_frames(tmp_path, two_fastas, demo_models,
+                                                                                    capsys):
     from virnucpro.orchestration.runner import StageContext, run_locally
 
     rng = np.random.default_rng(3)
@@ -376,18 +389,120 @@ def test_training_prepare_uses_the_genbank_files_and_refuses_a_class_without_fra
                                         "annotated CDS are kept"):
         run_locally(StageContext(workdir=workdir, config=config), state, ("prepare",))
     assert not workdir.prepare_summary.exists() and not workdir.shard_frames(0).exists()
+    said = capsys.readouterr().err  # its frames are stop-free, but none is coding: not "no stop-free frame"
+    assert f"o.fa: no stop-free frame lies inside a CDS annotated in {two_fastas / 'o.gbk'} (4 lie outside)" in said
+    assert "no read yields a stop-free frame" not in said and "header-only" not in said
 
     # with the other class annotated too: prepare keeps the coding frames of both
     write_genbank(two_fastas / "o.gbk", [("other1", gene, [(0, 300, 1)])])
-    workdir, config, state = plan_run(request)  # the GenBank file is part of the input's identity
+    # (the GenBank file is part of the input's identity; a record a class: split into windows of a chunk)
+    workdir, config, state = plan_run(replace(request, holdout=0.5, holdout_window=150))
     run_locally(StageContext(workdir=workdir, config=config), state, ("prepare",))
     summary = json.loads(workdir.prepare_summary.read_text())
     assert [i["frames"] for i in summary["inputs"]] == [2, 2]  # chunks 1-150 and 151-300, frame F1 each
 
 
+def test_evaluation_scores_every_stop_free_frame_whatever_the_genbank_column(tmp_path, two_fastas, demo_models, capsys):
+    """An evaluation scores what `run` scores: a GenBank column (the training's LABELS file) is
+    ignored, said once, and is no part of the run's identity."""
+    from virnucpro.orchestration.runner import StageContext, run_locally
+
+    rng = np.random.default_rng(4)
+    gene = stop_free_orf(rng, 100)
+    unannotated = stop_free_orf(rng, 100)[::-1].translate(str.maketrans("ACGT", "TGCA"))  # on the reverse strand
+    sequence = gene + unannotated  # an annotated CDS, then a stop-free frame no CDS holds
+    write_genbank(two_fastas / "v.gbk", [("virus1", sequence, [(0, 300, 1)])])
+    write(two_fastas / "v.fa", f">virus1\n{sequence}\n")
+    frames = {}
+    for name, text in (("with", "v.fa\tvirus\tv.gbk\na.fa\tother\n"), ("without", "v.fa\tvirus\na.fa\tother\n")):
+        labels = write(two_fastas / f"labels-{name}.tsv", text)
+        request = RunRequest(inputs_list=labels, workdir=tmp_path / name, models_dir=demo_models, kind="evaluate",
+                             chunk_length=300, device="cpu")
+        capsys.readouterr()
+        workdir, config, state = plan_run(request)
+        run_locally(StageContext(workdir=workdir, config=config), state, ("prepare",))
+        said = capsys.readouterr().err
+        frames[name] = [i["frames"] for i in json.loads(workdir.prepare_summary.read_text())["inputs"]]
+        assert said.count("GenBank column is ignored") == (1 if name == "with" else 0)
+        assert "genbank" not in json.dumps(config.fingerprint["inputs"])
+    assert frames["with"] == frames["without"] and frames["with"][0] > 1  # not only the frame inside the CDS
+
+
+def random_genomes(rng, prefix: str, count: int, length: int) -> str:
+    return "".join(f">{prefix}{n}\n{''.join(rng.choice(list('ACGT'), length))}\n" for n in range(count))
+
+
+def test_prepare_refuses_an_empty_side_of_the_split_and_windows_make_one_that_works(tmp_path, two_fastas, demo_models):
+    """A genome a class and the default --holdout 0.1: split by whole records, a side lacks a
+    class. prepare says so in one line naming what to do, before any GPU work; split into windows
+    (--holdout-window), both sides hold both classes."""
+    from virnucpro.holdout import KEY_DTYPE, held_out
+    from virnucpro.orchestration.runner import StageContext, run_locally
+
+    rng = np.random.default_rng(11)
+    write(two_fastas / "phages.fa", random_genomes(rng, "phage", 1, 12000))
+    write(two_fastas / "bacteria.fa", random_genomes(rng, "chromosome", 1, 12000))
+    labels = write(two_fastas / "labels.tsv", "phages.fa\tvirus\nbacteria.fa\tother\n")
+    request = RunRequest(inputs_list=labels, workdir=tmp_path / "T", models_dir=demo_models, kind="train",
+                         chunk_length=150, device="cpu")
+    workdir, config, state = plan_run(request)
+    with pytest.raises(VirnucproError) as refused:
+        run_locally(StageContext(workdir=workdir, config=config), state, ("prepare",))
+    message = str(refused.value)
+    assert "side of the split (--holdout 0.1, --seed 42) has no" in message and "--holdout-window 150" in message
+    assert "\n" not in message and str(labels) in message
+    assert not workdir.prepare_summary.exists() and not workdir.shard_frames(0).exists()
+
+    workdir, config, state = plan_run(replace(request, holdout_window=150))
+    run_locally(StageContext(workdir=workdir, config=config), state, ("prepare",))
+    sides = {(side, label): 0 for side in (False, True) for label in ("virus", "other")}
+    for shard in range(config.shards):
+        table = read_shard_frames(workdir.shard_frames(shard))
+        keys = np.load(workdir.split_keys(shard))
+        assert keys.dtype == KEY_DTYPE and len(keys) == len(table.frame_ids)
+        for side, index in zip(held_out(keys, 42, 0.1).tolist(), table.input_index.tolist()):
+            sides[(side, config.labels[index])] += 1
+    assert all(sides.values()), sides
+
+
+def test_the_same_record_in_two_inputs_lies_on_one_side(tmp_path, two_fastas, demo_models):
+    from virnucpro.holdout import held_out
+    from virnucpro.orchestration.runner import StageContext, run_locally
+
+    rng = np.random.default_rng(12)
+    shared = "".join(rng.choice(list("ACGT"), 3000))
+    write(two_fastas / "v.fa", random_genomes(rng, "v", 30, 600) + f">shared_copy_1\n{shared}\n")
+    write(two_fastas / "o.fa", f">shared_copy_2\n{shared.lower()}\n" + random_genomes(rng, "o", 30, 600))
+    labels = write(two_fastas / "labels.tsv", "v.fa\tvirus\no.fa\tother\n")
+    request = RunRequest(inputs_list=labels, workdir=tmp_path / "T", models_dir=demo_models, kind="train",
+                         chunk_length=150, device="cpu", holdout=0.5, shards=2)
+    workdir, config, state = plan_run(request)
+    run_locally(StageContext(workdir=workdir, config=config), state, ("prepare",))
+    keys = {}
+    for shard in range(2):
+        table = read_shard_frames(workdir.shard_frames(shard))
+        for read_id, key in zip(table.read_ids, np.load(workdir.split_keys(shard)).tolist()):
+            keys.setdefault(read_id, set()).add(key)
+    assert keys["shared_copy_1"] == keys["shared_copy_2"] and len(keys["shared_copy_1"]) == 1
+    for seed in range(20):  # so on one side whatever the seed
+        assert len(set(held_out(np.array(list(keys["shared_copy_1"] | keys["shared_copy_2"]), np.uint64), seed, 0.5))) == 1
+
+
+@pytest.mark.parametrize("command", [["run"], ["submit", "--dry-run", "--partition", "gpu"]])
+def test_a_labels_file_given_as_an_inputs_list_is_named_as_such(tmp_path, two_fastas, demo_models, command):
+    labels = write(two_fastas / "labels.tsv", "a.fa\tvirus\nb.fa\tother\n")
+    done = cli(command[0], str(labels), "--workdir", str(tmp_path / "W"), "--models", str(demo_models), *command[1:])
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"{labels}: a LABELS file (FASTA, label per line), not an inputs list" in done.stderr
+    assert "--kind train" in done.stderr and "input file not found" not in done.stderr
+
+
 @pytest.mark.parametrize("command,extra,message", [
     ("train", ["--holdout", "1"], "'1' is not a fraction between 0 and 1"),
     ("train", ["--chunk-length", "20"], "'20' is not a chunk length from 30 to 3000"),
+    ("train", ["--seed", "-1"], "argument --seed: -1 is not a seed (a whole number from 0 to 18446744073709551615)"),
+    ("train", ["--seed", str(2 ** 64)], f"{2 ** 64} is not a seed"),
+    ("train", ["--holdout-window", "-300"], "'-300' is not a whole number of at least 0"),
     ("train", ["--classifier", "x.pth"], "unrecognized arguments: --classifier"),
     ("evaluate", [], "no classifier given"),
     ("evaluate", ["--target-fdr", "0"], "'0' is not a fraction between 0 and 1"),

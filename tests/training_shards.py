@@ -1,5 +1,5 @@
 """Synthetic training shards written with the project's writers (frame table as prepare writes it,
-embedding matrices by storage.write_shard_matrix): tests of training and bench/train_throughput.py.
+embedding matrices by storage.write_shard_matrix, split keys by holdout.write_keys): tests of training and bench/train_throughput.py.
 
 Input i is labelled i % 2 (1 = virus). Each row's features are a row of a fixed random pool plus
 `separation` times the class sign along one direction, so the classes differ learnably."""
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virnucpro.holdout import sequence_key, write_keys
 from virnucpro.storage import FRAME_COLUMNS, write_shard_matrix
 from virnucpro.training import ShardSource
 
@@ -18,7 +19,7 @@ POOL_ROWS = 4096
 
 def shard_paths(folder: Path, shard: int) -> ShardSource:
     return ShardSource(folder / f"frames-{shard}.tsv", folder / f"dnabert-{shard}.h5", folder / f"esm2-{shard}.h5",
-                       shard)
+                       folder / f"split-keys-{shard}.npy", shard)
 
 
 def write_training_shards(folder: Path, shards: int = 2, reads: int = 300, frames_per_read: int = 3,
@@ -50,6 +51,9 @@ def write_training_shards(folder: Path, shards: int = 2, reads: int = 300, frame
         features = pool[(np.arange(rows) + row) % POOL_ROWS] + separation * sign[:, None] * direction
         write_shard_matrix(source.dnabert, ids, features[:, :widths[0]], dtype=dtype)
         write_shard_matrix(source.esm2, ids, features[:, widths[0]:], dtype=dtype)
+        # read r's sequence stands for itself: its key is that of a sequence unique to it
+        write_keys(source.split_keys, np.repeat([sequence_key(f"read{r}") for r in range(first, last)], frames_per_read)
+                   .astype(np.uint64))
         sources.append(source)
         row += rows
     return sources, [i % 2 for i in range(inputs)]

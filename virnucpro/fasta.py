@@ -31,6 +31,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import console
+from .classifier_meta import CLASS_NAMES  # the two labels a LABELS file gives
 from .errors import InputError
 from .json_files import JsonFileError, not_regular_kind, read_file_bytes
 from .sequences import Read, translate_stream
@@ -439,7 +440,11 @@ def read_inputs_list(list_path: str | Path) -> list[Path]:
     paths: list[Path] = []
     seen: set[tuple[int, int]] = set()
     for entry in listed:
-        path, identity = listed_file(entry, list_path)
+        try:
+            path, identity = listed_file(entry, list_path)
+        except InputError:
+            refuse_labels_file(list_path, str(entry))
+            raise
         if identity in seen:
             continue  # listed twice: one input, never counted twice
         seen.add(identity)
@@ -450,6 +455,16 @@ def read_inputs_list(list_path: str | Path) -> list[Path]:
 
 
 MAX_LIST_BYTES = 64 << 20  # a list of paths: a million lines fit
+
+
+def refuse_labels_file(list_path: Path, entry: str) -> None:
+    """An inputs list line that is no file but a FASTA path and its label: the user gave a LABELS
+    file where an inputs list goes (`run`, or `submit` without --kind); say so, and what to type."""
+    columns = entry.split("\t") if "\t" in entry else entry.split()
+    if len(columns) in (2, 3) and columns[1].strip().lower() in CLASS_NAMES:
+        raise InputError(f"{list_path}: a LABELS file (FASTA, label{', GenBank' if len(columns) == 3 else ''} per "
+                         "line), not an inputs list of FASTA files; train or evaluate with it: 'virnucpro-slurm "
+                         "train|evaluate LABELS', or 'submit LABELS --kind train' (or --kind evaluate)")
 
 
 def read_list_text(list_path: Path, noun: str, lines: str) -> str:

@@ -181,16 +181,15 @@ class CodingFrames:
                     if any(start <= p < start + chunk_length for p in positions):
                         self.ambiguous_chunks.add(f"{read_id}_chunk_{k}")
         self.dropped: Counter = Counter()  # read id -> frames dropped so far (a read's chunks span batches)
-        self.records_without_cds: set[str] = set()
+        self.outside = 0  # stop-free frames dropped in all
+        # every FASTA record the GenBank file lacks, with a stop-free frame or not
+        self.records_without_cds: set[str] = {read_id for read_id, _ in reads if read_id not in translations}
 
     def keep(self, read_id: str, chunk_id: str, protein: str) -> bool:
         if chunk_id in self.ambiguous_chunks:
             return False
         annotated = self.translations.get(read_id)
-        if annotated is None:
-            self.records_without_cds.add(read_id)
-            return False
-        return protein in annotated
+        return annotated is not None and protein in annotated
 
     def select(self, batch: FrameBatch) -> FrameBatch:
         """The batch with only the coding frames (its reads' frame counts lowered to match)."""
@@ -202,6 +201,7 @@ class CodingFrames:
                     column.append(value)
             else:
                 self.dropped[row[0]] += 1
+                self.outside += 1
         out.finished_frames = [frames - self.dropped.pop(read_id, 0)
                                for read_id, frames in zip(batch.finished_ids, batch.finished_frames)]
         return out

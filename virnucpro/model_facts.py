@@ -1,5 +1,6 @@
 """The three models of a run, as data: which they are (ModelSpec), and what is known of them
-without loading them (embedding widths by name, the chunk lengths a classifier may take).
+without loading them (embedding widths by name, the chunk lengths a classifier may take, the
+seeds a training of one may take).
 
 Ground floor: the planner, the model store, the stages and the command line read these facts;
 nothing is imported here, so login-node commands stay fast.
@@ -48,3 +49,15 @@ def parse_chunk_length(text: str) -> int:
     if chunk_length_problem(value):
         raise ValueError(chunk_length_problem(text))
     return value
+
+
+# A training's seed seeds numpy's generators and the held-out split's key mixing (holdout.py):
+# an unsigned 64-bit number.
+MAX_SEED = 2 ** 64 - 1
+
+
+def seed_problem(value) -> str | None:
+    """Why a value is no seed (None when it is one): a whole number from 0 to 2**64 - 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        return f"{value!r} is not a seed (a whole number from 0 to {MAX_SEED})"
+    return None

@@ -94,6 +94,14 @@ class Workdir:
     def shard_frames(self, shard: int) -> Path:
         return self.root / f"shards/{shard:05d}.frames.tsv"  # one join: status builds one per shard
 
+    def split_keys(self, shard: int) -> Path:
+        """A training's key of each frame of the shard: its unit of the held-out split (holdout.py)."""
+        return self.root / f"shards/{shard:05d}.split-keys.npy"
+
+    @property
+    def split_keys_spool(self) -> Path:
+        return self.prepare_dir / "split-keys.spool"
+
     # embeddings and predictions
     @property
     def embeddings_dir(self) -> Path:
@@ -170,9 +178,17 @@ class Workdir:
     def evaluation_dir(self) -> Path:
         return self.root / "evaluation"
 
+    def evaluation_result(self, name: str) -> Path:
+        """W/evaluation/NAME/: one classifier's evaluation (NAME: RunConfig.evaluation_name), kept
+        beside those of other classifiers evaluated in this workdir; W/evaluation/index.html compares them."""
+        return self.evaluation_dir / name
+
+    def evaluation_metrics(self, name: str) -> Path:
+        return self.evaluation_result(name) / EVALUATION_METRICS
+
     @property
-    def evaluation_metrics(self) -> Path:
-        return self.evaluation_dir / EVALUATION_METRICS
+    def evaluations_page(self) -> Path:
+        return self.evaluation_dir / "index.html"
 
     @property
     def report_dir(self) -> Path:

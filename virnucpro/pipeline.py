@@ -83,8 +83,9 @@ class Stage:
 STAGE_TABLE: tuple[Stage, ...] = (
     Stage("prepare", parents=(), sharded=False, gpu=False, requeueable=False, redo_after=NOTHING,
           outputs=lambda w, shard, config: (w.prepare_summary, *map(w.reads_table, range(len(config.inputs))),
-                                            *map(w.shard_frames, range(config.shards))),
-          owns=lambda w, shard: (w.prepare_dir, w.shards_dir),
+                                            *map(w.shard_frames, range(config.shards)),
+                                            *(map(w.split_keys, range(config.shards)) if config.kind == TRAINING else ())),
+          owns=lambda w, shard: (w.prepare_dir, w.shards_dir), options=("holdout_window",),
           summary="read, chunk and six-frame translate every input; cut the frames into shards"),
     Stage("dnabert", parents=("prepare",), sharded=True, gpu=True, requeueable=True, redo_after=NOTHING,
           outputs=lambda w, shard, config: (w.embeddings("dnabert", shard),),
@@ -109,11 +110,11 @@ STAGE_TABLE: tuple[Stage, ...] = (
     # the hours of a finished training are not spent again for it
     Stage("train", parents=("dnabert", "esm2"), sharded=False, gpu=True, requeueable=True, redo_after=NOTHING,
           outputs=lambda w, shard, config: (w.classifier_weights, w.classifier_meta),
-          owns=lambda w, shard: (w.training_dir, w.classifier_dir), options=("labels", "holdout", "seed"),
+          owns=lambda w, shard: (w.training_dir, w.classifier_dir), options=("labels", "holdout", "seed", "holdout_window"),
           kinds=(TRAINING,), summary="fit the MLP classifier on the labelled embeddings, split by sequence"),
     # reads the predictions and prepare's frame and read tables
     Stage("evaluate", parents=("predict",), sharded=False, gpu=False, requeueable=False, redo_after=ANY_EARLIER,
-          outputs=lambda w, shard, config: (w.evaluation_metrics,),
+          outputs=lambda w, shard, config: (w.evaluation_metrics(config.evaluation_name), w.evaluations_page),
           owns=lambda w, shard: (w.evaluation_dir,), options=("labels", "target_fdr"),
           kinds=(EVALUATION,), summary="metrics of the classifier on the labelled inputs, per chunk and per read"),
 )

@@ -120,7 +120,7 @@ def write_dry_run(workdir, jobs, options) -> None:
     if not jobs:
         console.info(f"nothing to submit: every stage of {workdir.root} is done")
     for job in jobs:
-        script = slurm.render_script(workdir, job, options, placeholders)
+        script = slurm.as_preview(slurm.render_script(workdir, job, options, placeholders))
         path = workdir.dry_run_script(job.stage)
         atomic_write_text(path, script)
         header = f"# ==== {path} -- {describe(job)}"
@@ -132,7 +132,8 @@ def write_dry_run(workdir, jobs, options) -> None:
             print(script)
     waited_for = [placeholders[s] for s in placeholders if any(s in job.waits_for for job in jobs)]
     console.info(f"dry run ({options.origin}): {len(jobs)} script(s) in {folder}; nothing submitted"
-                 + (f"; {', '.join(waited_for)} stand for the job ids sbatch will assign" if waited_for else ""))
+                 + (f"; {', '.join(waited_for)} stand for the job ids sbatch will assign" if waited_for else "")
+                 + "; previews only, not for sbatch by hand: submit with the same command without --dry-run")
 
 
 def print_submission(workdir, jobs, record) -> None:

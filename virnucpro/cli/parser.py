@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from .. import __version__
-from ..model_facts import DEFAULT_CHUNK_LENGTH, MAX_CHUNK_LENGTH, MIN_CHUNK_LENGTH, parse_chunk_length
+from ..model_facts import DEFAULT_CHUNK_LENGTH, MAX_CHUNK_LENGTH, MIN_CHUNK_LENGTH, parse_chunk_length, seed_problem
 from ..pipeline import EVALUATION, KINDS, PREDICTION, STAGES, TRAINING
 
 
@@ -53,7 +53,9 @@ def _add_model_options(parser: argparse.ArgumentParser, kind: str) -> None:
                        help="VirNucPro 300_model.pth or 500_model.pth, or a classifier.safetensors made by 'train'")
     group.add_argument("--chunk-length", type=_chunk_length, metavar="N",
                        help="default: the classifier's (classifier.json, else its file name), else 500")
-    group.add_argument("--force-chunk-length", action="store_true", help="allow a chunk length that contradicts the classifier name")
+    group.add_argument("--force-chunk-length", action="store_true",
+                       help="allow a chunk length that contradicts a released classifier's file name (300_/500_model.pth); "
+                            "a trained classifier's chunk length is part of it and is never overridden")
 
 
 def _add_run_options(parser: argparse.ArgumentParser, kind: str = "predict") -> None:
@@ -69,7 +71,11 @@ def _add_run_options(parser: argparse.ArgumentParser, kind: str = "predict") -> 
         training = parser.add_argument_group("training")
         training.add_argument("--holdout", type=_fraction, default=0.1, metavar="F",
                               help="fraction of the sequences (reads, records) held out to stop early and measure (default 0.1)")
-        training.add_argument("--seed", type=int, default=42, help="seed of the split and the shuffles (default 42)")
+        training.add_argument("--holdout-window", type=_whole_number, default=0, metavar="BASES",
+                              help="split records into windows of this many bases for the held-out split (few genomes); "
+                                   "default 0: whole records")
+        training.add_argument("--seed", type=_seed, default=42,
+                              help="seed of the split and the shuffles (0 to 2^64-1; default 42)")
     if kind in ("evaluate", "any"):
         parser.add_argument("--target-fdr", type=_fraction, default=0.05, metavar="F",
                             help="name the lowest --min-score whose false-discovery rate is at most F (default 0.05)")
@@ -156,6 +162,28 @@ def _chunk_length(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
+    return value
+
+
+def _seed(text: str) -> int:
+    """--seed: 0 to 2**64 - 1 (-1 or 2**64 would pass int() and fail deep in the training)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = text
+    problem = seed_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -206,7 +234,12 @@ RUN_COMMANDS = (
      "  virnucpro-slurm run inputs.txt -w W --models my-models/ --chunk-length 300"),
     ("train", TRAINING, "train a classifier on labelled FASTA files (prepare, embeddings, train)",
      "LABELS: one input per line: FASTA<TAB>virus|other[<TAB>GenBank]; '#' comments; paths "
-     "relative to the LABELS file\n\nexamples:\n"
+     "relative to the LABELS file\n\n"
+     "The recipe is the original VirNucPro train.py's and is fixed (no options: a classifier is comparable "
+     "with the released ones); only --holdout, --holdout-window and --seed choose the split. Its loss does not "
+     "weight the classes, so unbalanced classes (GenBank mode often keeps 10x more frames of one) bias the "
+     "calls toward the larger: balance the LABELS file (subsample the larger class, or add sequences of the "
+     "smaller), and choose --min-score with 'evaluate' on a labelled set like your data.\n\nexamples:\n"
      "  virnucpro-slurm train labels.tsv -w T --models my-models/ --chunk-length 150\n"
      "  virnucpro-slurm train labels.tsv -w T --esm-model esm2_t33_650M_UR50D --device cuda\n"
      "  virnucpro-slurm submit -w T --partition gpu   # the same training on SLURM"),

@@ -77,7 +77,8 @@ def run_request(args: argparse.Namespace) -> RunRequest:
         embedding_dtype=args.embedding_dtype, trust_model_pickles=args.trust_model_pickles,
         allow_download=args.allow_download, compile=getattr(args, "compile", None),
         esm_residual=getattr(args, "esm_residual", "fp32"), kind=run_kind(args), holdout=getattr(args, "holdout", 0.1),
-        seed=getattr(args, "seed", 42), target_fdr=getattr(args, "target_fdr", 0.05),
+        seed=getattr(args, "seed", 42), holdout_window=getattr(args, "holdout_window", 0),
+        target_fdr=getattr(args, "target_fdr", 0.05),
     )
 
 
@@ -90,7 +91,8 @@ def cmd_run(args) -> int:
     stop = StopFlag().install()  # before anything is written: a SIGTERM now still ends cleanly
     request = run_request(args)
     check_for_run(request)
-    with WorkdirWriter(request.workdir, "virnucpro-slurm run") as writer:  # held until the run ends
+    # held until the run ends; status names the holder by its command (run, train, evaluate)
+    with WorkdirWriter(request.workdir, f"virnucpro-slurm {args.command}") as writer:
         workdir, config, state = plan_run(request, writer, active_jobs)
         console.log_to_file(workdir.run_log())
         warn_if_demo(config)
@@ -110,5 +112,5 @@ def cmd_run(args) -> int:
         console.info(f"  {workdir.result_dir(name)}")
     console.info(f"report: {workdir.report_index}")
     if config.kind == EVALUATION:
-        console.info(f"evaluation: {workdir.evaluation_dir}")
+        console.info(f"evaluations compared: {workdir.evaluations_page}")
     return 0

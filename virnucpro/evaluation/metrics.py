@@ -1,7 +1,8 @@
 """Binary classification metrics of virus scores against labels, computed with numpy alone.
 
 The definitions are scikit-learn's (tests/test_evaluation_metrics.py checks them against it):
-- a sequence is called virus when `called` says so, or else when its score >= the threshold;
+- a sequence is called virus when `called` says so, or else when its score >= the threshold
+  (a min-score: compared in float32, the scores' precision, as `--min-score` is);
 - precision = TP / (TP + FP), recall = TP / (TP + FN), F1 their harmonic mean, each 0 when its
   denominator is 0; MCC = (TP·TN − FP·FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)), 0 when a factor is 0;
 - AUROC: the probability that a random virus scores above a random other, ties counting one half
@@ -18,7 +19,8 @@ are rarer in the real data than in the labeled set.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -125,28 +127,68 @@ def binary_metrics(truth, scores, called=None, threshold: float = 0.5) -> dict:
     }
 
 
-def threshold_row(truth: np.ndarray, scores: np.ndarray, min_score: float) -> dict:
-    called = scores >= min_score
+def threshold_row(truth: np.ndarray, called: np.ndarray, min_score: float) -> dict:
+    """Precision, recall, FDR and the share called virus of the calls a min-score gives."""
+    truth = np.asarray(truth, dtype=bool)
     counts = confusion(truth, called)
     tp, fp = counts["tp"], counts["fp"]
     return {"min_score": float(min_score), "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, int(truth.sum())),
             "fdr": _ratio(fp, tp + fp), "called_virus": _ratio(tp + fp, truth.size), **counts}
 
 
-def min_score_for_fdr(truth, scores, target_fdr: float) -> float | None:
+def calls_at(scores: np.ndarray, min_score: float, scored: np.ndarray | None = None) -> np.ndarray:
+    """The calls of `--min-score min_score`: scored items whose score >= it, compared in float32
+    (the scores' precision, as consensus compares them); an item without a score is never called."""
+    called = np.asarray(scores) >= np.float32(min_score)
+    return called if scored is None else called & scored
+
+
+def min_score_for_fdr(truth, scores, target_fdr: float, scored=None) -> float | None:
     """The lowest observed score whose calls (score >= it) have FDR <= target on this set: the
-    most reads called at that error rate. None when no threshold reaches it."""
+    most sequences called at that error rate. Only the scores of `scored` items are candidates
+    (a read without a frame carries a placeholder score but is never called, so its placeholder
+    is no threshold). None when no threshold reaches the target, and for a set of one class,
+    whose FDR says nothing of the classifier (0 or 1 at every threshold)."""
     truth, scores = _arrays(truth, scores)
-    if truth.size == 0:
+    if truth.all() or not truth.any():
         return None
+    if scored is not None:
+        scored = np.asarray(scored, dtype=bool).ravel()
+        truth, scores = truth[scored], scores[scored]
+        if truth.size == 0:
+            return None
     thresholds, tps, fps = _cumulative_at_distinct_scores(truth, scores)
     reaching = np.flatnonzero(fps <= target_fdr * (tps + fps))
     reaching = reaching[(tps + fps)[reaching] > 0]
     return float(thresholds[reaching[-1]]) if reaching.size else None
 
 
-def threshold_table(truth, scores, thresholds: Sequence[float] | None = None) -> list[dict]:
-    """One row per min-score (ascending): precision, recall, FDR and the share called virus."""
+def threshold_table(truth, scores, thresholds: Sequence[float] | None = None, call_at=None) -> list[dict]:
+    """One row per min-score (ascending): precision, recall, FDR and the share called virus of
+    the calls `call_at(min_score)` makes (default: calls_at, every item scored)."""
     truth, scores = _arrays(truth, scores)
+    call_at = call_at or (lambda min_score: calls_at(scores, min_score))
     chosen = DEFAULT_THRESHOLDS if thresholds is None else thresholds
-    return [threshold_row(truth, scores, t) for t in sorted(set(float(t) for t in chosen))]
+    return [threshold_row(truth, call_at(t), t) for t in sorted(set(float(t) for t in chosen))]
+
+
+@dataclass
+class LevelScores:
+    """One level (chunk, read) of an evaluation: per item its truth, virus score and call.
+    `call_at(min_score)` gives the calls `--min-score` would make (default: metrics.calls_at);
+    `scored` marks the items with a score of their own (None: all): an item without one (a read
+    without a stop-free frame) carries a placeholder score, is never called, and its placeholder
+    is never a candidate threshold."""
+
+    truth: np.ndarray
+    scores: np.ndarray
+    calls: np.ndarray | None = None  # None: score >= 0.5
+    call_at: Callable[[float], np.ndarray] | None = None
+    scored: np.ndarray | None = None
+    left_out: int | None = None  # items of this level without a score, not among these (chunks without a frame)
+
+    def __post_init__(self):
+        self.truth = np.asarray(self.truth, dtype=bool)
+        self.scores = np.asarray(self.scores, dtype=np.float64)
+        if self.call_at is None:
+            self.call_at = lambda min_score: calls_at(self.scores, min_score, self.scored)

@@ -150,7 +150,7 @@ MODEL_FLAGS = {"esm": "--esm-model", "dnabert": "--dnabert-model", "classifier":
 
 def models_in_dir(directory: Path, chunk_length: int | None, need_classifier: bool = True) -> dict:
     """Find an ESM-2 .pt, a DNABERT-S folder and the classifier(s) in a folder like demo-models
-    (no classifier for a training: `need_classifier` False)."""
+    (no classifier for a training, or when --classifier names one: `need_classifier` False)."""
     if not directory.is_dir():
         raise InputError(f"{directory}: --models folder not found; fetch the models into it with 'virnucpro-slurm "
                          f"models download {directory}' (or 'virnucpro-slurm demo-models {directory}' to try things)")
@@ -178,7 +178,9 @@ def resolve_models(request) -> tuple[ModelSpec, int]:
     DIR, the flags and the defaults, every path checked, the classifier's widths and chunk length
     held against the models'."""
     training = request.kind == TRAINING  # a training makes its classifier
-    found = models_in_dir(request.models_dir, request.chunk_length, need_classifier=not training) if request.models_dir else {}
+    # a classifier given (or made) is not looked for in --models DIR
+    need_classifier = not training and not request.classifier
+    found = models_in_dir(request.models_dir, request.chunk_length, need_classifier) if request.models_dir else {}
     esm = request.esm_model or found.get("esm") or DEFAULT_ESM
     dnabert = request.dnabert_model or found.get("dnabert") or DEFAULT_DNABERT
     classifier = None if training else request.classifier or found.get("classifier")
@@ -197,8 +199,10 @@ def resolve_models(request) -> tuple[ModelSpec, int]:
     named = meta["chunk_length"] if meta else chunk_length_from_name(classifier) if classifier else None
     chunk_length = request.chunk_length or named or DEFAULT_CHUNK_LENGTH
     if meta and chunk_length != named:
+        ignored = (" (--force-chunk-length applies to a released 300_/500_model.pth only: a trained classifier's "
+                   "chunk length is part of it)" if request.force_chunk_length else "")
         raise InputError(f"--chunk-length {chunk_length} does not match the classifier {classifier}, trained on "
-                         f"{named}-bp chunks; use --chunk-length {named} (or leave it out)")
+                         f"{named}-bp chunks{ignored}; use --chunk-length {named} (or leave it out)")
     if named and chunk_length != named and not request.force_chunk_length:
         raise InputError(f"--chunk-length {chunk_length} contradicts the classifier {Path(classifier).name} (trained on "
                          f"{named}-bp chunks); use --chunk-length {named}, or --force-chunk-length if you are sure")

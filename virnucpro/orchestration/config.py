@@ -21,7 +21,7 @@ from ..json_files import JsonFileError, read_json
 from ..paths import Workdir
 from ..modelstore.manifest import recorded_sha256
 from ..model_facts import ModelSpec
-from ..pipeline import KINDS
+from ..pipeline import KINDS, TRAINING
 
 # Shard sizing: aim at GPU tasks of minutes, not seconds, so model loading (ESM-2 3B: ~1 min)
 # is amortised. 50 Mbp of input gives ~22M ESM tokens (~0.44 tokens per input base after
@@ -53,6 +53,7 @@ class RunOptions:
     kind: str = "predict"  # predict, train or evaluate (pipeline.KINDS): which stages the run has
     holdout: float = 0.1  # train: fraction of the sequences (reads, records) held out
     seed: int = 42  # train: the split and the shuffles
+    holdout_window: int = 0  # train: split records into windows of this many bases for the split (0: whole records)
     target_fdr: float = 0.05  # evaluate: the FDR whose minimum score the threshold table names
 
     def run_options(self) -> dict:
@@ -71,6 +72,25 @@ class RunConfig(RunOptions):
     version: int = CONFIG_VERSION
     labels: list[str] = field(default_factory=list)  # train/evaluate: per input, "virus" or "other"
     genbank: list[str | None] = field(default_factory=list)  # per input: its GenBank file, or None
+
+    @property
+    def frame_selection(self) -> list[str | None]:
+        """Per input, the GenBank file whose annotated CDS select its frames: a training's only.
+        A prediction and an evaluation score every stop-free frame, as `run` does, whatever
+        GenBank column the LABELS file has (an evaluation that kept only coding frames would
+        measure something `run` never does)."""
+        genbank = self.genbank if self.kind == TRAINING and self.genbank else []
+        return list(genbank) or [None] * len(self.inputs)
+
+    @property
+    def evaluation_name(self) -> str:
+        """The folder of an evaluation's results in W/evaluation/: the classifier's file name and
+        the first 12 hex digits of its SHA-256, so that evaluations of other classifiers in one
+        workdir are kept side by side (two files named classifier.safetensors stay apart)."""
+        identity = ((self.fingerprint or {}).get("models") or {}).get("classifier") or {}
+        stem = SAFE_NAME_CHARACTERS.sub("_", Path(self.models.classifier).stem).lstrip(".")[:100] or "classifier"
+        digest = identity.get("sha256")
+        return f"{stem}-{digest[:12]}" if isinstance(digest, str) and digest.isalnum() else stem
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
@@ -288,7 +308,7 @@ def model_identity(spec: str, hashes: HashCache) -> dict:
 
 def compute_fingerprint(config: RunConfig, hashes: HashCache) -> dict:
     """What decides whether existing results may be reused: inputs, parameters, models."""
-    genbank = config.genbank or [None] * len(config.inputs)
+    genbank = config.frame_selection
     # a GenBank file decides which frames prepare keeps: part of its input's identity
     inputs = [{"path": p, "sha256": hashes.sha256(Path(p)),
                **({"genbank": {"path": g, "sha256": hashes.sha256(Path(g))}} if g else {})}

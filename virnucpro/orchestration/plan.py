@@ -101,6 +101,10 @@ def new_config(request: RunRequest) -> RunConfig:
     else:
         labelled = read_labels(request.inputs_list, need_both_classes=request.kind == TRAINING)
         inputs, labels, genbank = labelled.inputs, labelled.labels, [str(g) if g else None for g in labelled.genbank]
+        if request.kind != TRAINING and any(genbank):
+            console.warn(f"{request.inputs_list}: its GenBank column is ignored: an evaluation scores every stop-free "
+                         "frame, as 'run' does (only a training keeps the frames inside annotated CDS)")
+            genbank = []
     return RunConfig(inputs_list=str(Path(request.inputs_list).resolve()), inputs=[str(p) for p in inputs],
                      input_names=input_names(inputs), chunk_length=chunk_length,
                      shards=request.shards or auto_shards(inputs), models=models, labels=labels, genbank=genbank,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .. import pipeline
 from ..console import StdoutFile, stdout_is_tty
+from ..json_files import read_json
 from ..pipeline import STAGES, stage_names
 from .slurm import format_states, slurm_view
 from .state import DONE, FAILED, PENDING, RUNNING, ShardState, StateFile
@@ -144,8 +145,41 @@ def status_report(workdir, config=None) -> dict:
                 entry["failures"].append({"shard": shards[0] if len(shards) == 1 else shards, "job_id": crash["task"],
                                           "error": f"SLURM task {crash['task']} ended {crash['state']}", "log": crash["log"]})
         stages.append(entry)
+    training = (training_progress(workdir) if "train" in state and not any(
+        s.stage == "train" and s.complete for s in summaries) else None)
     return {"workdir": str(workdir.root), "complete": all_done(summaries), "slurm_source": slurm["source"],
-            "slurm_active": slurm["active"], "holder": holder, "stages": stages, "missing": missing}
+            "slurm_active": slurm["active"], "holder": holder, "stages": stages, "missing": missing,
+            "training": training}
+
+
+MAX_CHECKPOINT_SUMMARY_BYTES = 16 << 20  # checkpoint.json grows ~120 bytes an epoch
+
+
+def training_progress(workdir) -> dict | None:
+    """Where an unfinished training stands, from the summary of its last checkpoint (written every
+    epoch and when it stops): epochs done, the last losses, the best epoch. None when there is none
+    or it cannot be read (status never fails for it)."""
+    try:
+        state = read_json(workdir.training_state, MAX_CHECKPOINT_SUMMARY_BYTES)
+        last = (state.get("history") or [{}])[-1]
+        return {"epochs_done": int(state["epoch"]), "batch": int(state["batch"]),
+                "max_epochs": int(state["data"]["recipe"]["max_epochs"]),
+                "train_loss": last.get("train_loss"), "held_out_loss": last.get("held_out_loss"),
+                "best_epoch": state.get("best_epoch"), "best_loss": state.get("best_loss")}
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+        return None
+
+
+def describe_training(training: dict) -> str:
+    """'training: 7 of at most 200 epochs done (epoch 8 at batch 120), last training loss 0.4102,
+    held-out loss 0.3123; best epoch 5 (held-out loss 0.3011)'."""
+    line = (f"training: {training['epochs_done']} of at most {training['max_epochs']} epochs done (epoch "
+            f"{training['epochs_done'] + 1} at batch {training['batch']})")
+    if isinstance(training.get("held_out_loss"), (int, float)) and isinstance(training.get("train_loss"), (int, float)):
+        line += (f", last training loss {training['train_loss']:.4f}, held-out loss {training['held_out_loss']:.4f}")
+    if isinstance(training.get("best_loss"), (int, float)):
+        line += f"; best epoch {training['best_epoch']} (held-out loss {training['best_loss']:.4f})"
+    return line
 
 
 def mark_missing_outputs(state: dict[str, dict[int, dict]], config, workdir) -> list[dict]:
@@ -219,6 +253,8 @@ def render_status(report: dict):
     for s in report["stages"]:
         for stop in s.get("interrupted", [])[:MAX_LISTED_FAILURES]:
             lines.append(describe_interruption(s["stage"], stop))
+    if report.get("training"):
+        lines.append(escape(describe_training(report["training"])))
     for gone in report.get("missing", [])[:MAX_LISTED_FAILURES]:
         lines.append(f"[yellow]{escape(str(gone['path']))} is missing[/yellow]: will be recomputed by the next run/submit "
                      f"({gone['recomputed']})")

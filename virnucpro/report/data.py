@@ -359,7 +359,7 @@ class TrainingReport:
 def read_json_file(path: Path) -> tuple[dict | None, str | None]:
     """(its object, None), or (None, why not) for a missing or damaged file."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except FileNotFoundError:
         return None, f"{path} is missing"
     except (OSError, ValueError) as exc:

@@ -16,34 +16,39 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import console
 from ..errors import ShardError
+from ..evaluation.metrics import LevelScores
+from ..modelstore.demo import models_are_demo
 from ..orchestration.runner import StageContext
 from ..storage import read_frame_ids, read_matrix
 from .consensus import InputTally, read_calls, read_summary
 
 
 @dataclass
-class Level:
-    """Truth, virus score and call of every item (chunk or read) of one level, in input order."""
+class InputScores:
+    """Per chunk of one input: virus score and call; where its reads start; its reads without a frame."""
 
-    truth: np.ndarray
-    scores: np.ndarray
-    calls: np.ndarray
+    chunk_scores: np.ndarray
+    chunk_calls: np.ndarray
+    read_starts: np.ndarray
+    frameless_reads: int
+    frameless_chunks: int
 
-    @classmethod
-    def join(cls, parts: list[tuple[bool, np.ndarray, np.ndarray]]) -> "Level":
-        return cls(np.concatenate([np.full(len(s), t, bool) for t, s, _ in parts] or [np.zeros(0, bool)]),
-                   np.concatenate([s for _, s, _ in parts] or [np.zeros(0)]).astype(np.float64),
-                   np.concatenate([c for _, _, c in parts] or [np.zeros(0, bool)]).astype(bool))
+    def read_calls(self, min_score: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """(virus score, call) of every read as consensus makes them (consensus.read_calls), the
+        reads without a frame last: scored 0, never called."""
+        scores, _, calls = read_calls(self.chunk_scores, self.chunk_calls, self.read_starts, min_score)
+        return (np.r_[scores, np.zeros(self.frameless_reads, np.float32)],
+                np.r_[calls, np.zeros(self.frameless_reads, bool)])
 
 
 def open_stage(ctx: StageContext):
     return lambda shard: evaluate(ctx)
 
 
-def input_scores(ctx: StageContext):
-    """(input index, per-chunk (virus scores, calls), per-read (virus scores, calls)) of every
-    input, in order, from the predictions and the frame tables (reads without a frame: 0, False)."""
+def input_scores(ctx: StageContext) -> list[InputScores]:
+    """The chunk scores and calls of every input, in order, from the predictions and the frame tables."""
     workdir, config = ctx.workdir, ctx.config
     summary = read_summary(workdir)
     expected = [s["frames"] for s in summary["shards"]]
@@ -61,40 +66,63 @@ def input_scores(ctx: StageContext):
             if a < b:
                 tallies[index].add(frame_ids[a:b], scores[a:b, 0], scores[a:b, 1])
         first += len(frame_ids)
-    min_score = config.min_score
+    out = []
     for index, tally in enumerate(tallies):
         others, chunk_scores, new_read = tally.columns()
-        chunk_calls = chunk_scores >= others
-        read_scores, _, calls = read_calls(chunk_scores, chunk_calls, np.flatnonzero(new_read), min_score)
-        unscored = summary["inputs"][index]["reads_without_frames"]
-        yield (index, (chunk_scores, chunk_calls),
-               (np.r_[read_scores, np.zeros(unscored, np.float32)], np.r_[calls, np.zeros(unscored, bool)]))
+        counts = summary["inputs"][index]
+        out.append(InputScores(chunk_scores, chunk_scores >= others, np.flatnonzero(new_read),
+                               counts["reads_without_frames"], counts["chunks"] - len(chunk_scores)))
+    return out
 
 
-def evaluation_levels(ctx: StageContext) -> dict[str, Level]:
-    """{"chunk": Level, "read": Level}: the truths, scores and calls the metrics are computed on."""
-    chunks, reads = [], []
-    for index, chunk, read in input_scores(ctx):
-        virus = ctx.config.labels[index] == "virus"
-        chunks.append((virus, *chunk))
-        reads.append((virus, *read))
-    return {"chunk": Level.join(chunks), "read": Level.join(reads)}
+def evaluation_levels(ctx: StageContext) -> dict[str, LevelScores]:
+    """{"chunk": ..., "read": ...}: the truths, scores and calls the metrics are computed on, and
+    the calls each --min-score gives (at the read level, `run --min-score`'s own)."""
+    inputs = input_scores(ctx)
+    virus = [label == "virus" for label in ctx.config.labels]
+
+    def truth(sizes: list[int]) -> np.ndarray:
+        return np.concatenate([np.full(n, t, bool) for t, n in zip(virus, sizes)] or [np.zeros(0, bool)])
+
+    def reads_at(min_score: float | None) -> tuple[np.ndarray, np.ndarray]:
+        parts = [scores.read_calls(min_score) for scores in inputs]
+        return (np.concatenate([p[0] for p in parts] or [np.zeros(0, np.float32)]),
+                np.concatenate([p[1] for p in parts] or [np.zeros(0, bool)]))
+
+    read_scores, read_calls_made = reads_at(ctx.config.min_score)
+    scored = np.concatenate([np.r_[np.ones(len(s.read_starts), bool), np.zeros(s.frameless_reads, bool)]
+                             for s in inputs] or [np.zeros(0, bool)])
+    chunk_scores = np.concatenate([s.chunk_scores for s in inputs] or [np.zeros(0, np.float32)])
+    return {
+        "chunk": LevelScores(truth([len(s.chunk_scores) for s in inputs]), chunk_scores,
+                             np.concatenate([s.chunk_calls for s in inputs] or [np.zeros(0, bool)]),
+                             left_out=sum(s.frameless_chunks for s in inputs)),
+        "read": LevelScores(truth([len(s.read_starts) + s.frameless_reads for s in inputs]), read_scores,
+                            read_calls_made, call_at=lambda min_score: reads_at(min_score)[1], scored=scored),
+    }
 
 
 def evaluate(ctx: StageContext) -> dict:
-    from ..evaluation.outputs import write_evaluation  # matplotlib: only when the stage writes
+    # matplotlib: only when the stage writes
+    from ..evaluation.outputs import PAGE, summary_lines, write_comparison, write_evaluation
 
-    config = ctx.config
+    config, workdir = ctx.config, ctx.workdir
     levels = evaluation_levels(ctx)
-    context = {"classifier": config.models.classifier, "chunk_length": config.chunk_length,
+    demo = models_are_demo(config.models)
+    classifier = ((config.fingerprint or {}).get("models") or {}).get("classifier") or {}
+    context = {"classifier": config.models.classifier, "classifier_sha256": classifier.get("sha256"),
+               "chunk_length": config.chunk_length,
                "inputs": [{"path": path, "label": label} for path, label in zip(config.inputs, config.labels)],
                "models": {"esm": config.models.esm, "dnabert": config.models.dnabert},
-               "reads_without_frames": "scored 0: never called virus"}
+               "min_score": config.min_score, "reads_without_frames": "scored 0: never called virus"}
     read_rule = ("one of its chunks is" if config.min_score is None else
                  f"its virus score is at least {config.min_score} (--min-score)")
-    write_evaluation(ctx.workdir.evaluation_dir,
-                     {name: (level.truth, level.scores, level.calls) for name, level in levels.items()},
-                     config.target_fdr, context,
-                     call_rule=f"a chunk is virus when max(score2) >= max(score1) over its frames (the original's "
-                               f"rule); a read when {read_rule}")
-    return {"chunks": len(levels["chunk"].truth), "reads": len(levels["read"].truth)}
+    folder = workdir.evaluation_result(config.evaluation_name)
+    result = write_evaluation(folder, levels, config.target_fdr, context,
+                              call_rule=f"a chunk is virus when max(score2) >= max(score1) over its frames (the "
+                                        f"original's rule); a read when {read_rule}", demo=demo)
+    write_comparison(workdir.evaluation_dir)
+    for line in summary_lines(result, folder / PAGE):
+        console.info(line)
+    return {"chunks": len(levels["chunk"].truth), "reads": len(levels["read"].truth),
+            **{f"{level}_auroc": summary["auroc"] for level, summary in result["levels"].items()}}

@@ -9,6 +9,11 @@ length + BOS + EOS) crosses k/N of the total, so every shard costs the GPU about
 split is a pure function of the inputs and N. Memory stays bounded by a few blocks (plus 2 bytes
 per frame for the token costs and 8 bytes per read for the duplicate-id check).
 
+A training's prepare also writes each frame's key of the held-out split beside its shard
+(virnucpro.holdout: a hash of its record's, or its window's, sequence) and refuses a split with
+a side that lacks a class, naming a --holdout-window that works: here, not after the GPU arrays.
+Only a training selects frames by a GenBank file (RunConfig.frame_selection).
+
 Before writing the shards, the stage checks that the three models fit together (the
 classifier's input width is DNABERT-S's plus ESM-2's), so a wrong model fails here, on the CPU,
 and not after hours of GPU.
@@ -36,10 +41,12 @@ from ..atomic import atomic_open, atomic_write_text
 from ..errors import InputError
 from ..orchestration.runner import StageContext
 from ..modelstore.resolve import dnabert_width
-from ..model_facts import KNOWN_WIDTHS
-from ..pipeline import stage_names
+from ..model_facts import KNOWN_WIDTHS, seed_problem
 from ..fasta import BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block, rna_warning
 from ..genbank import CodingFrames, build_cds_index, cds_lookup
+from ..holdout import KEY_DTYPE, FrameKeys, held_out, write_keys
+from ..orchestration.labels import LABELS
+from ..pipeline import TRAINING
 from ..sequences import translate_stream
 from ..storage import FRAME_COLUMNS
 
@@ -47,7 +54,7 @@ log = logging.getLogger("virnucpro.prepare")
 
 READS_COLUMNS = ("read_id", "length", "chunks", "frames")
 COUNT_KEYS = ("reads", "bases", "chunks", "frames", "reads_without_frames", "reads_shorter_than_codon",
-              "records_without_sequence", "rna_records", "records_not_in_genbank")
+              "records_without_sequence", "rna_records", "records_not_in_genbank", "frames_outside_cds")
 TABLE_HEADER = ("\t".join(FRAME_COLUMNS) + "\n").encode()
 PARALLEL_MIN_BYTES = 16 << 20  # below this much input, worker start-up costs more than it saves
 
@@ -66,14 +73,18 @@ class BlockResult:
     costs: bytes  # ESM-2 tokens of each frame, uint16
     digests: bytes  # read-id digests for the duplicate check
     counts: dict
+    split_keys: bytes = b""  # a training's: each frame's unit of the held-out split (holdout.py), uint64
 
 
-def prepare_block(task: tuple[Block, int, int, str | None]) -> BlockResult:
+def prepare_block(task: tuple[Block, int, int, str | None, int | None]) -> BlockResult:
     """Parse, validate, chunk and translate one block (runs in a worker process); with the index of
     the input's GenBank file (genbank.build_cds_index), keep only the frames it annotates as coding
-    (genbank.CodingFrames), looking up only the block's records."""
-    block, input_index, chunk_length, cds_index = task
+    (genbank.CodingFrames), looking up only the block's records; with a held-out window (a
+    training: 0 for whole records), the key of each frame's unit of the split."""
+    block, input_index, chunk_length, cds_index, split_window = task
     reads = parse_block(block)
+    frame_keys = FrameKeys(reads, chunk_length, split_window) if split_window is not None else None
+    keys = []
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts["rna_records"] = reads.rna_records
     spool, table, costs = [], [], []
@@ -82,6 +93,8 @@ def prepare_block(task: tuple[Block, int, int, str | None]) -> BlockResult:
     for batch in translate_stream(reads, chunk_length):
         if coding:
             batch = coding.select(batch)
+        if frame_keys:
+            keys.append(frame_keys(batch.read_ids, batch.chunk_ids))
         spool.append("".join([f"{prefix}{r}\t{c}\t{f}\t{n}\t{p}\n" for r, c, f, n, p in zip(
             batch.read_ids, batch.chunk_ids, batch.frame_ids, batch.nucleotides, batch.proteins)]))
         table.append("".join([f"{i}\t{length}\t{chunks}\t{frames}\n" for i, length, chunks, frames in zip(
@@ -97,9 +110,11 @@ def prepare_block(task: tuple[Block, int, int, str | None]) -> BlockResult:
         counts["reads_shorter_than_codon"] += int((lengths < 3).sum())
         counts["records_without_sequence"] += int((lengths == 0).sum())
     counts["records_not_in_genbank"] = len(coding.records_without_cds) if coding else 0
+    counts["frames_outside_cds"] = coding.outside if coding else 0
     cost_bytes = np.concatenate(costs).tobytes() if costs else b""
     digests = id_hashes(read_id for read_id, _ in reads)
-    return BlockResult(input_index, "".join(spool).encode(), "".join(table).encode(), cost_bytes, digests, counts)
+    return BlockResult(input_index, "".join(spool).encode(), "".join(table).encode(), cost_bytes, digests, counts,
+                       np.concatenate(keys).tobytes() if keys else b"")
 
 
 # ---------------------------------------------------------------- the stage
@@ -156,11 +171,10 @@ def _die_with_parent(parent: int) -> None:
 class InputTotals:
     """What prepare learns about one input file while its blocks go by."""
 
-    def __init__(self, name: str, path: Path, has_results: bool = True):
+    def __init__(self, name: str, path: Path, genbank: str | None = None, training: bool = False):
         self.counts = {"name": name, "path": str(path), **dict.fromkeys(COUNT_KEYS, 0)}
         self.duplicates = DuplicateIds(path)
-        self.path = path
-        self.has_results = has_results  # a prediction or evaluation writes result files per input; a training none
+        self.path, self.genbank, self.training = path, genbank, training
 
     def add(self, result: BlockResult) -> None:
         for key in COUNT_KEYS:
@@ -181,9 +195,16 @@ class InputTotals:
             console.warn(f"{self.path}: {missing} record(s) have no record of the same id in its GenBank file; "
                          "none of their frames is kept")
         if self.counts["frames"] == 0:
-            console.warn(f"{self.path}: no read yields a stop-free frame; "
-                         + ("its results will be header-only" if self.has_results else "it adds no example to the training"))
+            console.warn(self.no_frame_message())
         return self.counts
+
+    def no_frame_message(self) -> str:
+        if self.counts["frames_outside_cds"]:  # GenBank mode: stop-free frames, none of them coding
+            return (f"{self.path}: no stop-free frame lies inside a CDS annotated in {self.genbank} "
+                    f"({self.counts['frames_outside_cds']} lie outside); a training keeps only those, so this input "
+                    "gives no example")
+        return f"{self.path}: no read yields a stop-free frame; " + (
+            "it adds no example to the training" if self.training else "its results will be header-only")
 
 
 def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None) -> dict:
@@ -193,21 +214,26 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
     inputs = [Path(p) for p in config.inputs]
     workers = prepare_workers(sum(p.stat().st_size for p in inputs))
     log.info("prepare: %d input(s), %d worker process(es)", len(inputs), workers)
+    genbank = config.frame_selection  # a training's GenBank files only
+    training = config.kind == TRAINING
+    check_split_options(config)
+    split_window = config.holdout_window if training else None
     costs = bytearray()
     summary = {"inputs": [], "shards": []}
-    has_results = "consensus" in stage_names(config)  # a training writes no result files
-    with genbank_indexes(workdir, config.genbank or [None] * len(inputs)) as cds_indexes:  # removed after the spool
-        tasks = ((block, index, config.chunk_length, cds_indexes[index]) for index, path in enumerate(inputs)
+    split = SplitTally(config) if training else None
+    with genbank_indexes(workdir, genbank) as cds_indexes:  # removed after the spool
+        tasks = ((block, index, config.chunk_length, cds_indexes[index], split_window) for index, path in enumerate(inputs)
                  for block in fasta_blocks(path, BLOCK_BYTES))
         results = ordered_map(prepare_block, tasks, workers)
         # results come in block order, so each input's results are one run (none for an empty file)
         runs = itertools.groupby(results, key=lambda result: result.input_index)
         with contextlib.closing(results), atomic_open(workdir.frames_spool, "wb") as spool, \
+                (atomic_open(workdir.split_keys_spool, "wb") if training else contextlib.nullcontext()) as key_spool, \
                 console.progress("prepare", len(inputs)) as advance:
             spool.write(TABLE_HEADER)
             run_index, run = next(runs, (None, iter(())))
             for index, path in enumerate(inputs):
-                totals = InputTotals(config.input_names[index], path, has_results)
+                totals = InputTotals(config.input_names[index], path, genbank[index], training)
                 with atomic_open(workdir.reads_table(index), "wb") as reads_out:
                     reads_out.write(("\t".join(READS_COLUMNS) + "\n").encode())
                     if run_index == index:
@@ -216,14 +242,21 @@ def prepare(ctx: StageContext, before_shards: Callable[[], None] = lambda: None)
                             reads_out.write(result.reads)
                             costs += result.costs
                             totals.add(result)
+                            if split:
+                                key_spool.write(result.split_keys)
+                                split.add(index, result.split_keys)
                         run_index, run = next(runs, (None, iter(())))
                     summary["inputs"].append(totals.finish())
                 advance(1)
             check_classes_have_frames(config, summary["inputs"])
+            if split:
+                split.check(summary["inputs"])
             check_shard_count(config.shards, len(costs) // 2)
             before_shards()  # inside: if it refuses the models, the spool is never committed
     token_costs = np.frombuffer(bytes(costs), np.uint16)
     summary["shards"] = split_spool(workdir, config.shards, token_costs)
+    if training:
+        split_key_spool(workdir, shard_boundaries(token_costs, config.shards))
     summary["total_tokens"] = int(token_costs.sum(dtype=np.int64))
     summary["total_frames"] = len(token_costs)
     summary["workers"] = workers
@@ -259,6 +292,71 @@ def check_classes_have_frames(config, inputs: list[dict]) -> None:
                 config.genbank[i] for i, given in enumerate(config.labels) if given == label) else "")
             raise InputError(f"{named[0]['path']}: no input labelled {label!r} yields a stop-free frame{where}; "
                              f"a training needs examples of both classes: add {label} sequences to {config.inputs_list}")
+
+
+def check_split_options(config) -> None:
+    """A training's seed and held-out window, before any input is read."""
+    if config.kind != TRAINING:
+        return
+    problem = seed_problem(config.seed)
+    if problem:
+        raise InputError(f"--seed: {problem}")
+    window = config.holdout_window
+    if window and window < config.chunk_length:
+        raise InputError(f"--holdout-window {window} is shorter than a chunk ({config.chunk_length} bases); "
+                         f"give at least --holdout-window {config.chunk_length}, e.g. {20 * config.chunk_length}")
+
+
+class SplitTally:
+    """Frames of each class on each side of a training's held-out split, counted as prepare
+    reads them, so that a side without a class is refused before any GPU work."""
+
+    def __init__(self, config):
+        self.config = config
+        self.counts = {(side, label): 0 for side in (False, True) for label in LABELS}
+
+    def add(self, input_index: int, keys: bytes) -> None:
+        sides = held_out(np.frombuffer(keys, KEY_DTYPE), self.config.seed, self.config.holdout)
+        label = self.config.labels[input_index]
+        held = int(np.count_nonzero(sides))
+        self.counts[(True, label)] += held
+        self.counts[(False, label)] += len(sides) - held
+
+    def check(self, inputs: list[dict]) -> None:
+        config = self.config
+        for side, name in ((True, "held-out"), (False, "training")):
+            for label in LABELS:
+                if self.counts[(side, label)]:
+                    continue
+                named = [counts for counts, given in zip(inputs, config.labels) if given == label]
+                window = suggested_window(sum(c["bases"] for c in named), config.holdout, config.chunk_length)
+                if config.holdout_window:
+                    how = (f"its '{label}' records, in {config.holdout_window}-base windows, each lie wholly on one "
+                           f"side; use smaller windows (--holdout-window {min(window, config.holdout_window // 2)})")
+                else:
+                    how = (f"its {sum(c['reads'] for c in named)} '{label}' record(s) each lie wholly on one side; "
+                           f"split records into windows for the split (--holdout-window {window}, in bases)")
+                raise InputError(f"{config.inputs_list}: the {name} side of the split (--holdout {config.holdout}, "
+                                 f"--seed {config.seed}) has no '{label}' frame: {how}, or change --holdout or --seed, "
+                                 f"or add '{label}' sequences")
+
+
+def suggested_window(bases: int, holdout: float, chunk_length: int) -> int:
+    """A window (a whole number of chunks) that cuts a class's `bases` into about 10 held-out
+    windows: the chance that none is held out is then about e^-10."""
+    return max(chunk_length, int(bases * holdout / 10) // chunk_length * chunk_length)
+
+
+def split_key_spool(workdir, bounds: list[int]) -> None:
+    """Cut the spooled split keys into one file per shard, as split_spool cut the frames."""
+    spool = workdir.split_keys_spool
+    if spool.stat().st_size != bounds[-1] * KEY_DTYPE.itemsize:
+        raise RuntimeError(f"{spool}: {spool.stat().st_size} bytes of keys for {bounds[-1]} frames")
+    for shard in range(len(bounds) - 1):  # one shard's keys in memory at a time
+        keys = np.fromfile(spool, KEY_DTYPE, count=bounds[shard + 1] - bounds[shard],
+                           offset=bounds[shard] * KEY_DTYPE.itemsize)
+        write_keys(workdir.split_keys(shard), keys)
+    spool.unlink()
 
 
 def check_shard_count(shards: int, frames: int) -> None:

@@ -1,7 +1,7 @@
 """Stage train (training runs): fit the classifier on the run's embeddings; one pair (shard 0).
 
 Reads every shard's frame table and its two embedding matrices (training.rows), labels each frame
-with its input's label, holds out a fraction of the reads, and trains with the original recipe
+with its input's label, holds out a fraction of the sequences (by the split keys prepare wrote), and trains with the original recipe
 (training.recipe), checkpointing into training/ every epoch and when asked to stop (SIGTERM/USR2:
 at the next batch boundary), so a requeued or re-run task resumes where it stopped. Writes
 classifier/classifier.safetensors and classifier/classifier.json, then the training's report.
@@ -21,8 +21,8 @@ RECIPE = None  # None: the original recipe (training.recipe.ORIGINAL); tests sho
 def shard_sources(workdir, config) -> list:
     from ..training import ShardSource  # torch: only when a training reads its shards
 
-    return [ShardSource(workdir.shard_frames(k), workdir.embeddings("dnabert", k), workdir.embeddings("esm2", k), k)
-            for k in range(config.shards)]
+    return [ShardSource(workdir.shard_frames(k), workdir.embeddings("dnabert", k), workdir.embeddings("esm2", k),
+                        workdir.split_keys(k), k) for k in range(config.shards)]
 
 
 def labels_by_input(config) -> list[int]:
@@ -44,6 +44,7 @@ def classifier_metadata(config) -> dict:
         "models": {"dnabert": _model(config.models.dnabert, models.get("dnabert")),
                    "esm2": _model(config.models.esm, models.get("esm"))},
         "embedding_dtype": config.embedding_dtype,
+        "holdout_window": config.holdout_window,  # 0: whole records are the units of the split
         "training_inputs": [{"name": name, "path": path, "label": label, "sha256": hashes.get(path)}
                             for name, path, label in zip(config.input_names, config.inputs, config.labels)],
         # trained on demo models' embeddings: as meaningless as they are, and recognised as a demo model

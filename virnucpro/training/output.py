@@ -25,7 +25,8 @@ def write_classifier(weights: Path, meta: Path, trained: TrainedClassifier, meta
         "format": FORMAT, "version": 1, "weights": Path(weights).name, "weights_sha256": weights_sha256(data),
         "input_widths": trained.input_widths, "hidden": trained.recipe.hidden, "classes": list(CLASS_NAMES),
         "recipe": trained.recipe.to_dict(), "seed": trained.seed, "holdout": trained.holdout,
-        "split": "by read: every frame of a read (or genome record) on one side",
+        "split": ("by sequence content: every frame of a read (genome record), or of a window of it with "
+                  "holdout_window, on one side; identical sequences on one side"),
         "epochs": trained.epochs, "best_epoch": trained.best_epoch, "rows": trained.rows,
         "held_out_metrics": trained.metrics, "history": trained.history,
     }

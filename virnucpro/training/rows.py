@@ -6,10 +6,12 @@ row stay in memory (label, side); features are read when a batch needs them, in 
 BLOCK_ROWS consecutive rows of one shard, straight from the matrices' bytes (the files this
 package writes are contiguous HDF5 datasets, checked once against the shard's frame table).
 
-The split is by sequence: a frame is held out when the hash of (seed, input index, read id) falls
-below the held-out fraction, so every frame of a read (or genome record) lies on one side, and
-the split does not depend on the shard count or order. The original split frames at random, which
-put frames of one chunk on both sides.
+The split is by sequence content (virnucpro.holdout): prepare wrote each frame's key, the hash of
+its read's (genome record's) sequence or of its window's, and a frame is held out when the key
+mixed with the seed falls below the held-out fraction. So every frame of a read (or window) lies
+on one side, identical sequences lie on one side whatever input holds them, and the split does
+not depend on the shard count or order. The original split frames at random, which put frames of
+one chunk on both sides.
 
 The training order of an epoch is a pure function of (seed, epoch): the order of all blocks is
 shuffled, consecutive groups of WINDOW_BLOCKS blocks form a window, and a window's training rows
@@ -29,14 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import hashlib
+
 import h5py
 import numpy as np
 import torch
-import xxhash
 
 from ..classifier_meta import CLASS_NAMES
 from ..direct_io import READS_IN_FLIGHT, DirectReader, staging_buffers
 from ..errors import InputError, StaleInputError
+from ..holdout import held_out, read_keys
 from ..storage import first_non_finite_frame, first_non_finite_row, open_matrix, read_shard_frames
 
 BLOCK_ROWS = 256  # rows read at once from one shard (3.4 MB at 3328 float32 values)
@@ -48,26 +52,13 @@ EMBEDDINGS = ("dnabert", "esm2")
 
 @dataclass(frozen=True)
 class ShardSource:
-    """One shard of a workdir: its frame table and its two embedding matrices."""
+    """One shard of a workdir: its frame table, its two embedding matrices and its split keys."""
 
     frames: Path  # Workdir.shard_frames(k)
     dnabert: Path  # Workdir.embeddings("dnabert", k)
     esm2: Path  # Workdir.embeddings("esm2", k)
+    split_keys: Path  # Workdir.split_keys(k)
     shard: int = 0  # names the producer of a damaged file: ("dnabert", shard) ... (StaleInputError)
-
-
-def holdout_reads(input_index: np.ndarray, read_ids: Sequence[str], seed: int, fraction: float) -> np.ndarray:
-    """Per row, whether its read is held out: xxh64(seed; "input index TAB read id") < fraction of
-    2^64, so it depends on the seed, the input and the read id only."""
-    threshold = int(fraction * 2.0 ** 64)
-    seed &= (1 << 64) - 1
-    out = np.empty(len(read_ids), dtype=bool)
-    last, side = None, False
-    for row, key in enumerate(zip(np.asarray(input_index).tolist(), read_ids)):
-        if key != last:  # a read's frames are consecutive: one hash per read
-            last, side = key, xxhash.xxh64_intdigest(f"{key[0]}\t{key[1]}".encode(), seed=seed) < threshold
-        out[row] = side
-    return out
 
 
 @dataclass
@@ -88,6 +79,7 @@ class ShardRows:
     held_out: np.ndarray  # bool per row
     matrices: dict  # kind -> _Matrix
     ids_sha256: str
+    keys_sha256: str  # of the split keys: other keys are another split
 
     @property
     def rows(self) -> int:
@@ -110,8 +102,9 @@ def _open_shard(source: ShardSource, labels_by_input: np.ndarray, seed: int, fra
             stat = os.stat(path)
             matrices[kind] = _Matrix(path, None if offset is None else int(offset), np.dtype(matrix.dtype),
                                      int(matrix.shape[1]), (stat.st_size, stat.st_mtime_ns))
-    return ShardRows(source, labels_by_input[inputs].astype(np.int8),
-                     holdout_reads(inputs, table.read_ids, seed, fraction), matrices, ids.digest)
+    keys = read_keys(source.split_keys, len(inputs), source.shard)
+    return ShardRows(source, labels_by_input[inputs].astype(np.int8), held_out(keys, seed, fraction), matrices,
+                     ids.digest, hashlib.sha256(keys.tobytes()).hexdigest())
 
 
 class RowIndex:
@@ -157,8 +150,9 @@ class RowIndex:
         for side, split in ((True, "held-out"), (False, "training")):
             for label, name in enumerate(CLASS_NAMES):
                 if self.counts[(side, label)] == 0:
-                    raise InputError(f"the {split} split (--holdout {fraction}, seed {self.seed}) has no '{name}' "
-                                     f"frame: add '{name}' sequences or change --holdout")
+                    raise InputError(f"the {split} side of the split (--holdout {fraction}, --seed {self.seed}) has no "
+                                     f"'{name}' frame: split records into windows for the split (--holdout-window), "
+                                     f"change --holdout or --seed, or add '{name}' sequences")
 
     @property
     def width(self) -> int:
@@ -174,7 +168,7 @@ class RowIndex:
 
     def identity(self) -> list:
         """What the rows are made of: a checkpoint of other rows is never resumed."""
-        return [[shard.rows, shard.ids_sha256, *(list(shard.matrices[k].identity) for k in EMBEDDINGS)]
+        return [[shard.rows, shard.ids_sha256, shard.keys_sha256, *(list(shard.matrices[k].identity) for k in EMBEDDINGS)]
                 for shard in self.shards]
 
     # ------------------------------------------------------------ the order of an epoch

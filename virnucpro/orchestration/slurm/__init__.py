@@ -19,9 +19,9 @@ from .graph import MAX_ARRAY_TASKS, StageJob, group_shards, jobs_for, plan_jobs
 from .jobs import append_submission, is_cancelled, jobs_path, load_jobs
 from .profile import DEFAULT_PROFILE, SlurmOptions, load_profile, resolve_options
 from .queries import active_jobs, cancel_run, expand_task_ids, format_states, job_states, require_slurm, slurm_view
-from .sbatch import check_workdir_path, placeholder, render_script
+from .sbatch import PREVIEW_NOTE, as_preview, check_workdir_path, placeholder, render_script
 
 __all__ = ["MAX_ARRAY_TASKS", "StageJob", "group_shards", "jobs_for", "plan_jobs", "append_submission", "is_cancelled",
            "jobs_path", "load_jobs", "DEFAULT_PROFILE", "SlurmOptions", "load_profile", "resolve_options",
            "active_jobs", "cancel_run", "expand_task_ids", "format_states", "job_states", "require_slurm",
-           "slurm_view", "check_workdir_path", "placeholder", "render_script"]
+           "slurm_view", "check_workdir_path", "placeholder", "render_script", "PREVIEW_NOTE", "as_preview"]

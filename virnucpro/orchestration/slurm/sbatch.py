@@ -30,6 +30,18 @@ def placeholder(stage: str) -> str:
     return f"{stage.upper()}_JOB_ID"
 
 
+PREVIEW_NOTE = ("# PREVIEW written by 'virnucpro-slurm submit --dry-run': not for sbatch by hand (the *_JOB_ID "
+                "placeholders stand for job ids, and the task files it runs are written only by a real submit); "
+                "submit with the same command without --dry-run\n")
+
+
+def as_preview(script: str) -> str:
+    """A dry run's copy of a script: the script with PREVIEW_NOTE after its first line (a comment
+    among the #SBATCH lines, which sbatch reads on)."""
+    first, _, rest = script.partition("\n")
+    return f"{first}\n{PREVIEW_NOTE}{rest}"
+
+
 def check_workdir_path(workdir: Workdir) -> None:
     # '%' is a SLURM filename pattern and a submitit id tag; a newline breaks #SBATCH lines.
     text = str(workdir.root)
