@@ -122,14 +122,16 @@ mv -f "$out/virnucpro.oci.tar.partial" "$out/virnucpro.oci.tar"
 phase charliecloud "writing $out/virnucpro.ch"
 # What `ch-convert -i podman` does (the image's files plus its environment as ch/environment, for
 # `ch-run --set-env`), without gzipping the 1.5 GB export and unpacking it again: a tar in, a
-# directory out.
+# directory out. ch/virnucpro-image.json names the image it came from (submit records it).
 container="$(podman create --read-only "$tag" /bin/true)"
 podman export -o "$work/image.tar" "$container"
 podman rm "$container" >/dev/null
 container=""
-mkdir -p "$work/environment/ch"
-podman image inspect "$tag" --format '{{range .Config.Env}}{{println .}}{{end}}' > "$work/environment/ch/environment"
-tar -r -f "$work/image.tar" -C "$work/environment" ch/environment
+mkdir -p "$work/metadata/ch"
+podman image inspect "$tag" --format '{{range .Config.Env}}{{println .}}{{end}}' > "$work/metadata/ch/environment"
+printf '{"id": "sha256:%s", "tag": "%s", "version": "%s", "revision": "%s"}\n' \
+    "$(podman image inspect "$tag" --format '{{.Id}}')" "$tag" "$version" "$revision" > "$work/metadata/ch/virnucpro-image.json"
+tar -r -f "$work/image.tar" -C "$work/metadata" ch/environment ch/virnucpro-image.json
 rm -rf "$out/virnucpro.ch.partial"
 ch-convert -i tar -o dir "$work/image.tar" "$out/virnucpro.ch.partial" >&2
 rm -f "$work/image.tar"

@@ -5,6 +5,7 @@ settings into the build, and signals reach the Python that ch-run starts.
 
 The `container` tests need root (podman builds as root here, debootstrap); tests/run.sh installs
 podman, debootstrap and charliecloud. Elsewhere they are skipped, and fail instead where CI is set.
+tests/test_slurm_cluster.py runs whole SLURM runs inside the same image.
 """
 
 import importlib.util
@@ -15,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -77,39 +77,7 @@ def test_build_sh_refuses_bad_arguments_before_doing_anything(tmp_path, args, me
     assert sorted(p.name for p in tmp_path.iterdir()) == ["EMPTY"]
 
 
-# ---------------------------------------------------------------- the image, built once per session
-
-def require_container_tools() -> None:
-    """Root builds the image (build.sh installs what is missing); anyone else needs nothing absent."""
-    missing = [p for p in ("podman", "ch-run", "ch-convert", "debootstrap") if not shutil.which(p)]
-    if os.geteuid() == 0:
-        return
-    reason = "the container tests build with podman and debootstrap as root: run 'sudo bash tests/run.sh'"
-    if missing:
-        reason += f" (missing: {', '.join(missing)})"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def image(tmp_path_factory) -> Path:
-    """container/build.sh --base debootstrap with this environment's own torch wheel (so that the
-    image computes exactly what this Python does); returns the --out folder."""
-    require_container_tools()
-    out = tmp_path_factory.mktemp("image")
-    wheels = out / "wheels"
-    torch = f"torch=={version('torch')}"
-    fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), torch],
-                             capture_output=True, text=True, timeout=900)
-    assert fetched.returncode == 0, f"pip cannot get this environment's {torch} wheel:\n{fetched.stderr[-3000:]}"
-    started = time.monotonic()
-    built = subprocess.run(["bash", str(BUILD), "--out", str(out), "--base", "debootstrap", "--wheels", str(wheels)],
-                           capture_output=True, text=True, timeout=2400)
-    assert built.returncode == 0, built.stdout + built.stderr[-6000:]
-    print(f"\ncontainer/build.sh took {time.monotonic() - started:.0f} s:\n{built.stdout}")
-    return out
-
+# ---------------------------------------------------------------- the image (tests/conftest.py builds it once per session)
 
 def charliecloud(image_dir: Path, paths) -> Container:
     container = Container("charliecloud", str(image_dir / "virnucpro.ch"), bind_paths(paths))
@@ -130,14 +98,14 @@ def ch_env() -> dict:
 
 
 @pytest.mark.container
-def test_the_demo_run_inside_the_image_is_byte_identical_to_the_run_outside(image, demo_models, tmp_path):
+def test_the_demo_run_inside_the_image_is_byte_identical_to_the_run_outside(container_image, demo_models, tmp_path):
     shutil.copytree(EXAMPLE, tmp_path / "example")  # the same input paths in and out (index.tsv lists them)
     inputs = tmp_path / "example" / "inputs.txt"
     args = ["run", str(inputs), "--demo", "--quiet", "--models", str(demo_models), "--workdir"]
     outside = subprocess.run([sys.executable, "-m", "virnucpro.cli", *args, str(tmp_path / "outside")],
                              capture_output=True, text=True, timeout=900)
     assert outside.returncode == 0, outside.stderr
-    container = charliecloud(image, [tmp_path, demo_models])
+    container = charliecloud(container_image, [tmp_path, demo_models])
     command = container.python(["/opt/virnucpro/bin/virnucpro-slurm", *args, str(tmp_path / "inside")], gpu=False)
     inside = subprocess.run(command, capture_output=True, text=True, timeout=900, env=ch_env())
     assert inside.returncode == 0, inside.stderr
@@ -155,7 +123,7 @@ def test_the_demo_run_inside_the_image_is_byte_identical_to_the_run_outside(imag
 
 
 @pytest.mark.container
-def test_signals_sent_to_ch_run_reach_the_python_inside(image, tmp_path):
+def test_signals_sent_to_ch_run_reach_the_python_inside(container_image, tmp_path):
     script = tmp_path / "signals.py"
     script.write_text(
         "import os, signal, sys, time\n"
@@ -168,7 +136,7 @@ def test_signals_sent_to_ch_run_reach_the_python_inside(image, tmp_path):
         "print('ready', os.getpid(), sys.executable, flush=True)\n"
         "while True:\n"
         "    time.sleep(0.05)\n")
-    command = charliecloud(image, [tmp_path]).python(["-u", str(script)], gpu=False)
+    command = charliecloud(container_image, [tmp_path]).python(["-u", str(script)], gpu=False)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ch_env())
     try:
         ready = process.stdout.readline().split()
@@ -186,8 +154,8 @@ def test_signals_sent_to_ch_run_reach_the_python_inside(image, tmp_path):
 
 
 @pytest.mark.container
-def test_the_oci_archive_is_labelled_and_the_image_holds_no_weights_wheels_or_build_secrets(image):
-    with tarfile.open(image / "virnucpro.oci.tar") as archive:
+def test_the_oci_archive_is_labelled_and_the_image_holds_no_weights_wheels_or_build_secrets(container_image):
+    with tarfile.open(container_image / "virnucpro.oci.tar") as archive:
         def blob(digest: str) -> dict:
             return json.load(archive.extractfile("blobs/sha256/" + digest.split(":")[1]))
 
@@ -199,9 +167,9 @@ def test_the_oci_archive_is_labelled_and_the_image_holds_no_weights_wheels_or_bu
     assert labels["org.opencontainers.image.source"] and labels["org.opencontainers.image.revision"]
     assert config["config"]["Entrypoint"] == ["virnucpro-slurm"]
     history = json.dumps(config.get("history", []))
-    assert "pip.conf," not in history and "/etc/ssl" not in history and str(image) not in history
+    assert "pip.conf," not in history and "/etc/ssl" not in history and str(container_image) not in history
 
-    root = image / "virnucpro.ch"
+    root = container_image / "virnucpro.ch"
     weights = ("*.safetensors", "esm2_*.pt", "*_model.pth", "pytorch_model.bin")
     assert [p for pattern in weights for p in root.rglob(pattern)] == []
     assert list(root.rglob("torch-*.whl")) == [] and list((root / "run" / "secrets").iterdir()) == []

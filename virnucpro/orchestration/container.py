@@ -17,19 +17,27 @@ out of the container.
 The image's Python runs isolated (-I): the host's PYTHONPATH, PYTHONHOME and user site-packages
 (Apptainer binds $HOME) never shadow the image's packages.
 
-Builds argument lists only; runs nothing but `RUNTIME --version`. No torch.
+At submit time (`inspect_image`): the runtime and its version, and the image's virnucpro and
+submitit versions, asked of the image's own Python: the tasks are calls pickled by the submitting
+virnucpro and unpickled inside the image, so the two must be the same release. The image has no
+SLURM commands: a task asks its batch shell, outside, to requeue it (REQUEUE_BY_BATCH_SHELL).
+
+No torch.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from importlib.metadata import version
+from pathlib import Path, PurePosixPath
 
-from ..errors import InputError
+from .. import __version__, console
+from ..errors import InputError, VirnucproError
 
 # runtime name -> its program
 RUNTIMES = {"apptainer": "apptainer", "singularity": "singularity", "charliecloud": "ch-run"}
@@ -39,6 +47,14 @@ IMAGE_PYTHON = "/opt/virnucpro/bin/python"
 CHARLIECLOUD_SHARED_TMP = PurePosixPath("/tmp")
 # Apptainer's --bind takes "SRC:DST[:OPTIONS]" lists separated by commas; ch-run's -b "SRC:DST".
 _BIND_SEPARATORS = (":", ",")
+# Set by the batch script of a task that runs inside the image: a task stopped at a checkpoint then
+# exits with RunInterrupted.exit_code and the batch shell, outside, runs `scontrol requeue`.
+REQUEUE_BY_BATCH_SHELL = "VIRNUCPRO_REQUEUE_BY_BATCH_SHELL"
+# What container/build.sh writes into a Charliecloud directory image: the OCI image it came from.
+CHARLIECLOUD_IMAGE_RECORD = "ch/virnucpro-image.json"
+# Asked of the image's Python at submit time.
+_VERSIONS_PROBE = ("import json, virnucpro; from importlib.metadata import version; "
+                   "print(json.dumps({'virnucpro': virnucpro.__version__, 'submitit': version('submitit')}))")
 
 
 @dataclass(frozen=True)
@@ -124,13 +140,17 @@ def detect_runtime() -> str:
                      "load it (e.g. module load apptainer) or pass --container-runtime")
 
 
+def runtime_environment() -> dict:
+    # ch-run refuses to start, even for --version, without $USER (unset in some batch environments).
+    return {**os.environ, "USER": os.environ.get("USER") or getpass.getuser()}
+
+
 def runtime_version(runtime: str) -> str:
     """The runtime's version as it reports it ("1.3.4", "0.31"), or a one-line error."""
     program = program_of(runtime)
-    # ch-run refuses to start, even for --version, without $USER (unset in some batch environments).
-    env = {**os.environ, "USER": os.environ.get("USER") or getpass.getuser()}
     try:
-        done = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=60, env=env)
+        done = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=60,
+                              env=runtime_environment())
     except (OSError, subprocess.SubprocessError) as exc:
         raise InputError(f"{program}: cannot run it ({exc}); install {runtime} or pass another --container-runtime") from None
     lines = (done.stdout.strip() or done.stderr.strip()).splitlines()
@@ -138,3 +158,108 @@ def runtime_version(runtime: str) -> str:
         raise InputError(f"{program} --version failed (exit status {done.returncode}: "
                          f"{lines[-1] if lines else 'no output'}); check the {runtime} installation")
     return lines[0].split()[-1]
+
+
+# ---------------------------------------------------------------- submit time
+
+def inspect_image(image: str, runtime: str | None, dry_run: bool) -> dict:
+    """The container record of a submission: runtime and version, image path, and the versions of
+    virnucpro and submitit inside it, which must be this process's. A dry run only warns where the
+    runtime is missing here or the versions differ; a submission refuses, in one line."""
+    runtime = runtime or detect_runtime()
+    path = os.path.abspath(os.path.expanduser(image))
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such container image; build one with container/build.sh "
+                         "(README: Container image) and give the .sif file or the Charliecloud folder")
+    record = {"runtime": runtime, "runtime_version": None, "image": path, "virnucpro": None, "submitit": None}
+    if not shutil.which(program_of(runtime)):
+        missing = f"{program_of(runtime)} is not on PATH here"
+        if not dry_run:
+            raise InputError(f"{missing}: submit runs the image's Python to check its versions; "
+                             f"load {runtime} (e.g. module load {runtime}) on this machine")
+        console.warn(f"{missing}: the image's virnucpro and submitit versions are not checked (dry run)")
+        return record
+    record["runtime_version"] = runtime_version(runtime)
+    record.update(image_versions(Container(runtime, path)))
+    here = {"virnucpro": __version__, "submitit": version("submitit")}
+    if any(record[name] != here[name] for name in here):
+        message = (f"{path} holds virnucpro {record['virnucpro']} and submitit {record['submitit']}, this submit "
+                   f"virnucpro {here['virnucpro']} and submitit {here['submitit']}: the tasks are calls pickled here "
+                   "and run inside the image; build the image from this checkout, or submit with the image's release")
+        if not dry_run:
+            raise VirnucproError(message)
+        console.warn(message)
+    return record
+
+
+def image_versions(container: Container) -> dict:
+    """virnucpro's and submitit's versions, as the image's own Python reports them."""
+    try:
+        done = subprocess.run(container.python(["-c", _VERSIONS_PROBE], gpu=False), capture_output=True, text=True,
+                              timeout=600, env=runtime_environment())
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise InputError(f"{container.image}: cannot run the image's Python ({exc})") from None
+    lines = done.stdout.strip().splitlines()
+    try:
+        versions = json.loads(lines[-1])
+        return {"virnucpro": str(versions["virnucpro"]), "submitit": str(versions["submitit"])}
+    except (IndexError, ValueError, KeyError, TypeError):
+        said = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise InputError(f"{container.image}: the image's Python did not report its virnucpro and submitit versions "
+                         f"(exit status {done.returncode}: {said}); is it an image container/build.sh made?") from None
+
+
+def image_digest(image: str, hashes) -> tuple[str | None, str]:
+    """(digest, what it is of): a file image's own SHA-256 (`hashes`: a HashCache), or for a
+    Charliecloud folder the OCI image it was converted from, as container/build.sh records it."""
+    path = Path(image)
+    if path.is_file():
+        return f"sha256:{hashes.sha256(path)}", "the image file"
+    try:
+        recorded = json.loads((path / CHARLIECLOUD_IMAGE_RECORD).read_text(encoding="utf-8"))
+        return str(recorded["id"]), "the OCI image it was converted from, as container/build.sh recorded it"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"unknown: no {CHARLIECLOUD_IMAGE_RECORD}, so the folder was not made by container/build.sh"
+
+
+def run_paths(config, workdir) -> list[str]:
+    """What a run's tasks read and write: the workdir, the inputs' folders (FASTA, GenBank, the
+    inputs list), the models (a model folder, a model file's folder), each model file's real
+    folder where it is a link (a Hugging Face cache snapshot links into blobs/)."""
+    files = [config.inputs_list, *config.inputs, *(g for g in config.genbank if g)]
+    for spec in (config.models.esm, config.models.dnabert, config.models.classifier):
+        model = Path(spec) if spec else None
+        if model is not None and model.is_dir():
+            files += [str(entry) for entry in model.iterdir()]
+        elif model is not None and model.exists():  # else a hub name the task resolves itself (--allow-download)
+            files.append(str(model))
+    folders = {os.path.dirname(f(path)) for path in files for f in (os.path.abspath, os.path.realpath)}
+    return [str(workdir.root), *sorted(folders)]
+
+
+def prepare_mount_points(container: Container, dry_run: bool) -> None:
+    """Charliecloud binds only onto folders the image has: create the missing ones in the image
+    folder (empty folders, once), or say which are missing."""
+    missing = missing_mount_points(container)
+    if not missing:
+        return
+    if dry_run:
+        console.warn(f"{container.image}: ch-run needs these folders in the image to bind onto; submit creates them: "
+                     + ", ".join(missing))
+        return
+    try:
+        for path in missing:
+            os.makedirs(os.path.join(container.image, path.lstrip("/")), exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{container.image}: cannot create the folders ch-run binds onto ({exc.strerror or exc}); "
+                         f"create them inside the image folder: {', '.join(missing)}") from None
+
+
+def container_for_run(image: dict, config, workdir, hashes) -> tuple[Container, dict]:
+    """The container every task of this run runs in (the run's paths bound) and the submission's
+    record of it; `hashes`: a HashCache for the image's digest, or None (a dry run: not computed,
+    and no mount point created)."""
+    container = Container(image["runtime"], image["image"], bind_paths(run_paths(config, workdir)))
+    prepare_mount_points(container, dry_run=hashes is None)
+    digest, digest_of = image_digest(image["image"], hashes) if hashes else (None, "not computed in a dry run")
+    return container, {**image, "digest": digest, "digest_of": digest_of, "binds": list(container.bound)}

@@ -22,7 +22,7 @@ from ..errors import StateError
 from ..orchestration.config import RunConfig
 from ..orchestration.state import DONE, ShardState, StateFile
 from ..paths import COMPRESSED_SUFFIX, PREDICTION_RESULTS, READS_TABLE, Workdir
-from ..orchestration.provenance import stage_timings
+from ..orchestration.provenance import stage_timings, submissions, submitted_container
 
 SCORE_BINS = np.linspace(0.0, 1.0, 41)
 # A float32 score is binned as the number its text in prediction_results.txt reads back as
@@ -135,6 +135,7 @@ class RunReport:
     stages: dict[str, dict]
     inputs: list[InputStats]
     min_score: float | None
+    container: dict | None = None  # the image the latest submission's tasks run in
 
     @property
     def complete(self) -> bool:
@@ -311,4 +312,5 @@ def gather(workdir: Workdir, config: RunConfig, state: dict[str, dict[int, Shard
         first_frame += stats.frames
         inputs.append(stats)
     return RunReport(workdir=workdir, config=config, generated=time.time(), stages=stage_timings(state, config),
-                     inputs=inputs, min_score=getattr(config, "min_score", None))
+                     inputs=inputs, min_score=getattr(config, "min_score", None),
+                     container=submitted_container(submissions(workdir)))
