@@ -112,7 +112,11 @@ if [ -n "$wheels" ]; then
     build+=(--build-context "wheels=$(cd "$wheels" && pwd)" --build-arg "WHEELS_ID=$wheels_id")
 fi
 phase build "building $tag from $base"
+previous="$(podman image inspect "$tag" --format '{{.Id}}' 2>/dev/null || true)"
 "${build[@]}" "$root" >&2
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect "$tag" --format '{{.Id}}')" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true  # the build this one replaces (the layers they share stay)
+fi
 
 mkdir -p "$out"
 rm -f "$out/virnucpro.oci.tar.partial"
