@@ -1,13 +1,20 @@
-"""Shared fixtures: one folder of demo models per test session (they are deterministic)."""
+"""Shared fixtures: one folder of demo models per test session (they are deterministic), and the
+container image, built once per session by the tests that need it."""
 
+import os
+import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
-EXAMPLE_INPUTS = Path(__file__).resolve().parents[1] / "virnucpro" / "data" / "example" / "inputs.txt"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_INPUTS = ROOT / "virnucpro" / "data" / "example" / "inputs.txt"
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +47,36 @@ def quiet_demo_run(tmp_path_factory, demo_models) -> CliRun:
     done = subprocess.run([sys.executable, "-m", "virnucpro.cli", "run", "--demo", "--quiet", "--models", str(demo_models),
                            "--workdir", str(workdir)], capture_output=True, text=True)
     return CliRun(workdir, done.returncode, done.stdout, done.stderr)
+
+
+def require_container_tools() -> None:
+    """The image is built as root (podman, debootstrap; container/build.sh installs what is
+    missing): skipped for anyone else, and a failure in CI."""
+    if os.geteuid() == 0:
+        return
+    missing = [p for p in ("podman", "ch-run", "ch-convert", "debootstrap") if not shutil.which(p)]
+    reason = ("the container tests build the image as root (podman, debootstrap): run 'sudo bash tests/run.sh'"
+              + (f"; missing here: {', '.join(missing)}" if missing else ""))
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def container_image(tmp_path_factory) -> Path:
+    """container/build.sh --base debootstrap with this environment's own torch wheel (so that the
+    image computes what this Python does), once per session: the --out folder, holding
+    virnucpro.oci.tar and the Charliecloud folder virnucpro.ch/."""
+    require_container_tools()
+    out = tmp_path_factory.mktemp("image")
+    wheels = out / "wheels"
+    torch = f"torch=={version('torch')}"
+    fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), torch],
+                             capture_output=True, text=True, timeout=900)
+    assert fetched.returncode == 0, f"pip cannot get this environment's {torch} wheel:\n{fetched.stderr[-3000:]}"
+    started = time.monotonic()
+    built = subprocess.run(["bash", str(ROOT / "container" / "build.sh"), "--out", str(out), "--base", "debootstrap",
+                            "--wheels", str(wheels)], capture_output=True, text=True, timeout=2400)
+    assert built.returncode == 0, built.stdout + built.stderr[-6000:]
+    print(f"\ncontainer/build.sh took {time.monotonic() - started:.0f} s:\n{built.stdout}")
+    return out

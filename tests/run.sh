@@ -18,9 +18,19 @@ if [ "$(id -u)" = 0 ]; then
     need=()
     command -v chromium >/dev/null || need+=(chromium)
     command -v chromedriver >/dev/null || need+=(chromium-driver)
-    if [ ${#need[@]} -gt 0 ]; then
+    # The container tests build the image with podman on a debootstrap base and run it with ch-run.
+    tools=()
+    command -v podman >/dev/null || tools+=(podman)
+    command -v debootstrap >/dev/null || tools+=(debootstrap)
+    command -v ch-run >/dev/null && command -v ch-convert >/dev/null || tools+=(charliecloud)
+    if [ $((${#need[@]} + ${#tools[@]})) -gt 0 ]; then
         apt-get update -qq
+    fi
+    if [ ${#need[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+    if [ ${#tools[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${tools[@]}" >/dev/null
     fi
     cluster="${VIRNUCPRO_SLURM_DIR:-/tmp/virnucpro-slurm}"
     if [ -f "$cluster/env.sh" ] && command -v scontrol >/dev/null \

@@ -246,6 +246,14 @@ def test_c_requeued_embedding_tasks_resume_from_their_checkpoint(cluster, profil
     cli("submit", inputs, "-w", workdir, "--profile", profile, "--gpus-per-task", 2, *options)
     submitted = latest_submission(workdir)["stages"]
     assert submitted["esm2"]["tasks"] == [[0, 1]] and "#SBATCH --gres=gpu:2" in Path(submitted["esm2"]["script"]).read_text()
+    usr2, requeue = interrupt_both_embeddings(workdir, started)
+    assert "2 worker(s)" in (workdir / "logs" / "esm2" / f"{submitted['esm2']['job_id']}_0.err").read_text()
+    assert_same_results(reference.results(), workdir / "results")
+
+
+def interrupt_both_embeddings(workdir: Path, started: float) -> tuple[Interrupter, Interrupter]:
+    """Stop a running task of each embedding stage once it has a checkpoint, let the run settle,
+    and check that both were requeued and resumed from their checkpoints."""
     # dnabert: SIGUSR2 to the batch shell (the time-limit warning): the task requeues itself.
     # esm2: 'scontrol requeue' (what preemption does): SLURM sends SIGTERM and requeues it.
     usr2 = Interrupter(workdir, "dnabert", ["scancel", "--batch", "--signal=USR2"])
@@ -279,8 +287,7 @@ def test_c_requeued_embedding_tasks_resume_from_their_checkpoint(cluster, profil
     dnabert_log = (workdir / "logs" / "dnabert" / f"{usr2.job_id}.err").read_text()
     assert "received SIGUSR2" in dnabert_log and f"requeued {usr2.job_id}" in dnabert_log
     assert "received SIGTERM" in (workdir / "logs" / "esm2" / f"{requeue.job_id}.err").read_text()
-    assert "2 worker(s)" in (workdir / "logs" / "esm2" / f"{submitted['esm2']['job_id']}_0.err").read_text()
-    assert_same_results(reference.results(), workdir / "results")
+    return usr2, requeue
 
 
 # ---------------------------------------------------------------- (d): a broken shard
@@ -350,3 +357,63 @@ def test_cancel_stops_every_job_of_the_run(cluster, profile, demo_models, exampl
         assert set(entry["slurm"]["states"]) <= {"CANCELLED", "COMPLETED"}, entry  # prepare may have finished first
     assert "CANCELLED" in stage(rep, "consensus")["slurm"]["states"]
     assert cli("status", "-w", workdir, check=False).returncode == 1
+
+
+# ---------------------------------------------------------------- (e): every task inside the container image
+
+def in_container(container_image: Path) -> list:
+    return ["--container", container_image / "virnucpro.ch", "--container-runtime", "charliecloud"]
+
+
+def image_python_version(container_image: Path) -> str:
+    from virnucpro.orchestration.container import Container, runtime_environment
+
+    probe = Container("charliecloud", str(container_image / "virnucpro.ch")).python(
+        ["-c", "import platform; print(platform.python_version())"], gpu=False)
+    done = subprocess.run(probe, capture_output=True, text=True, env=runtime_environment(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.container
+def test_e_a_run_in_the_container_image_gives_the_results_of_a_run_without_it(
+        cluster, profile, demo_models, example_inputs, example_reference, container_image, tmp_path):
+    from virnucpro import __version__
+
+    workdir = tmp_path / "w"
+    args = submit_args(example_inputs, demo_models, workdir, profile, *in_container(container_image))
+    started = time.time()
+    cli(*args)
+    rep = wait_until_settled(workdir)
+    print(f"SLURM run of the example inputs in the container image: {time.time() - started:.1f} s")
+    assert rep["complete"], json.dumps(rep, indent=1)
+    for job in latest_submission(workdir)["stages"].values():
+        assert "ch-run --set-env=TMPDIR=/tmp" in Path(job["script"]).read_text()
+    assert_same_results(example_reference.results(), workdir / "results")
+    provenance = json.loads((workdir / "provenance.json").read_text())
+    container = provenance["container"]
+    ch_run = subprocess.run(["ch-run", "--version"], capture_output=True, text=True, env={**os.environ, "USER": "root"})
+    assert container["runtime"] == "charliecloud" and container["runtime_version"] == (ch_run.stdout or ch_run.stderr).strip()
+    assert container["image"] == str(container_image / "virnucpro.ch") and container["virnucpro"] == __version__
+    recorded = json.loads((container_image / "virnucpro.ch" / "ch" / "virnucpro-image.json").read_text())
+    assert container["digest"] == recorded["id"] and recorded["id"].startswith("sha256:")
+    assert str(example_inputs.parent) in container["binds"]  # outside /tmp: bound (and its mount point made)
+    # the stages ran the image's Python; the plan, this one
+    python = image_python_version(container_image)
+    assert {name: env["versions"]["python"] for name, env in provenance["environments"].items()
+            if name.startswith("stage:")} == {"stage:dnabert": python, "stage:esm2": python}
+    page = (workdir / "report" / "index.html").read_text()
+    assert container["image"] in page and container["digest"] in page
+
+
+@pytest.mark.container
+def test_f_tasks_stopped_in_the_container_image_are_requeued_and_resume_from_their_checkpoint(
+        cluster, profile, demo_models, container_image, tmp_path):
+    inputs = stop_free_reads(tmp_path / "reads.fasta", 200)
+    options = ["--models", demo_models, "--shards", 2, "--checkpoint-tokens", 3000]
+    reference = LocalRun(tmp_path / "reference", inputs, *options)
+    workdir = tmp_path / "slurm"
+    started = time.time()
+    cli("submit", inputs, "-w", workdir, "--profile", profile, *options, *in_container(container_image))
+    interrupt_both_embeddings(workdir, started)
+    assert_same_results(reference.results(), workdir / "results")

@@ -62,10 +62,14 @@ def test_free_ports_with_no_free_block_says_so(listener):
 # ---------------------------------------------------------------- tests/run.sh, with stand-ins
 
 STAND_INS = {
-    # root, so that run.sh starts a cluster; the browser already installed, so no apt
+    # root, so that run.sh starts a cluster; the browser and container tools already installed, so no apt
     "id": 'echo 0',
     "chromium": "true",
     "chromedriver": "true",
+    "podman": "true",
+    "debootstrap": "true",
+    "ch-run": "true",
+    "ch-convert": "true",
     # pytest: records itself; PYTEST_INTERRUPT=1 sends run.sh a Ctrl-C's SIGINT while it runs
     "python3": ('case "$*" in *pytest*) echo pytest >> "$CALLS"\n'
                 '  [ "${PYTEST_INTERRUPT:-0}" = 1 ] && kill -INT "$PPID"\n'

@@ -9,6 +9,7 @@ from .. import console, pipeline
 from ..atomic import atomic_write_text
 from ..orchestration import slurm
 from ..orchestration.config import HashCache, RunConfig
+from ..orchestration.container import container_for_run, inspect_image
 from ..orchestration.state import PENDING, StateFile
 from ..orchestration.status import render_status, status_console, status_report, watch
 from ..orchestration.writer import WorkdirWriter, current_holder
@@ -20,6 +21,7 @@ def slurm_flags(args) -> dict:
     return {
         "partition": args.partition, "cpu_partition": args.cpu_partition, "account": args.account, "qos": args.qos,
         "gres_name": args.gres_name, "gpus_per_task": args.gpus_per_task, "max_parallel_gpus": args.max_parallel_gpus,
+        "container": args.container, "container_runtime": args.container_runtime,
         "stages": {stage: {"time": getattr(args, f"time_{stage}")} for stage in STAGES},
     }
 
@@ -53,25 +55,34 @@ def cmd_submit(args) -> int:
     request = run_request(args)
     resolve_for_submit(request, warn_only=args.dry_run)  # login node: tasks get local model paths only
     slurm.check_workdir_path(Workdir(request.workdir))
+    image = None
+    if options.profile["container"]:  # checked before anything is written: a version mismatch is refused
+        image = inspect_image(options.profile["container"], options.profile["container_runtime"], args.dry_run)
     if args.dry_run:
         workdir, config, state = preview_run(request)
         warn_if_demo(config)
+        if image:
+            options.container, options.container_record = container_for_run(image, config, workdir, None)
         jobs, _ = slurm.plan_jobs(config, state, options.gpus_per_task, options.gpus_capped, workdir)
         write_dry_run(workdir, jobs, options)
         return 0
 
     slurm.require_slurm()
     with WorkdirWriter(request.workdir, "virnucpro-slurm submit") as writer:  # until the jobs are recorded
-        return _submit_held(request, options, plan_run(request, writer, slurm.active_jobs))
+        return _submit_held(request, options, plan_run(request, writer, slurm.active_jobs), image)
 
 
-def _submit_held(request, options, planned) -> int:
+def _submit_held(request, options, planned, image: dict | None) -> int:
     # the task code submitit pickles (the planner, numpy): for a real submission only
     from ..orchestration.slurm.submit import submit_graph
     from .run import warn_if_demo  # the planner's numpy: for submit only, so status stays fast
 
     workdir, config, state = planned
     warn_if_demo(config)
+    if image:
+        hashes = HashCache(workdir.hash_cache)
+        options.container, options.container_record = container_for_run(image, config, workdir, hashes)
+        hashes.save()
     plan = pipeline.plan(config, state.load(), workdir)
     for note in pipeline.healing_notes(plan, config):
         console.warn(note)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..model_facts import DEFAULT_CHUNK_LENGTH, MAX_CHUNK_LENGTH, MIN_CHUNK_LENGTH, parse_chunk_length, seed_problem
+from ..orchestration.container import RUNTIMES
 from ..pipeline import EVALUATION, KINDS, PREDICTION, STAGES, TRAINING
 
 
@@ -257,6 +258,7 @@ examples:
   virnucpro-slurm submit inputs.txt -w W --partition gpu --classifier 500_model.pth
   virnucpro-slurm submit inputs.txt -w W --profile slurm_templates/example-site.yaml --dry-run
   virnucpro-slurm submit inputs.txt -w W --partition gpu --gpus-per-task 4 --max-parallel-gpus 16 --time-esm2 12:00:00
+  virnucpro-slurm submit inputs.txt -w W --partition gpu --container virnucpro.sif   # every task in the image
   virnucpro-slurm status -w W --watch
   virnucpro-slurm cancel -w W
 
@@ -412,6 +414,11 @@ def _add_submit_and_cancel(sub) -> None:
                        help="at most N GPUs held by the run at once (the two GPU arrays then run one after the other)")
     for stage in STAGES:
         slurm.add_argument(f"--time-{stage}", metavar="TIME", help=f"time limit of {stage} tasks (minutes or H:MM:SS)")
+    slurm.add_argument("--container", metavar="IMAGE",
+                       help="run every task inside this image (container/build.sh: a .sif file or a Charliecloud folder), "
+                            "with the workdir, models and inputs bound at the same paths")
+    slurm.add_argument("--container-runtime", choices=tuple(RUNTIMES),
+                       help="what runs --container (default: the first of these on PATH here)")
     slurm.add_argument("--dry-run", action="store_true",
                        help="write and print the sbatch scripts under W/slurm/dry-run/; submit nothing, change no state")
     _add_common(submit)

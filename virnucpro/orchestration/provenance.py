@@ -156,16 +156,28 @@ def stage_timings(state: dict[str, dict[int, ShardState]], config: RunConfig) ->
     return stages
 
 
-def slurm_jobs(workdir: Workdir, timings: dict[str, dict]) -> dict:
-    jobs_file = workdir.jobs
+def submissions(workdir: Workdir) -> dict | None:
+    """jobs.json as recorded (None: never submitted), read without refusing a damaged one."""
     try:
-        submitted = read_json(jobs_file)
+        return read_json(workdir.jobs)
     except FileNotFoundError:
-        submitted = None
+        return None
     except (OSError, ValueError):
-        submitted = {"unreadable": str(jobs_file)}
+        return {"unreadable": str(workdir.jobs)}
+
+
+def slurm_jobs(workdir: Workdir, timings: dict[str, dict]) -> dict:
     return {"job_ids_by_stage": {stage: t["job_ids"] for stage, t in timings.items() if t["job_ids"]},
-            "submitted": submitted}
+            "submitted": submissions(workdir)}
+
+
+def submitted_container(submitted) -> dict | None:
+    """The container image the run's latest submission runs its tasks in (runtime and its version,
+    image path and digest, the versions inside), from jobs.json's data; None without one."""
+    records = submitted.get("submissions") if isinstance(submitted, dict) else None
+    latest = records[-1] if isinstance(records, list) and records else None
+    container = latest.get("container") if isinstance(latest, dict) else None
+    return container if isinstance(container, dict) else None
 
 
 def reproduce_command(config: RunConfig, workdir: Workdir) -> str:
@@ -204,6 +216,7 @@ def describe_run(workdir: Workdir, config: RunConfig, state: dict[str, dict[int,
     fingerprint = config.fingerprint or {}
     hashes = {item["path"]: item.get("sha256") for item in fingerprint.get("inputs", [])}
     timings = stage_timings(state, config)
+    slurm = slurm_jobs(workdir, timings)
     return {
         "workdir": str(workdir.root),
         "demo_models": config.models.demo,
@@ -214,7 +227,8 @@ def describe_run(workdir: Workdir, config: RunConfig, state: dict[str, dict[int,
         "inputs": [{"name": name, "path": path, "sha256": hashes.get(path)}
                    for name, path in zip(config.input_names, config.inputs)],
         "stages": timings,
-        "slurm": slurm_jobs(workdir, timings),
+        "slurm": slurm,
+        "container": submitted_container(slurm["submitted"]),
         "reproduce": reproduce_command(config, workdir),
     }
 

@@ -8,7 +8,9 @@ Signals: submitit only logs SIGTERM and would answer SIGUSR2 with its own checkp
 StopFlag replaces both handlers. On either signal the stage stops at its next checkpoint (the
 runner marks the shard pending, requeues + 1), then the task requeues itself with
 `scontrol requeue <array job>_<index>` and the restarted task resumes from the checkpoint.
-SLURM-initiated requeues (preemption, `scontrol requeue`) end the same way.
+SLURM-initiated requeues (preemption, `scontrol requeue`) end the same way. Inside a container
+image (no scontrol there) the task exits with EXIT_REQUEUE instead and its batch shell, outside,
+requeues it (container.REQUEUE_BY_BATCH_SHELL).
 
 A task given N GPUs runs one worker process per GPU (CUDA_VISIBLE_DEVICES narrowed to one
 device), each over a deterministic slice of the task's shards and each loading its model once.
@@ -29,6 +31,7 @@ from pathlib import Path
 from .. import console, pipeline
 from ..errors import VirnucproError
 from ..pipeline import StageContext
+from .container import REQUEUE_BY_BATCH_SHELL
 from .plan import open_run
 from .runner import EXIT_REQUEUE, RunInterrupted, StopFlag, run_stage_shards
 from .slurm.jobs import is_cancelled
@@ -132,6 +135,9 @@ def run_array_task(workdir: str, stage: str, shards: list[int], workers: int = 1
         state.fold()  # the run's last task: every other task of the job graph has ended
     if interrupted:
         if array_job and not is_cancelled(wd, array_job):
+            if os.environ.get(REQUEUE_BY_BATCH_SHELL):
+                log.warning("stopped at a checkpoint; the batch shell requeues %s", job_id)
+                raise SystemExit(EXIT_REQUEUE)  # past submitit's job runner, which catches Exception only
             requeue(job_id)
             return {"stage": stage, "shards": todo, "requeued": True}
         raise RunInterrupted(f"{stage} task stopped by {stop.signal_name or 'a signal'} at a checkpoint; "

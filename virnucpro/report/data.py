@@ -22,7 +22,7 @@ from ..json_files import read_json
 from ..orchestration.config import RunConfig
 from ..orchestration.state import DONE, ShardState, StateFile
 from ..paths import COMPRESSED_SUFFIX, PREDICTION_RESULTS, READS_TABLE, Workdir
-from ..orchestration.provenance import stage_timings
+from ..orchestration.provenance import stage_timings, submissions, submitted_container
 from ..pipeline import is_done
 
 SCORE_BINS = np.linspace(0.0, 1.0, 41)
@@ -136,6 +136,7 @@ class RunReport:
     stages: dict[str, dict]
     inputs: list[InputStats]
     min_score: float | None
+    container: dict | None = None  # the image the latest submission's tasks run in
 
     @property
     def complete(self) -> bool:
@@ -312,7 +313,8 @@ def gather(workdir: Workdir, config: RunConfig, state: dict[str, dict[int, Shard
         first_frame += stats.frames
         inputs.append(stats)
     return RunReport(workdir=workdir, config=config, generated=time.time(), stages=stage_timings(state, config),
-                     inputs=inputs, min_score=getattr(config, "min_score", None))
+                     inputs=inputs, min_score=getattr(config, "min_score", None),
+                     container=submitted_container(submissions(workdir)))
 
 
 # ---------------------------------------------------------------- a training run's report

@@ -161,6 +161,19 @@ def what_ran(report: RunReport, stages: tuple[str, ...], key: str, requested: st
     return e("; ".join(ran)) if ran else f"{e(requested)} <span class=muted>(requested; nothing has run yet)</span>"
 
 
+def container_rows(container: dict | None) -> list[list[str]]:
+    """The image the SLURM tasks ran in (submit --container), as the latest submission recorded it."""
+    if not container:
+        return []
+    runtime = " ".join(str(container.get(k) or "") for k in ("runtime", "runtime_version")).strip()
+    digest = container.get("digest")
+    inside = ", ".join(f"{name} {container[name]}" for name in ("virnucpro", "submitit") if container.get(name))
+    return [["container image", f"<code>{e(str(container.get('image')))}</code>"],
+            ["image digest", f"<code>{e(str(digest))}</code> ({e(str(container.get('digest_of')))})" if digest
+             else e(str(container.get("digest_of") or "unknown"))],
+            ["container runtime", e(runtime or "unknown") + (f" <span class=muted>(image: {e(inside)})</span>" if inside else "")]]
+
+
 def run_section(report: RunReport) -> str:
     config = report.config
     fingerprint = config.fingerprint.get("models", {}) if config.fingerprint else {}
@@ -181,7 +194,8 @@ def run_section(report: RunReport) -> str:
                                              ["packed ESM-2", str(config.packing)],
                                              ["device", what_ran(report, ("dnabert", "esm2", "predict", "train"), "devices", config.device)],
                                              ["LABELS file" if config.labels else "inputs list",
-                                              f"<code>{e(config.inputs_list)}</code>"]],
+                                              f"<code>{e(config.inputs_list)}</code>"],
+                                             *container_rows(report.container)],
                     text_columns=2)
             + table(["model", "spec", "identity"], rows, text_columns=3)
             + f'<p>Versions, hashes, timings and job ids: <a href="{e(provenance)}">provenance.json</a>.</p></section>')

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ...errors import InputError
 from ...pipeline import STAGE, STAGES
+from ..container import RUNTIMES, Container
 
 # The built-in profile; slurm_templates/default.yaml spells out the same values (a test keeps
 # them equal). For dnabert/esm2, cpus and mem are per GPU: a task with N GPUs asks for N times.
@@ -26,6 +27,8 @@ DEFAULT_PROFILE: dict = {
     "gpus_per_task": 1,
     "max_parallel_gpus": None,
     "preamble": "",
+    "container": None,
+    "container_runtime": None,
     "sbatch": {},
     "stages": {
         "prepare": {"time": "2:00:00", "mem": "16G", "cpus": 2},
@@ -210,6 +213,13 @@ def validate_setting(label: str, kind: str, value, origin: str):
             raise InputError(f"{origin}: {label} must be shell text or a list of lines of text, not {value!r:.80}; "
                              "quote lines YAML reads as numbers or true/false")
         value = "\n".join(lines)
+    elif kind == "container":
+        value = str(value)
+        if not value.strip() or _CONTROL.search(value):
+            raise InputError(f"{origin}: {label} {value!r:.80} is not a path to a container image (one line)")
+    elif kind == "container_runtime":
+        if value not in RUNTIMES:
+            raise InputError(f"{origin}: {label} {value!r:.80} is not one of {', '.join(RUNTIMES)}")
     elif kind in ("partition", "cpu_partition", "account", "qos", "gres_name"):
         value = str(value)
         if not _NAME.fullmatch(value):
@@ -221,6 +231,8 @@ def validate_setting(label: str, kind: str, value, origin: str):
 class SlurmOptions:
     profile: dict
     origin: str
+    container: Container | None = None  # every task runs inside this image (submit sets it from the profile's)
+    container_record: dict | None = None  # what the submission records of it (runtime, versions, digest)
 
     @property
     def gpus_per_task(self) -> int:

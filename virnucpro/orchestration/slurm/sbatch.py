@@ -4,7 +4,8 @@
 logs under W/logs/<stage>/%A_%a.{out,err}, the batch shell `exec`s the task (so SLURM's signals
 reach Python directly), SIGUSR2 90 s before the time limit, `kill-on-invalid-dep=yes` so a failed
 job's dependents are cancelled instead of pending forever, `--requeue` for requeueable stages.
-Needs no SLURM installed.
+With a container image the task runs inside it and the batch shell stays outside
+(`container_task_lines`). Needs no SLURM installed.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import re
 import shlex
 import sys
 
-from ...errors import InputError
+from ...errors import InputError, RunInterrupted
 from ...paths import Workdir
 from ...pipeline import STAGE
+from ..container import REQUEUE_BY_BATCH_SHELL, Container
 from . import submitit_private
 from .graph import StageJob
 from .profile import SlurmOptions
@@ -96,9 +98,50 @@ def setup_lines(preamble: str, origin: str) -> list[str]:
     return lines
 
 
-def task_command(workdir: Workdir, stage: str) -> str:
+def task_command(workdir: Workdir, stage: str, container: Container | None = None, gpu: bool = False) -> str:
+    runner = ["-u", "-m", "submitit.core._submit", str(workdir.submitit_dir(stage))]
+    if container:
+        return container_task_lines(container, container.python(runner, gpu))
     # exec: the Python process is the batch shell itself, so it receives SLURM's signals directly.
-    return f"exec {shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(workdir.submitit_dir(stage)))}"
+    return f"exec {shlex.join([sys.executable, *runner])}"
+
+
+# The image has no SLURM commands (scontrol), so the batch shell stays outside: it passes SLURM's
+# signals on to the task (B:USR2 reaches the batch shell only) and requeues the task when the task
+# asks, by its exit status. `wait` returns early when a trapped signal arrives: wait again while
+# the task runs.
+_CONTAINER_TASK = """\
+{user}export {flag}=1
+task=""
+trap '[ -z "$task" ] || kill -USR2 "$task" 2>/dev/null || true' USR2
+trap '[ -z "$task" ] || kill -TERM "$task" 2>/dev/null || true' TERM
+{command} &
+task=$!
+while :; do
+    status=0
+    wait "$task" || status=$?
+    kill -0 "$task" 2>/dev/null || break
+done
+if [ "$status" -eq {requeue} ]; then
+    job="${{SLURM_ARRAY_JOB_ID:+${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}}}"
+    job="${{job:-$SLURM_JOB_ID}}"
+    if scontrol requeue "$job"; then
+        echo "requeued $job" >&2
+    else
+        echo "scontrol requeue $job did not requeue it (SLURM may be requeueing it already); if it stays ended, submit again" >&2
+    fi
+    exit 0
+fi
+exit "$status"
+"""
+
+
+def container_task_lines(container: Container, command: list[str]) -> str:
+    """The script lines that run `command` (the task, inside the image) under a batch shell that
+    forwards signals and requeues."""
+    user = 'export USER="${USER:-$(id -un)}"  # ch-run refuses to start without it\n' if container.runtime == "charliecloud" else ""
+    return _CONTAINER_TASK.format(user=user, flag=REQUEUE_BY_BATCH_SHELL, command=shlex.join(command),
+                                  requeue=RunInterrupted.exit_code).rstrip("\n")
 
 
 def render_script(workdir: Workdir, job: StageJob, options: SlurmOptions, job_ids: dict[str, str]) -> str:
@@ -107,5 +150,6 @@ def render_script(workdir: Workdir, job: StageJob, options: SlurmOptions, job_id
     conditions = [f"{kind}:" + ":".join(job_ids[s] for s in stages)
                   for kind, stages in (("afterok", job.after), ("afterany", job.after_any)) if stages]
     dependency = ",".join(conditions) or None
-    return submitit_private.sbatch_text(command=task_command(workdir, job.stage), folder=workdir.submitit_dir(job.stage),
+    command = task_command(workdir, job.stage, options.container, gpu=bool(job.gpus))
+    return submitit_private.sbatch_text(command=command, folder=workdir.submitit_dir(job.stage),
                                         **sbatch_parameters(workdir, job, options, dependency))

@@ -37,7 +37,7 @@ def submit_graph(workdir: Workdir, jobs: list[StageJob], options: SlurmOptions) 
     require_slurm()
     refused = (*submitit_private.submission_errors(), subprocess.SubprocessError, OSError)
     record = {"submitted": time.time(), "user": getpass.getuser(), "profile": options.origin,
-              "cancelled": None, "stages": {}}
+              "container": options.container_record, "cancelled": None, "stages": {}}
     index = append_submission(workdir, record)
     ids: dict[str, str] = {}
     for job in jobs:
