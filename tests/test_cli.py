@@ -166,7 +166,7 @@ def test_piped_output_is_neither_wrapped_nor_padded(tmp_path):
 def test_piped_submission_summary_keeps_the_log_line_whole(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from virnucpro.slurm_cli import print_submission
+    from virnucpro.cli.cluster import print_submission
 
     workdir = Workdir(tmp_path / ("a-long-folder-name-" * 4) / "W")
     job = SimpleNamespace(stage="esm2", tasks=[0, 1], shards=[0, 1, 2], waits_for=[])
@@ -207,7 +207,7 @@ def test_reproduce_command_keeps_the_engine_choices(quiet_demo_run):
     from virnucpro.cli import build_parser
     from virnucpro.orchestration.config import RunConfig
     from virnucpro.paths import Workdir
-    from virnucpro.provenance import reproduce_command
+    from virnucpro.orchestration.provenance import reproduce_command
 
     workdir = Workdir(quiet_demo_run.workdir)
     config = RunConfig.load(workdir)

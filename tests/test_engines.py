@@ -21,7 +21,7 @@ from virnucpro.engines.classifier import (
     load_classifier,
 )
 from virnucpro.engines.demo import write_demo_models
-from virnucpro.orchestration.plan import chunk_length_from_name
+from virnucpro.modelstore.resolve import chunk_length_from_name
 from virnucpro.engines.dnabert import DnabertEmbedder
 from virnucpro.engines.esm2 import ESM2Reference, load_esm2
 

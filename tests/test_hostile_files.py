@@ -122,7 +122,7 @@ def test_status_watch_refuses_what_is_not_a_duration_when_parsed(value, capsys):
 
 def test_status_watch_raises_tiny_intervals_to_the_minimum():
     """Issue 25 item 12: --watch 1e-9 was a busy loop folding the state as fast as it could."""
-    from virnucpro.cli import WATCH_MIN_SECONDS
+    from virnucpro.cli.parser import WATCH_MIN_SECONDS
 
     assert build_parser().parse_args(["status", "-w", "W", "--watch", "1e-9"]).watch == WATCH_MIN_SECONDS
     assert build_parser().parse_args(["status", "-w", "W", "--watch", "7"]).watch == 7.0

@@ -399,7 +399,7 @@ def test_original_sources_layout_from_loopback(server, demo_models, tmp_path):
     target = tmp_path / "models"
     entries, errors = download(target, jobs)
     assert errors == []
-    from virnucpro.orchestration.plan import models_in_dir
+    from virnucpro.modelstore.resolve import models_in_dir
     found = models_in_dir(target, None)
     assert found == {"esm": str(target / ESM), "dnabert": str(target / "DNABERT-S"), "classifier": str(target / "500_model.pth")}
     recorded = manifest_of(target)
@@ -471,7 +471,7 @@ def test_hub_names_resolve_to_the_local_caches(demo_models, tmp_path):
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(demo_models / "dnabert-s-demo", repo / "snapshots" / commit)
-    code = ("import json, sys; from virnucpro.cli import build_parser, run_request;"
+    code = ("import json, sys; from virnucpro.cli import build_parser; from virnucpro.cli.run import run_request;"
             "from virnucpro.modelstore.resolve import resolve_for_submit;"
             "r = run_request(build_parser().parse_args(sys.argv[1:]));"
             "resolve_for_submit(r, warn_only=False); print(json.dumps([r.esm_model, r.dnabert_model]))")

@@ -18,7 +18,7 @@ from virnucpro.orchestration.config import ModelSpec, RunConfig
 from virnucpro.orchestration.state import StateFile
 from virnucpro.paths import Workdir
 from virnucpro.pipeline import PREDICTION_STAGES as STAGES  # a prediction's stages
-from virnucpro.provenance import update_provenance
+from virnucpro.orchestration.provenance import update_provenance
 from virnucpro.report import INDEX, STAGES_PNG, input_figure_names, write_report
 from virnucpro.report.data import BLOCK_ROWS, SCORE_BINS, TOP_READS, gather, load_state
 
@@ -289,7 +289,7 @@ def test_demo_run_provenance(quiet_demo_run, demo_models, example_inputs):
 
 def test_provenance_reads_versions_without_importing_torch():
     code = ("import sys\n"
-            "from virnucpro.provenance import environment, torch_cuda_build\n"
+            "from virnucpro.orchestration.provenance import environment, torch_cuda_build\n"
             "import virnucpro.orchestration.plan, virnucpro.report.data\n"
             "env = environment()\n"
             "assert 'torch' not in sys.modules, 'provenance imported torch'\n"
@@ -307,7 +307,7 @@ def test_a_gpu_task_adds_its_environment_and_gpu_model(tmp_path):
     fake_bin.mkdir()
     (fake_bin / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3'\n")
     (fake_bin / "nvidia-smi").chmod(0o755)
-    code = (f"from virnucpro.provenance import record_environment\nfrom virnucpro.paths import Workdir\n"
+    code = (f"from virnucpro.orchestration.provenance import record_environment\nfrom virnucpro.paths import Workdir\n"
             f"record_environment(Workdir({str(workdir.root)!r}), 'stage:esm2')\n")
     env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242_3"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

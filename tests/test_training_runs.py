@@ -17,7 +17,8 @@ from virnucpro import pipeline
 from virnucpro.errors import InputError
 from virnucpro.orchestration.config import ModelSpec, RunConfig
 from virnucpro.orchestration.labels import read_labels
-from virnucpro.orchestration.plan import RunRequest, check_classifier_widths, new_config, plan_run
+from virnucpro.modelstore.resolve import check_classifier_widths
+from virnucpro.orchestration.plan import RunRequest, new_config, plan_run
 from virnucpro.orchestration.state import DONE
 from virnucpro.paths import Workdir
 
@@ -224,7 +225,7 @@ def test_trained_classifier_of_other_widths_is_refused_naming_both(tmp_path):
 
 
 def test_chunk_length_of_a_trained_classifier_is_its_own(tmp_path, two_fastas, demo_models, monkeypatch):
-    from virnucpro.orchestration import plan
+    from virnucpro.modelstore import resolve as plan
 
     classifier = write(tmp_path / "classifier.safetensors", "weights")
     monkeypatch.setattr(plan, "classifier_meta", lambda path: {"chunk_length": 150, "input_widths": {}})

@@ -118,7 +118,7 @@ def test_good_options_still_parse():
 def test_missing_classifier_message_names_a_real_option(tmp_path):
     """Item 10: the message suggested --classifier-model, which does not exist."""
     from virnucpro.errors import InputError
-    from virnucpro.orchestration.plan import models_in_dir
+    from virnucpro.modelstore.resolve import models_in_dir
 
     (tmp_path / "esm2_t2_demo.pt").write_bytes(b"")
     (tmp_path / "dnabert").mkdir()

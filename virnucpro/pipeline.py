@@ -32,10 +32,13 @@ needs once (a model) and returns `process(shard) -> metrics dict`; a stage asked
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from .errors import VirnucproError
 
 # What a recomputed parent means for a stage (Stage.redo_after):
 SAME_SHARD = "same shard"  # shard k is recomputed when shard k of a parent is
@@ -135,7 +138,6 @@ def stage(name: str) -> Stage:
     try:
         return STAGE[name]
     except KeyError:
-        from .errors import VirnucproError
         raise VirnucproError(f"unknown stage '{name}'; stages are {', '.join(STAGES)}") from None
 
 
@@ -170,6 +172,16 @@ class StageContext:
     # the shard this process runs after the current one (None: the last), so its input can be
     # read ahead while this one computes
     next_shard: int | None = None
+
+
+# Where the stage side counts this process's CUDA GPUs (it imports torch; orchestration.task,
+# which never does, finds it by name, as the runner finds the stages' modules)
+CUDA_DEVICE_COUNT = "virnucpro.stages.embedding:cuda_device_count"
+
+
+def cuda_device_count() -> int:
+    module, _, name = CUDA_DEVICE_COUNT.partition(":")
+    return getattr(importlib.import_module(module), name)()
 
 
 class ShardInterrupted(Exception):

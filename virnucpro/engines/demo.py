@@ -22,9 +22,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from virnucpro import __version__
 from virnucpro.atomic import atomic_write_bytes, atomic_write_text
 from virnucpro.engines import classifier as _classifier
+from virnucpro.engines.safe_load import safetensors_bytes
 from virnucpro.modelstore.demo import DEMO_KEY, DEMO_ORIGIN, DEMO_VALUE
+from virnucpro.modelstore.manifest import write_folder_manifest
 
 ESM_NAME = "esm2_t2_demo"
 ESM_LAYERS, ESM_DIM, ESM_HEADS = 2, 64, 4
@@ -159,8 +162,6 @@ def write_dnabert_demo(target: Path, hidden: int = DNABERT_HIDDEN, layers: int =
     """A DNABERT-S folder in the real layout: config.json, model.safetensors, tokenizer files, model code.
     `tokenizer`: another tokenizer.json text (bench/host_overhead.py's BPE of DNABERT-S's size).
     Both config.json and the safetensors metadata carry the demo mark (modelstore.demo)."""
-    from .safe_load import safetensors_bytes
-
     target = Path(target)
     tokenizer = tokenizer or _dnabert_tokenizer_json()
     config = dnabert_config(len(json.loads(tokenizer)["model"]["vocab"]), hidden, layers, heads, intermediate)
@@ -234,7 +235,5 @@ def write_demo_models(directory: str | Path, dnabert_tokenizer: str | None = Non
     paths["readme"] = directory / "README.txt"
     atomic_write_text(paths["readme"], README)
     # Last, over every file above: the folder is then a --mirror source and `models verify` checks it.
-    from virnucpro import __version__
-    from virnucpro.modelstore.manifest import write_folder_manifest
     write_folder_manifest(directory, url=DEMO_ORIGIN, revision=__version__, demo=True)
     return paths

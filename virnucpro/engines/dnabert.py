@@ -14,7 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import VirnucproError
+from . import dnabert_files as files
 from . import output_rows
+from .dnabert_native import NativeDnabert
 
 
 def load_dnabert(spec: str, device: str | torch.device = "cpu", allow_download: bool = False):
@@ -33,9 +36,6 @@ def load_dnabert(spec: str, device: str | torch.device = "cpu", allow_download: 
     from transformers import AutoConfig, AutoTokenizer  # deferred: slow import
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
     from transformers.utils import logging as hf_logging
-
-    from ..errors import VirnucproError
-    from . import dnabert_files as files
 
     hf_logging.disable_progress_bar()  # a per-load progress bar is noise in batch logs
     if importlib.util.find_spec("einops") is None:
@@ -69,11 +69,9 @@ def load_dnabert_engine(spec: str, device: str = "cpu", precision: str = "fp32",
     """The native engine (default) or, when asked for, the remote-code fallback."""
     if remote_code:
         if precision != "fp32":
-            from ..errors import VirnucproError
             raise VirnucproError("--dnabert-remote-code runs in fp32 only (the original's numbers); drop --dnabert-precision")
         kwargs = {"token_budget": token_budget} if token_budget else {}
         return DnabertEmbedder(spec, device=device, allow_download=allow_download, **kwargs)
-    from .dnabert_native import NativeDnabert
     return NativeDnabert(spec, device=device, precision=precision, token_budget=token_budget, allow_download=allow_download)
 
 

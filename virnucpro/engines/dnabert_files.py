@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VirnucproError
+from . import safe_load
 from .safe_load import check_weights, declared_float, declared_size
 
 FALLBACK_HINT = "use --dnabert-remote-code to run the model folder's own code instead"
@@ -137,8 +138,8 @@ def read_weights(folder: Path) -> tuple[Path, dict]:
             from safetensors.torch import load_file
             state = load_file(str(path), device="cpu")
         else:
-            from .safe_load import load  # weights_only=True; a pickled global is refused, naming it
-            state = load(path, expected="a DNABERT-S state dict of tensors")
+            # weights_only=True; a pickled global is refused, naming it
+            state = safe_load.load(path, expected="a DNABERT-S state dict of tensors")
             if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
                 state = state["state_dict"]
     except VirnucproError:

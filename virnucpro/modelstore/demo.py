@@ -21,6 +21,8 @@ import struct
 import zipfile
 from pathlib import Path
 
+from .manifest import MANIFEST_NAME
+
 DEMO_KEY = "virnucpro_demo"
 DEMO_VALUE = "RANDOM WEIGHTS: predictions are meaningless"
 DEMO_ORIGIN = "virnucpro-demo-models"  # the origin URL prefix `demo-models` records in its manifest
@@ -63,8 +65,6 @@ def file_is_marked(path: Path) -> bool:
 
 def _manifest_says_demo(file: Path) -> bool:
     """The models manifest of the folder holding `file` (or of its parent, for a DNABERT-S folder)."""
-    from .manifest import MANIFEST_NAME
-
     for folder in (file.parent, file.parent.parent):
         try:
             data = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))

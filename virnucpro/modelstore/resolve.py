@@ -1,4 +1,5 @@
-"""Resolving models on the login node before `submit`: every task then gets local paths only.
+"""Which models a run uses (`resolve_models`: --models DIR, flags, defaults), and resolving them
+on the login node before `submit`: every task then gets local paths only.
 
 A model given as a path must exist. A hub name is looked up where its library caches it:
 - fair-esm names (esm2_t36_3B_UR50D): `<torch hub dir>/checkpoints/<name>.pt`, the hub dir being
@@ -19,12 +20,15 @@ import re
 from pathlib import Path
 
 from .. import console
+from ..classifier_meta import read_classifier_meta
 from ..errors import InputError
+from ..model_facts import DEFAULT_CHUNK_LENGTH, FAIR_ESM2_WIDTHS, KNOWN_WIDTHS, ModelSpec
+from ..pipeline import TRAINING
+from .demo import any_demo_model
 from .sources import DNABERT_WEIGHTS
 
-# fair-esm's pretrained ESM-2 models (esm.pretrained) and their embedding widths
-FAIR_ESM2_WIDTHS = {"esm2_t6_8M_UR50D": 320, "esm2_t12_35M_UR50D": 480, "esm2_t30_150M_UR50D": 640,
-                    "esm2_t33_650M_UR50D": 1280, "esm2_t36_3B_UR50D": 2560, "esm2_t48_15B_UR50D": 5120}
+DEFAULT_ESM = "esm2_t36_3B_UR50D"
+DEFAULT_DNABERT = "zhihan1996/DNABERT-S"
 ESM_HUB_NAME = re.compile(r"esm2_t\d+_\w+")
 HF_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 LABELS = {"esm": "ESM-2", "dnabert": "DNABERT-S"}
@@ -105,8 +109,6 @@ def require_here(kind: str, spec: str, allow_download: bool, pass_it: str) -> No
 def resolve_for_submit(request, warn_only: bool) -> None:
     """Replace the request's ESM-2 and DNABERT-S models by local paths, or refuse (warn with
     --dry-run; let tasks download with --allow-download). Same model choice as the run makes."""
-    from ..orchestration.plan import resolve_models
-
     models, _ = resolve_models(request)  # --models DIR, defaults and path checks, as the run resolves them
     for kind, spec, attribute in (("esm", models.esm, "esm_model"), ("dnabert", models.dnabert, "dnabert_model")):
         check_reference(kind, spec)
@@ -130,8 +132,117 @@ def resolve_for_submit(request, warn_only: bool) -> None:
 
 def check_for_run(request) -> None:
     """`run`: the ESM-2 and DNABERT-S models it will load exist here (or may be downloaded), before any work."""
-    from ..orchestration.plan import resolve_models
-
     models, _ = resolve_models(request)
     for kind, spec in (("esm", models.esm), ("dnabert", models.dnabert)):
         require_here(kind, spec, request.allow_download, "pass --models DIR")
+
+
+# ---------------------------------------------------------------- which models a run uses
+
+def chunk_length_from_name(path: str) -> int | None:
+    """300 or 500 when the file name carries that number as its own token (300_model.pth), else None."""
+    tokens = set(re.split(r"[^0-9A-Za-z]+", Path(path).name)) & {"300", "500"}
+    return int(tokens.pop()) if len(tokens) == 1 else None
+
+
+MODEL_FLAGS = {"esm": "--esm-model", "dnabert": "--dnabert-model", "classifier": "--classifier"}
+
+
+def models_in_dir(directory: Path, chunk_length: int | None, need_classifier: bool = True) -> dict:
+    """Find an ESM-2 .pt, a DNABERT-S folder and the classifier(s) in a folder like demo-models
+    (no classifier for a training: `need_classifier` False)."""
+    if not directory.is_dir():
+        raise InputError(f"{directory}: --models folder not found; fetch the models into it with 'virnucpro-slurm "
+                         f"models download {directory}' (or 'virnucpro-slurm demo-models {directory}' to try things)")
+    esm = sorted(p for p in directory.glob("esm2*.pt") if not p.name.endswith("-contact-regression.pt"))
+    dnabert = sorted(p.parent for p in directory.glob("*/config.json"))
+    classifiers = sorted(directory.glob("*.pth"))
+    if chunk_length is not None:
+        classifiers = [c for c in classifiers if chunk_length_from_name(str(c)) == chunk_length] or classifiers
+    found = {"esm": esm[0] if esm else None, "dnabert": dnabert[0] if dnabert else None,
+             "classifier": classifiers[0] if len(classifiers) == 1 else None}
+    if chunk_length is None and classifiers:
+        preferred = [c for c in classifiers if chunk_length_from_name(str(c)) == DEFAULT_CHUNK_LENGTH]
+        found["classifier"] = (preferred or classifiers)[0]
+    if not need_classifier:
+        found.pop("classifier")
+    for kind, path in found.items():
+        if path is None:
+            raise InputError(f"{directory}: no {kind} model found in --models folder (expected esm2_*.pt, a DNABERT-S "
+                             f"folder with config.json and 300_/500_model.pth); give {MODEL_FLAGS[kind]} explicitly")
+    return {k: str(v) for k, v in found.items()}
+
+
+def resolve_models(request) -> tuple[ModelSpec, int]:
+    """The models of a run request (orchestration.plan.RunRequest) and its chunk length: --models
+    DIR, the flags and the defaults, every path checked, the classifier's widths and chunk length
+    held against the models'."""
+    training = request.kind == TRAINING  # a training makes its classifier
+    found = models_in_dir(request.models_dir, request.chunk_length, need_classifier=not training) if request.models_dir else {}
+    esm = request.esm_model or found.get("esm") or DEFAULT_ESM
+    dnabert = request.dnabert_model or found.get("dnabert") or DEFAULT_DNABERT
+    classifier = None if training else request.classifier or found.get("classifier")
+    if not classifier and not training:
+        raise InputError("no classifier given: pass --classifier 500_model.pth (or 300_model.pth) from VirNucPro, "
+                         "or a classifier.safetensors made by 'virnucpro-slurm train', or --models DIR, or --demo")
+    if classifier and not Path(classifier).is_file():
+        raise InputError(f"{classifier}: classifier file not found; give the path to 300_model.pth, 500_model.pth "
+                         "or a classifier.safetensors made by 'virnucpro-slurm train'")
+    for kind, spec in (("ESM-2", esm), ("DNABERT-S", dnabert)):
+        looks_like_path = spec.startswith(("/", ".", "~")) or spec.endswith(".pt")
+        if looks_like_path and not Path(spec).exists():
+            raise InputError(f"{spec}: {kind} model path not found; fetch the models with 'virnucpro-slurm models "
+                             "download DIR' and pass --models DIR")
+    meta = classifier_meta(classifier) if classifier else None
+    named = meta["chunk_length"] if meta else chunk_length_from_name(classifier) if classifier else None
+    chunk_length = request.chunk_length or named or DEFAULT_CHUNK_LENGTH
+    if meta and chunk_length != named:
+        raise InputError(f"--chunk-length {chunk_length} does not match the classifier {classifier}, trained on "
+                         f"{named}-bp chunks; use --chunk-length {named} (or leave it out)")
+    if named and chunk_length != named and not request.force_chunk_length:
+        raise InputError(f"--chunk-length {chunk_length} contradicts the classifier {Path(classifier).name} (trained on "
+                         f"{named}-bp chunks); use --chunk-length {named}, or --force-chunk-length if you are sure")
+    # a demo model is one whatever flag brought it in (--demo, --models, --esm-model, ...)
+    models = ModelSpec(esm=str(Path(esm).resolve()) if Path(esm).exists() else esm,
+                       dnabert=str(Path(dnabert).resolve()) if Path(dnabert).exists() else dnabert,
+                       classifier=str(Path(classifier).resolve()) if classifier else "",
+                       demo=request.demo or any_demo_model(esm, dnabert, classifier))
+    if meta:
+        check_classifier_widths(classifier, meta, models)
+    return models, chunk_length
+
+
+def classifier_meta(classifier: str) -> dict | None:
+    """What a classifier made by `train` says of itself (classifier.json beside its .safetensors);
+    None for a released .pth, whose chunk length its name gives."""
+    if Path(classifier).suffix != ".safetensors":
+        return None
+    return read_classifier_meta(Path(classifier))
+
+
+def check_classifier_widths(classifier: str, meta: dict, models: ModelSpec) -> None:
+    """Refuse, before any work, models whose embedding widths differ from those the classifier
+    was trained on, naming both. Widths known without loading a model (by name, or a DNABERT-S
+    folder's config.json) are checked here; others when prepare checks the models (check_models)."""
+    trained = meta.get("input_widths") or {}
+    given = {"dnabert": (models.dnabert, dnabert_width(models.dnabert)),
+             "esm2": (models.esm, KNOWN_WIDTHS.get(Path(models.esm).stem))}
+    for kind, (spec, width) in given.items():
+        if width is not None and kind in trained and trained[kind] != width:
+            name = (meta.get("models") or {}).get(kind, {}).get("name") or "its models"
+            raise InputError(f"{classifier}: trained on {kind} embeddings of width {trained[kind]} ({name}), but "
+                             f"{spec} gives {width}; use the models it was trained with, or a classifier trained "
+                             "with these")
+
+
+def dnabert_width(spec: str) -> int | None:
+    """A DNABERT-S model's embedding width: its folder's config.json, else known by its hub id."""
+    config = Path(spec) / "config.json"
+    if config.is_file():
+        # engines/ imports numpy: only for a model folder, so login-node planning stays light
+        from ..engines.dnabert_files import read_config  # bounded read, one line when unreadable
+        from ..engines.safe_load import declared_size
+
+        return declared_size(config, "hidden_size", read_config(Path(spec)).get("hidden_size"),
+                             what="give the DNABERT-S folder or 'zhihan1996/DNABERT-S'")
+    return KNOWN_WIDTHS.get(spec)

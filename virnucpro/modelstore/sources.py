@@ -1,6 +1,6 @@
 """Where the real model files come from, and the folder layout `models download` writes.
 
-Layout of DIR (what `--models DIR`, i.e. orchestration.plan.models_in_dir, reads):
+Layout of DIR (what `--models DIR`, i.e. modelstore.resolve.models_in_dir, reads):
   esm2_t36_3B_UR50D.pt, esm2_t36_3B_UR50D-contact-regression.pt   fair-esm's hub files (~5.7 GB)
   DNABERT-S/                                                       the hub repository's files
   300_model.pth, 500_model.pth                                     the VirNucPro classifiers

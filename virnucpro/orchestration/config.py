@@ -18,6 +18,8 @@ from pathlib import Path
 from ..atomic import atomic_write_text
 from ..errors import InputError, StateError
 from ..paths import Workdir
+from ..modelstore.manifest import recorded_sha256
+from ..model_facts import ModelSpec
 from ..pipeline import KINDS
 
 # Shard sizing: aim at GPU tasks of minutes, not seconds, so model loading (ESM-2 3B: ~1 min)
@@ -26,18 +28,6 @@ from ..pipeline import KINDS
 BASES_PER_SHARD = 50_000_000
 GZIP_EXPANSION = 3.5  # typical FASTA gzip ratio, for sizing only
 CONFIG_VERSION = 1
-DEFAULT_CHUNK_LENGTH = 500
-# Chunk lengths a run may use: 10 codons at least; at most 1,000 codons, so that ESM-2 (which
-# averages at most 1,022 residues) sees every residue of a frame.
-MIN_CHUNK_LENGTH, MAX_CHUNK_LENGTH = 30, 3000
-
-
-@dataclass
-class ModelSpec:
-    esm: str
-    dnabert: str
-    classifier: str
-    demo: bool = False
 
 
 @dataclass(kw_only=True)
@@ -283,8 +273,6 @@ def model_identity(spec: str, hashes: HashCache) -> dict:
     A file of a models folder (`models download`, `demo-models`) takes its SHA-256 from the folder's
     manifest while its size and st_mtime_ns are the recorded ones (modelstore.manifest.recorded_sha256),
     so a run does not hash gigabytes; any other file is hashed (once per workdir, by HashCache)."""
-    from ..modelstore.manifest import recorded_sha256
-
     def sha256(file: Path) -> str:
         return recorded_sha256(file) or hashes.sha256(file)
 

@@ -27,6 +27,7 @@ from ..atomic import atomic_write_text, remove_stale_temp_files
 from ..errors import RunInterrupted, StaleInputError, VirnucproError
 from ..paths import Workdir
 from ..pipeline import STAGES, ShardInterrupted, StageContext  # noqa: F401 (the stage protocol, re-exported)
+from .provenance import record_environment
 from .state import PENDING, StateFile
 
 log = logging.getLogger("virnucpro.runner")
@@ -127,7 +128,6 @@ def run_stage_shards(ctx: StageContext, state: StateFile, stage: str, shards: li
             if process is None:
                 process = open_stage(stage, ctx)
                 if pipeline.STAGE[stage].gpu:  # model loaded: the GPU this task got is known now
-                    from ..provenance import record_environment
                     record_environment(ctx.workdir, f"stage:{stage}")
             started = time.time()
             metrics = process(shard) or {}
@@ -170,8 +170,6 @@ def run_locally(ctx: StageContext, state: StateFile, stages: tuple[str, ...] | N
     of the run's kind); stop before a stage whose inputs failed.
     A missing or damaged input found on the way is recomputed (with what is made from it) in the
     same run, once per pair."""
-    from .. import console
-
     stages = stages or pipeline.stage_names(ctx.config)
     healed: set[tuple[str, int]] = set()
     while True:
@@ -199,8 +197,6 @@ def run_locally(ctx: StageContext, state: StateFile, stages: tuple[str, ...] | N
 
 def _run_stages(ctx: StageContext, state: StateFile, plan, stages: tuple[str, ...]) -> dict:
     """Run the plan's pairs stage by stage; the shards that found a stale input, if any."""
-    from .. import console
-
     for stage in stages:
         todo = plan.todo[stage]
         total = pipeline.STAGE[stage].shard_count(ctx.config)

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 from .. import pipeline
 from ..pipeline import STAGES, stage_names
-from .state import DONE, FAILED, PENDING, RUNNING, ShardState
+from .slurm import format_states, slurm_view
+from .state import DONE, FAILED, PENDING, RUNNING, ShardState, StateFile
+from .writer import current_holder, describe_holder, holder_alive
 
 # SLURM states after which a task no longer runs anything.
 ENDED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
@@ -95,8 +97,6 @@ def summarise(state: dict[str, dict[int, ShardState | dict]], task_states: dict[
 
 def read_state(workdir) -> dict[str, dict[int, dict]]:
     """The state file as raw dicts (status reads it without the lock: writes are atomic renames)."""
-    from .state import StateFile
-
     raw = StateFile(workdir.state, workdir.state_lock).read_raw()  # checked: a damaged file is one line
     return {stage: {int(k): v for k, v in shards.items()} for stage, shards in raw.get("stages", {}).items()}
 
@@ -116,13 +116,9 @@ def status_report(workdir, config=None) -> dict:
     a done pair whose output is gone counts as pending, as the next run/submit plans it
     (`pipeline.plan`, a stat per file), and `missing` says which file and what it recomputes."""
     slurm = {"source": None, "stages": {}, "task_states": {}, "active": False}
-    from .slurm import slurm_view
-
     if workdir.jobs.exists():
         slurm = slurm_view(workdir)
     state = read_state(workdir)
-    from .writer import current_holder
-
     holder = current_holder(workdir.root)
     mark_dead_local_shards(state, holder)
     missing = mark_missing_outputs(state, config, workdir) if config is not None else []
@@ -169,8 +165,6 @@ def mark_dead_local_shards(state: dict[str, dict[int, dict]], holder: dict | Non
     local run holds the workdir for its whole length, so no live holder means no live run."""
     import socket
 
-    from .writer import holder_alive
-
     here = socket.gethostname()
     for stage, entries in state.items():
         for entry in entries.values():
@@ -192,8 +186,6 @@ def render_status(report: dict):
     from rich.console import Group
     from rich.table import Table
 
-    from .slurm import format_states
-
     from rich import box
     from rich.markup import escape  # user text (paths, errors quoting read ids) is never markup
 
@@ -207,7 +199,6 @@ def render_status(report: dict):
                          no_wrap=not column.startswith("SLURM"))
     lines = []
     if report.get("holder"):
-        from .writer import describe_holder
         lines.append(f"in use by {escape(describe_holder(report['holder']))}")
     for s in report["stages"]:
         row = [s["stage"], str(s["shards"]), f"[green]{s['done']}[/green]", str(s["running"]), str(s["pending"]),

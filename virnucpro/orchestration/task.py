@@ -26,10 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-from .. import pipeline
+from .. import console, pipeline
 from ..errors import VirnucproError
 from ..pipeline import StageContext
+from .plan import open_run
 from .runner import EXIT_REQUEUE, RunInterrupted, StopFlag, run_stage_shards
+from .slurm.jobs import is_cancelled
 
 log = logging.getLogger("virnucpro.task")
 
@@ -85,18 +87,12 @@ def gpus_for_workers(device: str) -> int:
     the task runs on the CPU. Counted in stages/, where torch is imported (orchestration never is)."""
     if device == "cpu" or visible_devices() is not None:
         return 0
-    from ..stages.embedding import cuda_device_count
-
-    return cuda_device_count()
+    return pipeline.cuda_device_count()
 
 
 def run_array_task(workdir: str, stage: str, shards: list[int], workers: int = 1, device: str | None = None) -> dict:
     """One array task: process `shards` of `stage`; raise when a shard failed (the job fails and
     SLURM cancels its dependents); requeue the task when it was stopped at a checkpoint."""
-    from .. import console
-    from .plan import open_run
-    from .slurm.jobs import is_cancelled
-
     console.configure()
     use_private_hf_modules_cache()
     stop = StopFlag().install()  # after submitit's handlers, so ours win
@@ -192,8 +188,6 @@ def worker_commands(root: Path, stage: str, parts: list[list[int]], device: str,
 def run_workers(root: Path, stage: str, parts: list[list[int]], device: str, job_id: str | None,
                 log_path: str | None, stop: StopFlag, gpu_count: int = 0) -> tuple[list[int], bool]:
     """One process per visible GPU (or per part on CPU), each over its slice of the shards."""
-    from .plan import open_run
-
     children = [subprocess.Popen(argv, env=env)
                 for argv, env in worker_commands(root, stage, parts, device, job_id, log_path, gpu_count)]
     forwarded = False
@@ -217,9 +211,6 @@ def run_workers(root: Path, stage: str, parts: list[list[int]], device: str, job
 
 def worker_main(argv: list[str] | None = None) -> int:
     """A worker process of a multi-GPU task: exit 0 done, 75 stopped at a checkpoint, 1 failed."""
-    from .. import console
-    from .plan import open_run
-
     parser = argparse.ArgumentParser(prog="python -m virnucpro.orchestration.task")
     parser.add_argument("workdir", type=Path)
     parser.add_argument("stage")

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 from ..orchestration.config import RunConfig
+from ..orchestration.provenance import update_provenance
+from ..orchestration.state import exclusive_lock
 from ..paths import REPORT_INDEX as INDEX  # noqa: F401 (the page's name, for callers)
 from ..paths import Workdir
+from . import page
+from .data import gather, load_state
 
 STAGES_PNG = "stages.png"
 # Past this many inputs the page keeps every input in its summary table but draws figures for the
@@ -27,10 +31,6 @@ def write_report(workdir: Workdir, config: RunConfig | None = None, completing: 
                  event: str = "report") -> Path:
     """Gather, draw and write the report; `completing` names a stage (and its metrics) that is
     finishing in this very process, so the report does not show it as still running."""
-    from ..atomic import remove_stale_temp_files
-    from ..orchestration.state import exclusive_lock
-    from .data import gather, load_state
-
     config = config or RunConfig.load(workdir)
     state = load_state(workdir, completing)
     report = gather(workdir, config, state)
@@ -42,8 +42,7 @@ def write_report(workdir: Workdir, config: RunConfig | None = None, completing: 
 
 
 def _write_files(workdir: Workdir, config: RunConfig, state, report, event: str) -> Path:
-    from ..provenance import update_provenance
-    from . import figures, page
+    from . import figures  # matplotlib: only when a report is drawn
 
     drawn: dict[int, dict[str, bytes]] = {}
     for stats in report.inputs[:MAX_INPUT_FIGURES]:

@@ -22,7 +22,7 @@ from ..errors import StateError
 from ..orchestration.config import RunConfig
 from ..orchestration.state import DONE, ShardState, StateFile
 from ..paths import COMPRESSED_SUFFIX, PREDICTION_RESULTS, READS_TABLE, Workdir
-from ..provenance import stage_timings
+from ..orchestration.provenance import stage_timings
 
 SCORE_BINS = np.linspace(0.0, 1.0, 41)
 # A float32 score is binned as the number its text in prediction_results.txt reads back as

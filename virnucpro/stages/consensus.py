@@ -30,6 +30,7 @@ from ..errors import InputError, OutputError, ShardError, StaleInputError
 from ..fasta import _decode_header, fasta_blocks
 from ..orchestration.runner import StageContext
 from ..paths import COMPRESSED_SUFFIX, HIGHEST_SCORE, PREDICTION_RESULTS, READS_TABLE, VIRAL_FASTA
+from ..report import write_report
 from ..storage import read_frame_ids, read_matrix
 from .prepare import READS_COLUMNS
 
@@ -113,8 +114,6 @@ def open_stage(ctx: StageContext):
 
 def finish_report(ctx: StageContext, totals: dict) -> None:
     """The final stage writes the run's report and provenance; the results stand even if that fails."""
-    from ..report import write_report
-
     try:
         write_report(ctx.workdir, ctx.config, completing={"consensus": totals}, event="consensus")
     except Exception as exc:  # a report problem (fonts, disk) must not fail a finished run's results

@@ -15,7 +15,7 @@ KIND = "dnabert"
 
 
 def open_stage(ctx: StageContext):
-    from ..engines.dnabert import load_dnabert_engine
+    from ..engines.dnabert import load_dnabert_engine  # torch, transformers: when the stage opens
 
     config = ctx.config
     device = resolve_device(config.device)

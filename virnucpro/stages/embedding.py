@@ -32,7 +32,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .. import console
-from ..errors import ShardError
+from ..engines import warm_up_cpu_math
+from ..errors import ShardError, VirnucproError
 from ..orchestration.runner import ShardInterrupted, StageContext
 from ..direct_io import CongruentBuffers
 from ..storage import ShardCheckpoint, read_shard_frames
@@ -203,12 +204,9 @@ def resolve_device(requested: str) -> str:
     CPU math library (engines.warm_up_cpu_math) before any threaded torch op runs."""
     import torch
 
-    from ..engines import warm_up_cpu_math
-
     warm_up_cpu_math()
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        from ..errors import VirnucproError
         raise VirnucproError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto")
     return requested

@@ -29,14 +29,14 @@ def compile_enabled(requested: bool | None, device: str) -> bool:
 def load_engine(spec: str, device: str, precision: str, packing: bool, token_budget: int | None,
                 trust_pickles: bool = False, compile: bool | None = None, residual: str = "fp32"):
     """The ESM-2 engine, warmed up (compiled, kernels loaded) before any checkpoint window starts."""
-    from ..engines.esm2 import ESM2Reference, load_esm2
+    from ..engines.esm2 import ESM2Reference, load_esm2  # torch, fair-esm: when an engine loads
 
     precision = None if precision == "auto" else precision
     # Load on the host: the packed engine copies the weights to the GPU in its own precision,
     # so the fp32 original never occupies GPU memory beside it (12 GB for the 3B model).
     loaded = load_esm2(spec, device="cpu", trust_pickles=trust_pickles)
     if packing:
-        from ..engines.esm2_packed import PackedESM2Engine
+        from ..engines.esm2_packed import PackedESM2Engine  # only the engine asked for is imported
         engine = PackedESM2Engine(loaded.model, loaded.alphabet, device=device, precision=precision, token_budget=token_budget,
                                   compile=compile_enabled(compile, device), fp32_residual=residual == "fp32")
         del loaded  # the engine logs its backend, precision and token budget

@@ -82,7 +82,7 @@ def evaluation_levels(ctx: StageContext) -> dict[str, Level]:
 
 
 def evaluate(ctx: StageContext) -> dict:
-    from ..evaluation.outputs import write_evaluation
+    from ..evaluation.outputs import write_evaluation  # matplotlib: only when the stage writes
 
     config = ctx.config
     levels = evaluation_levels(ctx)

@@ -44,7 +44,7 @@ def torch_copy(destination, source) -> None:
 def open_stage(ctx: StageContext):
     import numpy as np
 
-    from ..engines import classifier
+    from ..engines import classifier  # torch: when the stage opens
 
     config, workdir = ctx.config, ctx.workdir
     try:

@@ -35,7 +35,8 @@ from .. import console
 from ..atomic import atomic_open, atomic_write_text
 from ..errors import InputError
 from ..orchestration.runner import StageContext
-from ..modelstore.resolve import FAIR_ESM2_WIDTHS
+from ..modelstore.resolve import dnabert_width
+from ..model_facts import KNOWN_WIDTHS
 from ..fasta import BLOCK_BYTES, Block, DuplicateIds, empty_file_message, fasta_blocks, id_hashes, parse_block, rna_warning
 from ..genbank import CodingFrames, cds_translations
 from ..sequences import translate_stream
@@ -281,27 +282,13 @@ def split_spool(workdir, shards: int, token_costs: np.ndarray) -> list[dict]:
 
 # ---------------------------------------------------------------- do the models fit together?
 
-# Embedding widths of the models that are known by name, so no 11 GB file is opened to check them.
-KNOWN_WIDTHS = {"zhihan1996/DNABERT-S": 768, **FAIR_ESM2_WIDTHS}
-
-
-def dnabert_width(spec: str) -> int | None:
-    config = Path(spec) / "config.json"
-    if config.is_file():
-        from ..engines.dnabert_files import read_config  # bounded read, one line when unreadable
-        from ..engines.safe_load import declared_size
-
-        return declared_size(config, "hidden_size", read_config(Path(spec)).get("hidden_size"),
-                             what="give the DNABERT-S folder or 'zhihan1996/DNABERT-S'")
-    return KNOWN_WIDTHS.get(spec)
-
-
 def esm_width(spec: str, trust_pickles: bool = False) -> int | None:
     path = Path(spec)
     if path.stem in KNOWN_WIDTHS:
         return KNOWN_WIDTHS[path.stem]
     if not path.is_file():
         return None
+    # torch and fair-esm: only for a checkpoint not known by name
     from ..engines.esm2 import ESM_ALLOWED_GLOBALS, check_checkpoint
     from ..engines.safe_load import UnsafeModelFileError, load
 
@@ -326,7 +313,7 @@ def esm_width(spec: str, trust_pickles: bool = False) -> int | None:
 def check_models(config) -> None:
     """Fail before any GPU work when the classifier cannot take DNABERT-S + ESM-2 features (a
     training has none yet: its classifier takes whatever widths the models give)."""
-    from ..engines.classifier import load_classifier
+    from ..engines.classifier import load_classifier  # torch: only in the prepare stage, not its module's importers
 
     models = config.models
     if not models.classifier:

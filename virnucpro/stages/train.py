@@ -18,7 +18,7 @@ RECIPE = None  # None: the original recipe (training.recipe.ORIGINAL); tests sho
 
 
 def shard_sources(workdir, config) -> list:
-    from ..training import ShardSource
+    from ..training import ShardSource  # torch: only when a training reads its shards
 
     return [ShardSource(workdir.shard_frames(k), workdir.embeddings("dnabert", k), workdir.embeddings("esm2", k), k)
             for k in range(config.shards)]
@@ -51,7 +51,7 @@ def classifier_metadata(config) -> dict:
 
 
 def open_stage(ctx):
-    from ..training import ORIGINAL, TrainingInterrupted, fit, write_classifier
+    from ..training import ORIGINAL, TrainingInterrupted, fit, write_classifier  # torch: when the stage opens
 
     config, workdir = ctx.config, ctx.workdir
     device = resolve_device(config.device)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..classifier_meta import CLASS_NAMES, FORMAT, weights_sha256
+from ..engines.safe_load import safetensors_bytes
 from ..modelstore.demo import DEMO_KEY
 from .fit import TrainedClassifier
 
@@ -15,8 +16,6 @@ def write_classifier(weights: Path, meta: Path, trained: TrainedClassifier, meta
     """Both files atomically, the weights first: a description is only ever written for weights
     that are complete (it records their SHA-256). `metadata`: what the caller knows of the run
     (chunk_length, models, training inputs with their labels and SHA-256)."""
-    from ..engines.safe_load import safetensors_bytes
-
     marks = {key: value for key, value in metadata.items() if key == DEMO_KEY}  # a demo model's mark, in both files
     data = safetensors_bytes({key: value.contiguous() for key, value in trained.state.items()},
                              {"format": FORMAT, **marks})

@@ -17,6 +17,7 @@ from typing import Iterator
 from ...atomic import atomic_write_text
 from ...errors import VirnucproError
 from ...paths import Workdir
+from ...pipeline import STAGE, STAGES
 from ..state import exclusive_lock
 
 
@@ -32,8 +33,6 @@ def _is_number(value) -> bool:
 
 
 def _stage_problem(stage, job) -> str | None:
-    from ...pipeline import STAGE
-
     if stage not in STAGE:
         return f"unknown stage {str(stage)[:40]!r}"
     if not isinstance(job, dict) or not isinstance(job.get("job_id"), str) or not JOB_ID.fullmatch(job["job_id"]):
@@ -116,8 +115,6 @@ def is_cancelled(workdir: Workdir, array_job_id: str) -> bool:
 
 def stage_jobs(workdir: Workdir) -> dict[str, list[dict]]:
     """Per stage, its submitted arrays (oldest first): job id, tasks (shard lists), submission time."""
-    from ...pipeline import STAGES
-
     out: dict[str, list[dict]] = {stage: [] for stage in STAGES}
     for sub in load_jobs(workdir)["submissions"]:
         for stage, job in sub["stages"].items():

@@ -14,6 +14,7 @@ import time
 
 from ...errors import VirnucproError
 from ...paths import Workdir
+from ..task import run_array_task
 from . import submitit_private
 from .graph import StageJob
 from .jobs import append_submission, update_submission
@@ -24,8 +25,6 @@ from .sbatch import render_script
 
 def task_calls(workdir: Workdir, job: StageJob):
     from submitit.helpers import DelayedSubmission
-
-    from ..task import run_array_task
 
     device = None if job.gpus else "cpu"  # CPU stages never claim a GPU they were not given
     return [DelayedSubmission(run_array_task, str(workdir.root), job.stage, shards, max(job.gpus, 1), device)

@@ -26,12 +26,12 @@ from dataclasses import asdict
 from importlib import metadata, util
 from pathlib import Path
 
-from . import __version__
-from .atomic import atomic_write_text
-from .orchestration.config import RunConfig
-from .orchestration.state import DONE, FAILED, PENDING, RUNNING, ShardState, exclusive_lock
-from .paths import Workdir
-from .pipeline import stage_names
+from .. import __version__
+from ..atomic import atomic_write_text
+from ..paths import Workdir
+from ..pipeline import stage_names
+from .config import RunConfig
+from .state import DONE, FAILED, PENDING, RUNNING, ShardState, StateFile, exclusive_lock
 
 PROVENANCE_VERSION = 1
 PACKAGES = ("torch", "fair-esm", "transformers", "h5py", "numpy", "submitit", "rich", "matplotlib")
@@ -270,7 +270,6 @@ def update_provenance(workdir: Workdir, config: RunConfig, event: str,
     """Rewrite provenance.json with the run as it is now; `event` (plan, consensus, report,
     stage:<name>) records where this process ran and with which software."""
     if state is None:
-        from .orchestration.state import StateFile
         state = StateFile(workdir.state, workdir.state_lock).load()
     description = describe_run(workdir, config, state)
     here = environment()

@@ -1,59 +1,19 @@
-"""`virnucpro-slurm submit` and `cancel`: a run as SLURM array jobs (see orchestration/slurm/)."""
+"""`submit`, `status` and `cancel`: a run as SLURM array jobs (see orchestration/slurm/), and what
+it has done so far."""
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+import json
 
-from . import console, pipeline
-from .pipeline import STAGES
-
-SUBMIT_EPILOG = """\
-examples:
-  virnucpro-slurm submit inputs.txt -w W --partition gpu --classifier 500_model.pth
-  virnucpro-slurm submit inputs.txt -w W --profile slurm_templates/example-site.yaml --dry-run
-  virnucpro-slurm submit inputs.txt -w W --partition gpu --gpus-per-task 4 --max-parallel-gpus 16 --time-esm2 12:00:00
-  virnucpro-slurm status -w W --watch
-  virnucpro-slurm cancel -w W
-
-The job graph: prepare (CPU) -> dnabert and esm2 (GPU arrays over shards) -> predict (array)
--> consensus. Submitting again on the same workdir submits only the unfinished (stage, shard)
-pairs. Settings come from built-in defaults < --profile < flags. Shards: --shards N, default
-one per 50 Mbp of input (about 4 min of ESM-2 3B per shard on one H100), so each GPU task
-amortises its model loading; a task with --gpus-per-task N takes N shards, one per GPU.
-"""
-
-
-def register(subparsers, add_common, add_run_options) -> None:
-    submit = subparsers.add_parser("submit", help="run every stage as SLURM array jobs (resubmit: only unfinished work)",
-                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUBMIT_EPILOG)
-    add_run_options(submit, "any")
-    slurm = submit.add_argument_group("SLURM (flags override the --profile, which overrides the defaults)")
-    slurm.add_argument("--profile", metavar="YAML|NAME", help="site profile, e.g. slurm_templates/example-site.yaml")
-    slurm.add_argument("--partition", help="partition of the GPU stages (dnabert, esm2)")
-    slurm.add_argument("--cpu-partition", help="partition of prepare, predict and consensus (default: --partition)")
-    slurm.add_argument("--account", help="account to charge the jobs to (sbatch --account)")
-    slurm.add_argument("--qos", help="quality of service of the jobs (sbatch --qos)")
-    slurm.add_argument("--gres-name", help="GPU gres as in --gres=NAME:N (default gpu; e.g. gpu:a100)")
-    slurm.add_argument("--gpus-per-task", type=int, metavar="N",
-                       help="GPUs per dnabert/esm2 task (one worker per GPU, up to N shards per task; default 1)")
-    slurm.add_argument("--max-parallel-gpus", type=int, metavar="N",
-                       help="at most N GPUs held by the run at once (the two GPU arrays then run one after the other)")
-    for stage in STAGES:
-        slurm.add_argument(f"--time-{stage}", metavar="TIME", help=f"time limit of {stage} tasks (minutes or H:MM:SS)")
-    slurm.add_argument("--dry-run", action="store_true",
-                       help="write and print the sbatch scripts under W/slurm/dry-run/; submit nothing, change no state")
-    add_common(submit)
-    submit.set_defaults(func=cmd_submit)
-
-    cancel = subparsers.add_parser("cancel", help="cancel every SLURM job of a workdir (resubmit to resume)",
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog="cancels the jobs recorded in W/slurm/jobs.json; tasks stopped by it do not "
-                                          "requeue themselves\n\nexamples:\n  virnucpro-slurm cancel --workdir W\n"
-                                          "  virnucpro-slurm submit inputs.txt --workdir W --partition gpu   # resume later")
-    cancel.add_argument("--workdir", "-w", type=Path, required=True, help="the run's workdir")
-    add_common(cancel)
-    cancel.set_defaults(func=cmd_cancel)
+from .. import console, pipeline
+from ..atomic import atomic_write_text
+from ..orchestration import slurm
+from ..orchestration.config import HashCache, RunConfig
+from ..orchestration.state import PENDING, StateFile
+from ..orchestration.status import render_status, status_console, status_report, watch
+from ..orchestration.writer import WorkdirWriter, current_holder
+from ..paths import Workdir
+from ..pipeline import STAGES
 
 
 def slurm_flags(args) -> dict:
@@ -66,11 +26,8 @@ def slurm_flags(args) -> dict:
 
 def preview_run(request):
     """The run's configuration and state as `plan_run` would make them (refusals included), writing nothing."""
-    from .orchestration.config import HashCache
-    from .orchestration.plan import check_is_workdir_or_empty, compare_with_workdir, new_config, refuse_while_jobs_active
-    from .orchestration.writer import WorkdirWriter, current_holder
-    from .orchestration.state import StateFile
-    from .paths import Workdir
+    # the planner reads FASTA with numpy: imported for submit only, so status stays fast
+    from ..orchestration.plan import check_is_workdir_or_empty, compare_with_workdir, new_config, refuse_while_jobs_active
 
     workdir = Workdir(request.workdir)
     config = new_config(request)
@@ -78,7 +35,7 @@ def preview_run(request):
     holder = current_holder(workdir.root)
     if holder:
         raise WorkdirWriter(workdir.root, "").busy(holder)
-    refuse_while_jobs_active(workdir)
+    refuse_while_jobs_active(workdir, slurm.active_jobs)
     discard, reset = compare_with_workdir(request, workdir, config, HashCache(workdir.hash_cache))
     state = {} if discard else StateFile(workdir.state, workdir.state_lock).load()
     for stage in reset:  # as plan_run resets them
@@ -87,13 +44,13 @@ def preview_run(request):
 
 
 def cmd_submit(args) -> int:
-    from .cli import run_request, warn_if_demo
-    from .orchestration import slurm
-    from .paths import Workdir
+    # the planner (numpy) and the model store (urllib): for submit only, so status stays fast
+    from ..modelstore.resolve import resolve_for_submit
+    from ..orchestration.plan import plan_run
+    from .run import run_request, warn_if_demo
 
     options = slurm.resolve_options(args.profile, slurm_flags(args))
     request = run_request(args)
-    from .modelstore.resolve import resolve_for_submit
     resolve_for_submit(request, warn_only=args.dry_run)  # login node: tasks get local model paths only
     slurm.check_workdir_path(Workdir(request.workdir))
     if args.dry_run:
@@ -103,18 +60,15 @@ def cmd_submit(args) -> int:
         write_dry_run(workdir, jobs, options)
         return 0
 
-    from .orchestration.plan import plan_run
-    from .orchestration.writer import WorkdirWriter
-
     slurm.require_slurm()
     with WorkdirWriter(request.workdir, "virnucpro-slurm submit") as writer:  # until the jobs are recorded
-        return _submit_held(request, options, plan_run(request, writer))
+        return _submit_held(request, options, plan_run(request, writer, slurm.active_jobs))
 
 
 def _submit_held(request, options, planned) -> int:
-    from .cli import warn_if_demo
-    from .orchestration import slurm
-    from .orchestration.state import PENDING
+    # the task code submitit pickles (the planner, numpy): for a real submission only
+    from ..orchestration.slurm.submit import submit_graph
+    from .run import warn_if_demo  # the planner's numpy: for submit only, so status stays fast
 
     workdir, config, state = planned
     warn_if_demo(config)
@@ -128,7 +82,7 @@ def _submit_held(request, options, planned) -> int:
     for stage, shards in rerun.items():  # done, but made from recomputed inputs or missing a file: compute again
         for shard in shards:
             state.update(stage, shard, status=PENDING)
-    record = slurm.submit_graph(workdir, jobs, options)
+    record = submit_graph(workdir, jobs, options)
     print_submission(workdir, jobs, record)
     return 0
 
@@ -153,9 +107,6 @@ def describe(job) -> str:
 
 
 def write_dry_run(workdir, jobs, options) -> None:
-    from .atomic import atomic_write_text
-    from .orchestration import slurm
-
     folder = workdir.dry_run_dir
     if folder.is_dir():
         for old in folder.glob("*.sh"):
@@ -204,10 +155,21 @@ def print_submission(workdir, jobs, record) -> None:
               soft_wrap=True, markup=False)  # one line, whatever the width: the paths are copied from it
 
 
-def cmd_cancel(args) -> int:
-    from .orchestration import slurm
-    from .paths import Workdir
+def cmd_status(args) -> int:
+    workdir = Workdir(args.workdir)
+    config = RunConfig.load(workdir)  # refuses a folder that is not a workdir (and imports no numpy: status is fast)
+    if args.watch:
+        report = watch(workdir, args.watch, status_console(), config)
+    else:
+        report = status_report(workdir, config)
+        if args.json:
+            print(json.dumps(report, indent=1))
+        else:
+            status_console().print(render_status(report))
+    return 0 if report["complete"] else 1
 
+
+def cmd_cancel(args) -> int:
     workdir = Workdir(args.workdir)
     ids = slurm.cancel_run(workdir)
     if not ids:

@@ -1,26 +1,31 @@
-"""`virnucpro-slurm`: run VirNucPro step-first, locally or as SLURM array jobs."""
+"""The command line, declared in one place: every command, its options and their parse-time checks.
+
+Each command names its function as (family, function); the family's module (cli/run.py,
+cli/cluster.py, cli/models.py, cli/report.py, cli/tools.py) is imported only when that command
+runs, so `--help` and `status` stay fast and import no torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
-import os
-import sys
 from pathlib import Path
 
-from . import __version__, console
-from .errors import RunInterrupted, VirnucproError
-from .orchestration.config import DEFAULT_CHUNK_LENGTH, MAX_CHUNK_LENGTH, MIN_CHUNK_LENGTH
-from .pipeline import EVALUATION, KINDS, PREDICTION, TRAINING
+from .. import __version__
+from ..model_facts import DEFAULT_CHUNK_LENGTH, MAX_CHUNK_LENGTH, MIN_CHUNK_LENGTH
+from ..pipeline import EVALUATION, KINDS, PREDICTION, STAGES, TRAINING
 
-# Each module here defines register(subparsers, add_common, add_run_options) for its commands.
-COMMAND_MODULES: list[str] = ["virnucpro.slurm_cli", "virnucpro.report.command", "virnucpro.modelstore.command"]
 
-EXAMPLE_DIR = Path(__file__).parent / "data" / "example"
-DEMO_WARNING = ("DEMO MODELS: random weights; their predictions are MEANINGLESS. "
-                "Use the real VirNucPro classifier, ESM-2 3B and DNABERT-S for real calls.")
+class Command:
+    """A command's function by name: calling it imports its family's module, then runs it."""
+
+    def __init__(self, family: str, function: str):
+        self.family, self.function = family, function
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        module = importlib.import_module(f"{__package__}.{self.family}")
+        return getattr(module, self.function)(args)
 
 
 # ---------------------------------------------------------------- shared options
@@ -182,211 +187,19 @@ def _score(text: str) -> float:
     return value
 
 
-def check_device(device: str, here: bool, **precisions: str) -> None:
-    """fp16/bf16 need CUDA: refused before any work with --device cpu and, where the work runs on
-    this machine (run, embed), with --device auto or cuda when it has no CUDA GPU. `submit` plans for
-    GPU nodes, where auto means CUDA: it passes here=False. torch is imported only to decide that."""
-    reduced = next((f"--{flag.replace('_', '-')} {value}" for flag, value in precisions.items()
-                    if value in ("fp16", "bf16")), None)
-    if device == "cpu" and reduced:
-        raise VirnucproError(f"{reduced} needs a CUDA GPU, but --device is cpu; use fp32 on CPU, or --device cuda")
-    if not here or device == "cpu" or (device == "auto" and not reduced):
-        return
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    if device == "auto":
-        raise VirnucproError(f"{reduced} needs a CUDA GPU, but this machine has none (--device auto would run on the "
-                             "CPU); use fp32 here, or run on a GPU machine (a whole run: virnucpro-slurm submit)")
-    raise VirnucproError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu or auto")
+ONLY_CHOICES = ("esm2", "dnabert", "classifiers")
 
 
-def warn_if_demo(config) -> None:
-    """Demo models, whatever flag brought them in (plan.resolve_models decides)."""
-    if config.models.demo:
-        console.warn(DEMO_WARNING)
-
-
-def run_request(args: argparse.Namespace):
-    from .orchestration.plan import RunRequest
-
-    here = args.command != "submit"
-    check_device(args.device, here, precision=args.precision, dnabert_precision=args.dnabert_precision)
-
-    inputs = args.inputs
-    models_dir = args.models
-    workdir = args.workdir or Path("virnucpro-run")
-    demo = getattr(args, "demo", False)
-    if inputs is None and not demo and not here and Path(workdir, "run.json").exists():
-        return RunRequest.of_run(workdir)  # submit --workdir W: the run W holds, of whatever kind
-    if demo:
-        from .engines.demo import write_demo_models
-        inputs = inputs or EXAMPLE_DIR / "inputs.txt"
-        models_dir = models_dir or workdir / "demo-models"
-        if not (models_dir / "README.txt").exists():
-            write_demo_models(models_dir)
-    if inputs is None:
-        raise VirnucproError("no inputs list given: 'virnucpro-slurm run inputs.txt --workdir W ...' (or --demo)")
-    return RunRequest(
-        inputs_list=inputs, workdir=workdir, models_dir=models_dir, esm_model=args.esm_model,
-        dnabert_model=args.dnabert_model, classifier=getattr(args, "classifier", None), chunk_length=args.chunk_length,
-        force_chunk_length=getattr(args, "force_chunk_length", False), shards=args.shards, precision=args.precision,
-        packing=args.packing, device=args.device, esm_token_budget=args.esm_token_budget,
-        dnabert_token_budget=args.dnabert_token_budget, checkpoint_tokens=args.checkpoint_tokens,
-        restart=args.restart, demo=demo, min_score=getattr(args, "min_score", None),
-        compress=getattr(args, "compress", False),
-        dnabert_precision=args.dnabert_precision, dnabert_remote_code=args.dnabert_remote_code,
-        embedding_dtype=args.embedding_dtype, trust_model_pickles=args.trust_model_pickles,
-        allow_download=args.allow_download, compile=getattr(args, "compile", None),
-        esm_residual=getattr(args, "esm_residual", "fp32"), kind=run_kind(args), holdout=getattr(args, "holdout", 0.1),
-        seed=getattr(args, "seed", 42), target_fdr=getattr(args, "target_fdr", 0.05),
-    )
-
-
-def run_kind(args: argparse.Namespace) -> str:
-    """The kind of run a command line asks for: its command's (train, evaluate), or submit's --kind."""
-    return args.command if args.command in (TRAINING, EVALUATION) else getattr(args, "kind", PREDICTION)
+def _only(text: str) -> set[str]:
+    kinds = {k.strip() for k in text.split(",") if k.strip()}
+    unknown = kinds - set(ONLY_CHOICES)
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"--only takes a comma-separated list of {', '.join(ONLY_CHOICES)}; "
+                                         f"got {text!r}")
+    return kinds
 
 
 # ---------------------------------------------------------------- commands
-
-def cmd_run(args) -> int:
-    from .orchestration.plan import plan_run
-    from .orchestration.runner import StageContext, StopFlag, run_locally
-
-    from .orchestration.writer import WorkdirWriter
-
-    stop = StopFlag().install()  # before anything is written: a SIGTERM now still ends cleanly
-    request = run_request(args)
-    from .modelstore.resolve import check_for_run
-    check_for_run(request)
-    with WorkdirWriter(request.workdir, "virnucpro-slurm run") as writer:  # held until the run ends
-        workdir, config, state = plan_run(request, writer)
-        console.log_to_file(workdir.run_log())
-        warn_if_demo(config)
-        console.info(f"workdir {workdir.root}: {len(config.inputs)} input(s), {config.shards} shard(s), "
-                     f"chunk length {config.chunk_length}")
-        ctx = StageContext(workdir=workdir, config=config, device=config.device, stop_requested=stop)
-        run_locally(ctx, state)
-    warn_if_demo(config)
-    if config.kind == TRAINING:
-        console.info(("done", "bold green"), f": classifier {workdir.classifier_weights} "
-                     f"(described in {workdir.classifier_meta.name} beside it)")
-        console.info(f"  use it: virnucpro-slurm run INPUTS -w W --classifier {workdir.classifier_weights} "
-                     f"--esm-model {config.models.esm} --dnabert-model {config.models.dnabert}")
-        return 0
-    console.info(("done", "bold green"), f": results in {workdir.results}")
-    for name in config.input_names:
-        console.info(f"  {workdir.result_dir(name)}")
-    console.info(f"report: {workdir.report_index}")
-    if config.kind == EVALUATION:
-        console.info(f"evaluation: {workdir.evaluation_dir}")
-    return 0
-
-
-def cmd_status(args) -> int:
-    from .orchestration.config import RunConfig
-    from .orchestration.status import render_status, status_console, status_report, watch
-    from .paths import Workdir
-
-    workdir = Workdir(args.workdir)
-    config = RunConfig.load(workdir)  # refuses a folder that is not a workdir (and imports no numpy: status is fast)
-    if args.watch:
-        report = watch(workdir, args.watch, status_console(), config)
-    else:
-        report = status_report(workdir, config)
-        if args.json:
-            print(json.dumps(report, indent=1))
-        else:
-            status_console().print(render_status(report))
-    return 0 if report["complete"] else 1
-
-
-def cmd_translate(args) -> int:
-    from .atomic import atomic_open
-    from .errors import InputError
-    from .fasta import write_translation
-
-    source = Path(args.fasta).resolve()
-    dna_out, protein_out = Path(args.nucleotide_out).resolve(), Path(args.protein_out).resolve()
-    if dna_out == protein_out:
-        raise InputError(f"{args.nucleotide_out}: given as both --nucleotide-out and --protein-out; "
-                         "give two different files")
-    for flag, out in (("--nucleotide-out", dna_out), ("--protein-out", protein_out)):
-        if out == source:
-            raise InputError(f"{out}: {flag} is the input FASTA itself; write the output to another file")
-
-    with atomic_open(args.nucleotide_out) as dna, atomic_open(args.protein_out) as protein:
-        write_translation(args.fasta, args.chunk_length, dna, protein)
-    return 0
-
-
-def cmd_embed(args) -> int:
-    from .errors import InputError
-    from .fasta import ESM_LETTERS, NUCLEOTIDE, PROTEIN, read_records
-    from .modelstore.demo import is_demo_model
-    from .modelstore.resolve import require_here
-    from .stages.embedding import resolve_device
-    from .storage import write_matrix
-
-    check_device(args.device, True, precision=args.precision)
-    spec = str(args.model)
-    if (spec.startswith(("/", ".", "~")) or spec.endswith(".pt")) and not Path(spec).expanduser().exists():
-        raise InputError(f"{spec}: --model not found; give an existing {'.pt file' if args.kind == 'esm2' else 'model folder'} "
-                         "or a hub name")
-    fetched = f"DIR/{spec}.pt" if args.kind == "esm2" else f"DIR/{spec.rsplit('/', 1)[-1]}"
-    require_here("esm" if args.kind == "esm2" else "dnabert", spec, args.allow_download, f"pass --model {fetched}")
-    demo = is_demo_model(spec)
-    if demo:
-        console.warn(DEMO_WARNING)
-    if Path(args.out).is_dir():
-        raise InputError(f"{args.out}: --out is a folder; give the HDF5 file to write, e.g. {Path(args.out) / 'embeddings.h5'}")
-    if not Path(args.fasta).is_file():
-        raise InputError(f"{args.fasta}: FASTA file not found; check the path")
-    # proteins for ESM-2, nucleotides for DNABERT-S: the one FASTA reader, validating either
-    records = list(read_records(args.fasta, PROTEIN if args.kind == "esm2" else NUCLEOTIDE))
-    if args.kind == "esm2":
-        encodable = frozenset(ESM_LETTERS)
-        unknown = next(((name, sorted(set(seq) - encodable)) for name, seq in records if not encodable.issuperset(seq)), None)
-        if unknown and "*" in unknown[1]:
-            raise InputError(f"{args.fasta}: protein '{unknown[0]}' contains '*' (a stop); ESM-2 has no token for it "
-                             "and VirNucPro embeds only stop-free frames: remove the '*' and run again")
-        if unknown:
-            raise InputError(f"{args.fasta}: protein '{unknown[0]}' contains {', '.join(map(repr, unknown[1]))}, which ESM-2 cannot "
-                             f"encode (its alphabet: {ESM_LETTERS}, upper case only); replace those letters "
-                             "(X for an unknown residue) and run again")
-    ids = [r[0] for r in records]
-    seqs = [r[1] for r in records]
-    device = resolve_device(args.device)
-    if args.kind == "esm2":
-        from .stages.esm2 import load_engine
-        packing = args.packing and os.environ.get("VIRNUCPRO_DISABLE_PACKING", "") in ("", "0")
-        engine = load_engine(args.model, device, args.precision, packing, args.token_budget, compile=args.compile,
-                             residual=args.esm_residual)
-        matrix = engine.embed(seqs)
-    else:
-        from .engines.dnabert import load_dnabert_engine
-        embedder = load_dnabert_engine(args.model, device, precision="fp32" if args.precision == "auto" else args.precision,
-                                       remote_code=args.dnabert_remote_code, token_budget=args.token_budget,
-                                       allow_download=args.allow_download)
-        matrix = embedder.embed(seqs)
-    write_matrix(args.out, ids, matrix, attrs={"model": args.model, "kind": args.kind, **({"demo_model": True} if demo else {})})
-    console.info(f"wrote {len(ids)} embeddings of dimension {matrix.shape[1]} to {args.out}")
-    return 0
-
-
-def cmd_demo_models(args) -> int:
-    from .engines.demo import write_demo_models
-
-    paths = write_demo_models(args.directory)
-    console.warn(DEMO_WARNING)
-    for kind, path in paths.items():
-        console.info(f"  {kind}: {path}")
-    return 0
-
-
-# ---------------------------------------------------------------- parser
 
 # (command, kind of run, summary, epilog): the commands that run a workdir's stages locally
 RUN_COMMANDS = (
@@ -409,6 +222,37 @@ RUN_COMMANDS = (
 )
 
 
+SUBMIT_EPILOG = """\
+examples:
+  virnucpro-slurm submit inputs.txt -w W --partition gpu --classifier 500_model.pth
+  virnucpro-slurm submit inputs.txt -w W --profile slurm_templates/example-site.yaml --dry-run
+  virnucpro-slurm submit inputs.txt -w W --partition gpu --gpus-per-task 4 --max-parallel-gpus 16 --time-esm2 12:00:00
+  virnucpro-slurm status -w W --watch
+  virnucpro-slurm cancel -w W
+
+The job graph: prepare (CPU) -> dnabert and esm2 (GPU arrays over shards) -> predict (array)
+-> consensus. Submitting again on the same workdir submits only the unfinished (stage, shard)
+pairs. Settings come from built-in defaults < --profile < flags. Shards: --shards N, default
+one per 50 Mbp of input (about 4 min of ESM-2 3B per shard on one H100), so each GPU task
+amortises its model loading; a task with --gpus-per-task N takes N shards, one per GPU.
+"""
+
+MODELS_EPILOG = """\
+examples (on the login node, which has internet; compute nodes need none afterwards):
+  virnucpro-slurm models download /shared/virnucpro-models
+  virnucpro-slurm models verify /shared/virnucpro-models
+  virnucpro-slurm submit inputs.txt -w W --partition gpu --models /shared/virnucpro-models
+  virnucpro-slurm models download DIR --mirror https://models.example.org/virnucpro   # a site mirror
+  virnucpro-slurm models download DIR --only classifiers
+
+DIR gets esm2_t36_3B_UR50D.pt and its -contact-regression.pt (fair-esm, ~5.7 GB), DNABERT-S/ (the
+zhihan1996/DNABERT-S hub files at one commit), 300_model.pth and 500_model.pth (VirNucPro), and
+virnucpro-models.json, the manifest (size, SHA-256, origin URL, revision, time of every file).
+Interrupted downloads resume (HTTP Range) when the same command runs again. A mirror is a models
+folder (made by 'models download' or 'demo-models') served over HTTP(S).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="virnucpro-slurm",
@@ -427,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog=examples)
         _add_run_options(command, kind)
         _add_common(command)
-        command.set_defaults(func=cmd_run)
+        command.set_defaults(func=Command("run", "cmd_run"))
 
     status = sub.add_parser("status", help="what is done, running and failed, per stage and shard",
                             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -439,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", nargs="?", type=_watch_seconds, const=5.0, metavar="SECONDS",
                         help="redraw every SECONDS (default 5) until the run is complete or nothing is left running")
     _add_common(status)
-    status.set_defaults(func=cmd_status)
+    status.set_defaults(func=Command("cluster", "cmd_status"))
 
     translate = sub.add_parser("translate", help="chunk and six-frame translate one FASTA (the original's _identified_* files)",
                                epilog="example:\n  virnucpro-slurm translate reads.fa --chunk-length 500 "
@@ -454,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--protein-out", type=Path, required=True, metavar="FAA",
                            help="FASTA of their proteins (the original's _identified_protein.faa)")
     _add_common(translate)
-    translate.set_defaults(func=cmd_translate)
+    translate.set_defaults(func=Command("tools", "cmd_translate"))
 
     embed = sub.add_parser("embed", help="embed a FASTA with ESM-2 or DNABERT-S into HDF5",
                            description="Embed one FASTA file with ESM-2 (proteins) or DNABERT-S (nucleotides) into "
@@ -504,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         kind.add_argument("--device", default="auto", type=_device, help="auto, cpu, cuda or cuda:N (default auto)")
         kind.add_argument("--allow-download", action="store_true", help="fetch a hub model this machine has not cached")
         _add_common(kind)
-        kind.set_defaults(func=cmd_embed)
+        kind.set_defaults(func=Command("tools", "cmd_embed"))
 
     demo = sub.add_parser("demo-models", help="write tiny random models in the real on-disk formats (meaningless predictions)",
                           formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -512,39 +356,78 @@ def build_parser() -> argparse.ArgumentParser:
                                  "  virnucpro-slurm run virnucpro/data/example/inputs.txt -w W --models my-demo-models")
     demo.add_argument("directory", type=Path, help="folder to write the demo models into")
     _add_common(demo)
-    demo.set_defaults(func=cmd_demo_models)
+    demo.set_defaults(func=Command("tools", "cmd_demo_models"))
 
-    for module in COMMAND_MODULES:  # commands that live beside their subsystem
-        importlib.import_module(module).register(sub, _add_common, _add_run_options)
+    _add_submit_and_cancel(sub)  # the SLURM commands, then report and models, as --help lists them
+    _add_report(sub)
+    _add_models(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    console.configure(quiet=args.quiet, verbose=args.verbose)
-    try:
-        return args.func(args)
-    except RunInterrupted as exc:
-        console.interrupted(str(exc))
-        return exc.exit_code
-    except VirnucproError as exc:
-        console.error(str(exc))
-        return exc.exit_code
-    except KeyboardInterrupt:  # a second Ctrl-C outside a shard (the run's finished work is kept too)
-        console.interrupted("run the same command again to resume")
-        return RunInterrupted.exit_code if args.command == "run" else 130
-    except Exception as exc:  # never a traceback for users unless asked
-        console.log_traceback()
-        if args.debug:
-            raise
-        where = f"; traceback in {console.log_file()}" if console.log_file() else "; re-run with --debug for the traceback"
-        console.error(f"internal error: {type(exc).__name__}: {exc}{where}")
-        return 1
+def _add_submit_and_cancel(sub) -> None:
+    submit = sub.add_parser("submit", help="run every stage as SLURM array jobs (resubmit: only unfinished work)",
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUBMIT_EPILOG)
+    _add_run_options(submit, "any")
+    slurm = submit.add_argument_group("SLURM (flags override the --profile, which overrides the defaults)")
+    slurm.add_argument("--profile", metavar="YAML|NAME", help="site profile, e.g. slurm_templates/example-site.yaml")
+    slurm.add_argument("--partition", help="partition of the GPU stages (dnabert, esm2)")
+    slurm.add_argument("--cpu-partition", help="partition of prepare, predict and consensus (default: --partition)")
+    slurm.add_argument("--account", help="account to charge the jobs to (sbatch --account)")
+    slurm.add_argument("--qos", help="quality of service of the jobs (sbatch --qos)")
+    slurm.add_argument("--gres-name", help="GPU gres as in --gres=NAME:N (default gpu; e.g. gpu:a100)")
+    slurm.add_argument("--gpus-per-task", type=int, metavar="N",
+                       help="GPUs per dnabert/esm2 task (one worker per GPU, up to N shards per task; default 1)")
+    slurm.add_argument("--max-parallel-gpus", type=int, metavar="N",
+                       help="at most N GPUs held by the run at once (the two GPU arrays then run one after the other)")
+    for stage in STAGES:
+        slurm.add_argument(f"--time-{stage}", metavar="TIME", help=f"time limit of {stage} tasks (minutes or H:MM:SS)")
+    slurm.add_argument("--dry-run", action="store_true",
+                       help="write and print the sbatch scripts under W/slurm/dry-run/; submit nothing, change no state")
+    _add_common(submit)
+    submit.set_defaults(func=Command("cluster", "cmd_submit"))
+
+    cancel = sub.add_parser("cancel", help="cancel every SLURM job of a workdir (resubmit to resume)",
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="cancels the jobs recorded in W/slurm/jobs.json; tasks stopped by it do not "
+                                   "requeue themselves\n\nexamples:\n  virnucpro-slurm cancel --workdir W\n"
+                                   "  virnucpro-slurm submit inputs.txt --workdir W --partition gpu   # resume later")
+    cancel.add_argument("--workdir", "-w", type=Path, required=True, help="the run's workdir")
+    _add_common(cancel)
+    cancel.set_defaults(func=Command("cluster", "cmd_cancel"))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _add_report(sub) -> None:
+    report = sub.add_parser(
+        "report", help="write an HTML report (W/report/index.html) and W/provenance.json for a run",
+        description="Summarise a run, finished or not: virus scores per frame and per read, read calls, "
+                    "chunks and frames per read, frames lost to stop codons, and per stage wall time, "
+                    "throughput, requeues and failures. The page is self-contained and opens offline.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  virnucpro-slurm report --workdir W\n  xdg-open W/report/index.html")
+    report.add_argument("--workdir", "-w", type=Path, required=True, help="the run's workdir")
+    _add_common(report)
+    report.set_defaults(func=Command("report", "cmd_report"))
+
+
+def _add_models(sub) -> None:
+    models = sub.add_parser("models", help="download the real models for a cluster (login node), verify them",
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=MODELS_EPILOG)
+    verbs = models.add_subparsers(dest="models_command", metavar="download|verify")
+    download = verbs.add_parser("download", help="fetch ESM-2 3B, DNABERT-S and the classifiers into DIR (resumable)",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=MODELS_EPILOG)
+    download.add_argument("directory", type=Path, metavar="DIR", help="folder to download the models into (created if missing)")
+    download.add_argument("--only", type=_only, metavar="KINDS", help="comma-separated subset of esm2,dnabert,classifiers")
+    download.add_argument("--mirror", metavar="URL", help="fetch from a site mirror (a served models folder) instead")
+    download.add_argument("--dnabert-revision", default=None, metavar="REV",
+                          help="DNABERT-S hub revision (default main; the manifest records the commit it resolved to)")
+    download.add_argument("--jobs", type=int, default=4, metavar="N", help="files fetched at once (default 4)")
+    download.add_argument("--file-deadline", type=positive_seconds, default=None, metavar="SECONDS",
+                          help="abandon a file not complete after SECONDS, all retries together (default 12 hours); "
+                               "what arrived is kept and the next run resumes it")
+    _add_common(download)
+    download.set_defaults(func=Command("models", "cmd_download"))
+    verify = verbs.add_parser("verify", help="re-hash DIR's files against its manifest (exit 0 only if all match)")
+    verify.add_argument("directory", type=Path, metavar="DIR", help="a models folder with its virnucpro-models.json manifest")
+    _add_common(verify)
+    verify.set_defaults(func=Command("models", "cmd_verify"))
+    models.set_defaults(func=lambda args: (models.print_help(), 2)[1], quiet=False, verbose=False, debug=False)
