@@ -73,6 +73,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..errors import InputError
 from .metrics import auroc
 
@@ -367,8 +368,6 @@ class Calibration:
         return copy.deepcopy(self._document())
 
     def save(self, path: Path) -> None:
-        from ..atomic import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
 
 
