@@ -11,9 +11,12 @@ import pytest
 
 from synthetic_scores import TYPICAL, WEAK
 from virnucpro.errors import VirnucproError
+from virnucpro import calibration_meta as meta
 from virnucpro.evaluation import calibration as cal
 
 SHARES = (0.01, 0.1, 0.5, 0.9)
+IDENTITY = {"classifier_sha256": "ab" * 32, "chunk_length": 150,
+            "models": {"esm": {"name": "esm2_t6.pt", "digest": "e" * 64}, "dnabert": {"name": "dnabert-s", "digest": "d" * 64}}}
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +27,7 @@ def labelled():
 @pytest.fixture(scope="module")
 def fitted(labelled):
     truth, scores, frames = labelled
-    return cal.fit_calibration(truth, scores, frames, identity={"classifier_sha256": "ab" * 32, "chunk_length": 150,
-                                                                "models": {"esm": "esm2_t6", "dnabert": "demo"}})
+    return cal.fit_calibration(truth, scores, frames, identity=IDENTITY)
 
 
 # ------------------------------------------------------------------ the share and its interval
@@ -240,6 +242,7 @@ def test_json_round_trip(fitted, labelled, tmp_path):
     assert document["labelled_virus_share"] == labelled[0].mean() and document["method"] == "isotonic"
     assert document["counts"]["reads"] == 20_000 and document["counts"]["frameless"]["reads"] > 0
     assert document["classifier_sha256"] == "ab" * 32 and document["chunk_length"] == 150
+    assert document["models"] == IDENTITY["models"]
     assert document["bands"][0]["frames"][0] == 1 and document["bands"][-1]["frames"][1] is None
 
 
@@ -307,16 +310,26 @@ def test_unreadable_or_missing_file_is_one_line(tmp_path):
 
 
 def test_a_calibration_for_another_classifier_chunk_length_or_models_is_refused_naming_both(fitted):
-    run = {"classifier_sha256": "ab" * 32, "chunk_length": 150, "models": {"esm": "esm2_t6", "dnabert": "demo"}}
-    cal.check_identity(fitted, "c.json", run)
-    for key, value in (("classifier_sha256", "cd" * 32), ("chunk_length", 300),
-                       ("models", {"esm": "esm2_t36_3B_UR50D", "dnabert": "demo"})):
+    document = fitted.to_dict()
+    meta.check_identity(document, "c.json", IDENTITY)
+    other_esm = {"esm": {"name": "esm2_t36_3B_UR50D.pt", "digest": "f" * 64}, "dnabert": IDENTITY["models"]["dnabert"]}
+    for key, value, theirs, ours in (("classifier_sha256", "cd" * 32, "ab" * 8, "cd" * 8), ("chunk_length", 300, "150", "300"),
+                                     ("models", other_esm, "esm2_t6.pt (eeee", "esm2_t36_3B_UR50D.pt (ffff")):
         with pytest.raises(VirnucproError) as caught:
-            cal.check_identity(fitted, "c.json", {**run, key: value})
+            meta.check_identity(document, "c.json", {**IDENTITY, key: value})
         message = str(caught.value)
-        assert message.startswith("c.json: ") and "\n" not in message
-        assert str(fitted.identity[key] if key != "models" else "esm2_t6") in message
-        assert str(value if key != "models" else "esm2_t36_3B_UR50D") in message
+        assert message.startswith("c.json: calibrated for ") and "\n" not in message
+        assert theirs in message and ours in message
+
+
+def test_a_folder_model_and_a_hub_model_have_digests_whatever_their_path():
+    files = {"config.json": "1" * 64, "model.safetensors": "2" * 64}
+    assert meta.model_digest({"path": "/a/dnabert", "files": files}) == meta.model_digest({"path": "/b/x", "files": files})
+    assert meta.model_digest({"path": "/a/e.pt", "sha256": "3" * 64}) == "3" * 64
+    assert meta.model_digest({"name": "facebook/esm2"}) == "name:facebook/esm2"
+    identity = meta.run_identity({"classifier": {"path": "/c.pth", "sha256": "9" * 64},
+                                  "esm": {"path": "/m/esm2_t6.pt", "sha256": "3" * 64}, "dnabert": {"path": "/m/d", "files": files}}, 150)
+    assert identity["classifier_sha256"] == "9" * 64 and identity["models"]["esm"] == {"name": "esm2_t6.pt", "digest": "3" * 64}
 
 
 def test_fit_refuses_one_class_and_bad_scores():

@@ -74,12 +74,10 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_text
-from ..errors import InputError
+from ..calibration_meta import CalibrationFileError  # noqa: F401 (the file's checks live in calibration_meta)
+from ..calibration_meta import FORMAT, IDENTITY_FIELDS, METHODS, VERSION, read_calibration
 from .metrics import auroc
 
-FORMAT = "virnucpro-calibration"
-VERSION = 1
-METHODS = ("isotonic", "platt", "beta", "binned")
 DEFAULT_METHOD = "isotonic"
 CV_FOLDS = 5
 REPLICATES = 32
@@ -96,10 +94,6 @@ SMALL_INPUT = 1000
 WIDE_INTERVAL = 0.1
 ODDS_FACTOR = 2.0  # π̂'s odds over the lower end's: every read's odds are that uncertain
 WEAK_AUROC = 0.75  # below it (cross-validated, per read) every share estimate is warned about
-
-
-class CalibrationFileError(InputError, ValueError):
-    """A calibration file that cannot be used: one line naming the file and the field."""
 
 
 # ------------------------------------------------------------------ small numeric helpers
@@ -369,9 +363,6 @@ class Calibration:
 
     def save(self, path: Path) -> None:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
-
-
-IDENTITY_FIELDS = ("classifier_sha256", "chunk_length", "models")
 
 
 def fit_calibration(truth, scores, frames=None, method: str = DEFAULT_METHOD, *, level: str = "read",
@@ -662,134 +653,23 @@ def calibrate_input(calibration: Calibration, scores, frames=None, virus_share: 
     return InputCalibration(q, fdr, None if max_fdr is None else calls_at_max_fdr(fdr, max_fdr), estimate)
 
 
-# ------------------------------------------------------------------ the file: reading and checking
+# ------------------------------------------------------------------ the file
 
 def load_calibration(path) -> Calibration:
-    """Read and check a calibration file; CalibrationFileError (one line: file and field) if unusable."""
-    path = Path(path)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CalibrationFileError(f"{path}: no such calibration file") from None
-    except (OSError, ValueError) as exc:
-        raise CalibrationFileError(f"{path}: not a readable calibration file ({type(exc).__name__}); fit one "
-                                   "with 'virnucpro-slurm evaluate'") from None
-    return from_dict(document, str(path))
+    """A calibration file (or a classifier description carrying one), checked (calibration_meta):
+    CalibrationFileError, one line naming the file and field, when unusable."""
+    return from_document(read_calibration(path))
 
 
-def from_dict(document, source: str) -> Calibration:
-    def refuse(name: str, problem: str) -> CalibrationFileError:
-        return CalibrationFileError(f"{source}: field {name}: {problem}; fit the calibration again with "
-                                    "'virnucpro-slurm evaluate'")
+def from_document(document: dict) -> Calibration:
+    """The Calibration of a checked document (calibration_meta.read_calibration)."""
+    def fit(data: dict) -> Fit:
+        return Fit(tuple(dict(m) for m in data["bands"]), data.get("frameless_probability"))
 
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise refuse("format", f"not \"{FORMAT}\"")
-    if document.get("version") != VERSION:
-        raise refuse("version", f"{document.get('version')!r} is not {VERSION}")
-    method = document.get("method")
-    if method not in METHODS:
-        raise refuse("method", f"{method!r} is not one of {', '.join(METHODS)}")
-    level = document.get("level")
-    if level not in ("read", "chunk"):
-        raise refuse("level", f"{level!r} is not read or chunk")
-    share = document.get("labelled_virus_share")
-    if not _number(share) or not 0 < share < 1:
-        raise refuse("labelled_virus_share", f"{share!r} is not a share between 0 and 1 (both excluded)")
-    lows = _band_lows(document.get("bands"), refuse)
-    fit = _read_fit(document.get("fit"), method, len(lows), "fit", refuse)
-    replicates = document.get("replicates", [])
-    if not isinstance(replicates, list):
-        raise refuse("replicates", "not a list")
-    refits = tuple(_read_fit(r, method, len(lows), f"replicates[{i}]", refuse) for i, r in enumerate(replicates))
-    if (fit.frameless is None) != (level == "chunk"):
-        raise refuse("fit.frameless_probability", "missing for a read calibration" if level == "read"
-                     else "given for a chunk calibration")
-    counts = document.get("counts", {})
-    _check_counts(counts, refuse)
-    identity = {k: document[k] for k in IDENTITY_FIELDS if k in document}
-    if "chunk_length" in identity and not (isinstance(identity["chunk_length"], int) and identity["chunk_length"] > 0):
-        raise refuse("chunk_length", f"{identity['chunk_length']!r} is not a positive integer")
     bands = [{k: v for k, v in b.items() if k != "frames"} for b in document["bands"]]
-    return Calibration(level, method, float(share), tuple(lows), fit, refits, {**counts, "bands": bands}, identity,
+    return Calibration(document["level"], document["method"], float(document["labelled_virus_share"]),
+                       tuple(b["frames"][0] for b in document["bands"]), fit(document["fit"]),
+                       tuple(fit(r) for r in document.get("replicates", [])),
+                       {**document.get("counts", {}), "bands": bands},
+                       {k: document[k] for k in IDENTITY_FIELDS if k in document},
                        document.get("fitted_on", {}), document.get("validation", {}), document.get("reliability", []))
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _band_lows(bands, refuse) -> list[int]:
-    if not isinstance(bands, list) or not bands:
-        raise refuse("bands", "no band")
-    lows = []
-    for i, band in enumerate(bands):
-        frames = band.get("frames") if isinstance(band, dict) else None
-        if not (isinstance(frames, list) and len(frames) == 2 and isinstance(frames[0], int) and frames[0] >= 1):
-            raise refuse(f"bands[{i}].frames", "not [lowest, highest] frame counts")
-        if lows and frames[0] <= lows[-1]:
-            raise refuse(f"bands[{i}].frames", "bands are not in increasing order of frame count")
-        lows.append(frames[0])
-    return lows
-
-
-def _check_counts(counts, refuse) -> None:
-    if not isinstance(counts, dict):
-        raise refuse("counts", "not an object")
-    for key in ("reads", "virus", "other"):
-        if key in counts and not (isinstance(counts[key], int) and counts[key] >= 0):
-            raise refuse(f"counts.{key}", f"{counts[key]!r} is not a count")
-
-
-def _read_fit(data, method: str, bands: int, name: str, refuse) -> Fit:
-    if not isinstance(data, dict) or not isinstance(data.get("bands"), list) or len(data["bands"]) != bands:
-        raise refuse(f"{name}.bands", f"not {bands} band maps")
-    maps = tuple(_check_map(method, params, f"{name}.bands[{b}]", refuse) for b, params in enumerate(data["bands"]))
-    frameless = data.get("frameless_probability")
-    if frameless is not None and not (_number(frameless) and 0 < frameless < 1):
-        raise refuse(f"{name}.frameless_probability", f"{frameless!r} is not a probability between 0 and 1")
-    return Fit(maps, None if frameless is None else float(frameless))
-
-
-MAP_FIELDS = {"isotonic": ("knots", "values"), "binned": ("edges", "values"), "platt": ("a", "c"), "beta": ("a", "b", "c")}
-
-
-def _check_map(method: str, params, name: str, refuse) -> dict:
-    if not isinstance(params, dict):
-        raise refuse(name, "not an object")
-    for key in MAP_FIELDS[method]:
-        value = params.get(key)
-        values = value if isinstance(value, list) else [value]
-        if not all(_number(v) for v in values):
-            raise refuse(f"{name}.{key}", "missing, or not finite numbers (NaN or infinity)")
-    if method in ("platt", "beta"):
-        for key in MAP_FIELDS[method][:-1]:
-            if params[key] < 0:
-                raise refuse(f"{name}.{key}", f"{params[key]} < 0: the probability would fall as the score rises")
-        return {key: float(params[key]) for key in MAP_FIELDS[method]}
-    xs, values = np.asarray(params[MAP_FIELDS[method][0]], float), np.asarray(params["values"], float)
-    expected = xs.size + (1 if method == "binned" else 0)
-    if values.size != expected or values.size == 0:
-        raise refuse(f"{name}.values", f"{values.size} values for {xs.size} {MAP_FIELDS[method][0]}")
-    if np.any(np.diff(xs) <= 0) or np.any((xs < 0) | (xs > 1)):
-        raise refuse(f"{name}.{MAP_FIELDS[method][0]}", "not increasing scores between 0 and 1")
-    if np.any(np.diff(values) < 0):
-        raise refuse(f"{name}.values", "not monotone: the probability would fall as the score rises")
-    if np.any((values <= 0) | (values >= 1)):
-        raise refuse(f"{name}.values", "not probabilities between 0 and 1 (both excluded)")
-    return {MAP_FIELDS[method][0]: xs.tolist(), "values": values.tolist()}
-
-
-def check_identity(calibration: Calibration, source: str, run: dict) -> None:
-    """Refuse a calibration fitted for another classifier, chunk length or models than `run`'s
-    (same keys as IDENTITY_FIELDS; a key either side lacks is not compared), naming both."""
-    for key in IDENTITY_FIELDS:
-        if key in calibration.identity and key in run and calibration.identity[key] != run[key]:
-            raise CalibrationFileError(
-                f"{source}: calibrated for {key.replace('_', ' ')} {_short(calibration.identity[key])}, but this run "
-                f"uses {_short(run[key])}; fit a calibration for it with 'virnucpro-slurm evaluate'")
-
-
-def _short(value) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_short(v)}" for k, v in sorted(value.items()))
-    return str(value)
