@@ -46,10 +46,10 @@ EXPECTED_PREDICTIONS = (
 # per chunk: r1: max s2 0.6 < max s1 0.75 -> False; r3: max s2 0.5 >= max s1 0.87899387? no -> False
 EXPECTED_HIGHEST = "Modified_ID\tIs_Virus\nr1_chunk_1\tFalse\nr3_chunk_1\tFalse\n"
 EXPECTED_READS = (
-    "read_id\tlength\tchunks\tframes\tviral_chunks\tmax_virus_score\tcall\n"
-    "r1\t24\t1\t3\t0\t0.6\tothers\n"
-    "r2\t6\t1\t0\t0\tNA\tno_frames\n"
-    "r3\t10\t1\t6\t0\t0.5\tothers\n"
+    "read_id\tlength\tchunks\tframes\tviral_chunks\tmax_virus_score\tcall\tvirus_probability\tfdr\n"
+    "r1\t24\t1\t3\t0\t0.6\tothers\tNA\tNA\n"
+    "r2\t6\t1\t0\t0\tNA\tno_frames\tNA\tNA\n"
+    "r3\t10\t1\t6\t0\t0.5\tothers\tNA\tNA\n"
 )
 
 
@@ -85,7 +85,7 @@ def test_outputs_byte_for_byte(tmp_path):
         b = workdir.result_dir("b")  # no frame at all: header-only files
         assert (b / "prediction_results.txt").read_text() == "Sequence_ID\tPrediction\tscore1\tscore2\n"
         assert (b / "prediction_results_highestscore.csv").read_text() == "Modified_ID\tIs_Virus\n"
-        assert (b / "reads.tsv").read_text().splitlines()[1] == "r1\t9\t1\t0\t0\tNA\tno_frames"
+        assert (b / "reads.tsv").read_text().splitlines()[1] == "r1\t9\t1\t0\t0\tNA\tno_frames\tNA\tNA"
 
 
 def test_chunk_tie_is_virus(tmp_path):
@@ -95,7 +95,7 @@ def test_chunk_tie_is_virus(tmp_path):
     lines = (workdir.result_dir("a") / "prediction_results_highestscore.csv").read_text().splitlines()
     assert lines[2] == "r3_chunk_1\tTrue"
     reads = (workdir.result_dir("a") / "reads.tsv").read_text().splitlines()
-    assert reads[3] == "r3\t10\t1\t6\t1\t0.5\tvirus"
+    assert reads[3] == "r3\t10\t1\t6\t1\t0.5\tvirus\tNA\tNA"
 
 
 # prepare's read table of input a: header, r1 (3 frames), r2 (none), r3 (6 frames)
@@ -179,9 +179,10 @@ def test_multiqc_custom_content_header_and_table(tmp_path):
     assert header["id"] == "virnucpro" and header["plot_type"] == "table" and header["section_name"]
     assert header["pconfig"]["id"] and header["headers"]["viral_percent"]["max"] == 100
     rows = [line.split("\t") for line in text.splitlines() if not line.startswith("#")]
-    assert rows == [["Sample", "reads", "bases", "chunks", "frames", "reads_without_frames", "viral_reads", "viral_percent"],
-                    ["a", "3", "40", "3", "9", "1", "1", "33.33"],
-                    ["b", "1", "9", "1", "0", "1", "0", "0.00"]]
+    assert rows == [["Sample", "reads", "bases", "chunks", "frames", "reads_without_frames", "viral_reads", "viral_percent",
+                     "estimated_virus_share", "virus_share_low", "virus_share_high"],
+                    ["a", "3", "40", "3", "9", "1", "1", "33.33", "NA", "NA", "NA"],
+                    ["b", "1", "9", "1", "0", "1", "0", "0.00", "NA", "NA", "NA"]]
 
 
 def test_compress_gzips_the_result_files_reproducibly_and_a_change_redoes_consensus_only(tmp_path):

@@ -83,7 +83,8 @@ def _number(value) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
 
 
-def _page(summaries: dict, tables: dict, figures: dict, target_fdr: float, context: dict, call_rule: str) -> str:
+def _page(summaries: dict, tables: dict, figures: dict, target_fdr: float, context: dict, call_rule: str,
+          extra_sections: str = "") -> str:
     names = ("n", "positives", "accuracy", "precision", "recall", "f1", "mcc", "auroc", "auprc")
     head = "".join(f"<th>{e(level)}</th>" for level in summaries)
     rows = "".join(f"<tr><th class=text>{e(name)}</th>" + "".join(f"<td>{_number(s[name])}</td>" for s in summaries.values())
@@ -120,16 +121,18 @@ Where viruses are rarer than here, the same min-score gives a higher FDR.</p></s
 <section><h2>Curves</h2><div style="display:flex; flex-wrap:wrap; gap:2em">{image(figures['roc'], 'ROC curves')}
 {image(figures['pr'], 'precision-recall curves')}</div></section>
 <section><h2>Threshold tables</h2>{''.join(sections)}</section>
+{extra_sections}
 <section><h2>What was evaluated</h2><table>{about}</table></section>
 </main></body></html>
 """
 
 
 def write_evaluation(folder: Path, levels: dict, target_fdr: float, context: dict,
-                     call_rule: str = "a sequence is virus when its virus score is at least 0.5") -> dict:
+                     call_rule: str = "a sequence is virus when its virus score is at least 0.5",
+                     extra_sections: str = "") -> dict:
     """Write the evaluation of `levels` ({level: (truth, virus scores[, calls])}: calls default to
     score >= 0.5; `call_rule` says in words how the calls were made) into `folder`; returns what
-    metrics.json holds."""
+    metrics.json holds. `extra_sections`: HTML added to the page (the calibration's)."""
     if not 0 < target_fdr < 1:
         raise ValueError(f"target FDR {target_fdr} is not between 0 and 1")
     folder = Path(folder)
@@ -148,5 +151,5 @@ def write_evaluation(folder: Path, levels: dict, target_fdr: float, context: dic
     atomic_write_bytes(folder / PR_FIGURE, figures["pr"])
     result = {"target_fdr": target_fdr, "call_rule": call_rule, "levels": summaries, "context": context}
     atomic_write_text(folder / METRICS_FILE, json.dumps(result, indent=1, sort_keys=True) + "\n")
-    atomic_write_text(folder / PAGE, _page(summaries, tables, figures, target_fdr, context, call_rule))
+    atomic_write_text(folder / PAGE, _page(summaries, tables, figures, target_fdr, context, call_rule, extra_sections))
     return result
