@@ -73,6 +73,7 @@ def calibrated(tmp_path_factory, demo_models):
     run = cli("run", root / "mixtures.txt", "-w", root / "P", "--classifier", classifier, *models,
               "--calibration", calibration, "--max-fdr", 0.1, cwd=root)
     assert run.returncode == 0, run.stderr
+    assert (evaluated.stdout + evaluated.stderr).count("no calibration: reads.tsv's virus_probability and fdr are NA") == 1
     return root, classifier, calibration, models, run
 
 
@@ -118,6 +119,17 @@ def test_estimated_share_and_the_fdr_of_the_calls_hold_against_the_truth(calibra
     assert abs(realised - stated) <= FDR_TOLERANCE, (realised, stated)
     records = (root / "P" / "results" / name / "viral.fna").read_text().count(">")
     assert records == len(called)
+    page = (root / "P" / "report" / "index.html").read_text()
+    assert f"{summary[name]['estimated_virus_share']} ({summary[name]['virus_share_low']}&ndash;" in page
+    assert (root / "P" / "report" / f"{name}.fdr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_report_shows_the_calibration_and_its_reliability_diagram(calibrated):
+    root, _, calibration, _, _ = calibrated
+    page = (root / "P" / "report" / "index.html").read_text()
+    assert 'id="calibration"' in page and str(calibration) in page
+    assert (root / "P" / "report" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert "reads called virus at each --max-fdr" in page
 
 
 def finished(workdir) -> dict:

@@ -202,3 +202,34 @@ def test_compress_gzips_the_result_files_reproducibly_and_a_change_redoes_consen
     consensus.consensus(ctx, 0.5)
     assert sorted(p.name for p in packed.result_dir("a").iterdir()) == sorted(p.name for p in plain.result_dir("a").iterdir())
     assert reset_by_options(_config(), _config(compress=True)) == ["consensus"]
+    for option, value in (("calibration", "/c.json"), ("calibration_sha256", "ab" * 32), ("virus_share", 0.2),
+                          ("max_fdr", 0.1)):
+        assert reset_by_options(_config(), _config(**{option: value})) == ["consensus"], option
+
+
+def test_calibrated_reads_table_and_max_fdr_calls_a_frameless_read_too(tmp_path):
+    """With a calibration, reads.tsv's virus_probability and fdr are numbers, and --max-fdr calls
+    exactly the reads whose printed fdr is within it, a read without frames included (here the
+    labelled frameless reads were viral, and the share is given high)."""
+    from virnucpro.calibration_meta import file_sha256
+    from virnucpro.evaluation.calibration import fit_calibration
+
+    rng = np.random.default_rng(0)
+    truth = rng.random(4000) < 0.5
+    frames = np.where(rng.random(4000) < 0.2, 0, rng.integers(1, 7, 4000))
+    frames[~truth & (frames == 0)] = 3  # only viral reads lack frames
+    scores = np.where(frames > 0, np.clip(rng.normal(0.35 + 0.3 * truth, 0.15), 0, 1), 0.0)
+    path = tmp_path / "calibration.json"
+    fit_calibration(truth, scores, frames, replicates=2).save(path)
+    workdir = _run(tmp_path / "run", 2, calibration=str(path), calibration_sha256=file_sha256(path), virus_share=0.9,
+                   max_fdr=0.2)
+    header, *rows = [line.split("\t") for line in (workdir.result_dir("a") / "reads.tsv").read_text().splitlines()]
+    assert header[-2:] == ["virus_probability", "fdr"]
+    by_id = {row[0]: dict(zip(header, row)) for row in rows}
+    for row in by_id.values():
+        assert (row["call"] == "virus") == (float(row["fdr"]) <= 0.2)
+    assert by_id["r2"]["frames"] == "0" and by_id["r2"]["call"] == "virus"
+    assert float(by_id["r2"]["virus_probability"]) > 0.95
+    assert ">r2" in (workdir.result_dir("a") / "viral.fna").read_text()
+    summary = [line.split("\t") for line in workdir.multiqc_summary.read_text().splitlines() if not line.startswith("#")]
+    assert summary[1][-3:] == ["0.9", "NA", "NA"]  # a given share has no interval
