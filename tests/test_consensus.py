@@ -207,6 +207,14 @@ def test_compress_gzips_the_result_files_reproducibly_and_a_change_redoes_consen
         assert reset_by_options(_config(), _config(**{option: value})) == ["consensus"], option
 
 
+def test_without_a_calibration_the_columns_are_na_and_the_run_says_why_once(tmp_path, capfd):
+    workdir = _run(tmp_path, 2)
+    for name in ("a", "b"):
+        rows = [line.split("\t") for line in (workdir.result_dir(name) / "reads.tsv").read_text().splitlines()[1:]]
+        assert {tuple(row[-2:]) for row in rows} == {("NA", "NA")}
+    assert capfd.readouterr().err.count("no calibration: reads.tsv's virus_probability and fdr are NA") == 1
+
+
 def test_calibrated_reads_table_and_max_fdr_calls_a_frameless_read_too(tmp_path):
     """With a calibration, reads.tsv's virus_probability and fdr are numbers, and --max-fdr calls
     exactly the reads whose printed fdr is within it, a read without frames included (here the
