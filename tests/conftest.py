@@ -26,6 +26,20 @@ def demo_models(tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.fixture
+def inputs_outside_tmp() -> Path:
+    """The example inputs copied to a folder outside /tmp (ch-run shares /tmp; elsewhere is bound),
+    wherever the checkout lies; removed afterwards."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="virnucpro-test-", dir="/var/tmp"))
+    try:
+        shutil.copytree(EXAMPLE_INPUTS.parent, folder / "example")
+        yield folder / "example" / EXAMPLE_INPUTS.name
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def example_inputs() -> Path:
     return EXAMPLE_INPUTS

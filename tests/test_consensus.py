@@ -49,10 +49,10 @@ EXPECTED_PREDICTIONS = (
 # per chunk: r1: max s2 0.6 < max s1 0.75 -> False; r3: max s2 0.5 >= max s1 0.87899387? no -> False
 EXPECTED_HIGHEST = "Modified_ID\tIs_Virus\nr1_chunk_1\tFalse\nr3_chunk_1\tFalse\n"
 EXPECTED_READS = (
-    "read_id\tlength\tchunks\tframes\tviral_chunks\tmax_virus_score\tcall\n"
-    "r1\t24\t1\t3\t0\t0.6\tothers\n"
-    "r2\t6\t1\t0\t0\tNA\tno_frames\n"
-    "r3\t10\t1\t6\t0\t0.5\tothers\n"
+    "read_id\tlength\tchunks\tframes\tviral_chunks\tmax_virus_score\tcall\tvirus_probability\tfdr\n"
+    "r1\t24\t1\t3\t0\t0.6\tothers\tNA\tNA\n"
+    "r2\t6\t1\t0\t0\tNA\tno_frames\tNA\tNA\n"
+    "r3\t10\t1\t6\t0\t0.5\tothers\tNA\tNA\n"
 )
 
 
@@ -88,7 +88,7 @@ def test_outputs_byte_for_byte(tmp_path):
         b = workdir.result_dir("b")  # no frame at all: header-only files
         assert (b / "prediction_results.txt").read_text() == "Sequence_ID\tPrediction\tscore1\tscore2\n"
         assert (b / "prediction_results_highestscore.csv").read_text() == "Modified_ID\tIs_Virus\n"
-        assert (b / "reads.tsv").read_text().splitlines()[1] == "r1\t9\t1\t0\t0\tNA\tno_frames"
+        assert (b / "reads.tsv").read_text().splitlines()[1] == "r1\t9\t1\t0\t0\tNA\tno_frames\tNA\tNA"
 
 
 def test_chunk_tie_is_virus(tmp_path):
@@ -98,7 +98,7 @@ def test_chunk_tie_is_virus(tmp_path):
     lines = (workdir.result_dir("a") / "prediction_results_highestscore.csv").read_text().splitlines()
     assert lines[2] == "r3_chunk_1\tTrue"
     reads = (workdir.result_dir("a") / "reads.tsv").read_text().splitlines()
-    assert reads[3] == "r3\t10\t1\t6\t1\t0.5\tvirus"
+    assert reads[3] == "r3\t10\t1\t6\t1\t0.5\tvirus\tNA\tNA"
 
 
 # prepare's read table of input a: header, r1 (3 frames), r2 (none), r3 (6 frames)
@@ -182,9 +182,10 @@ def test_multiqc_custom_content_header_and_table(tmp_path):
     assert header["id"] == "virnucpro" and header["plot_type"] == "table" and header["section_name"]
     assert header["pconfig"]["id"] and header["headers"]["viral_percent"]["max"] == 100
     rows = [line.split("\t") for line in text.splitlines() if not line.startswith("#")]
-    assert rows == [["Sample", "reads", "bases", "chunks", "frames", "reads_without_frames", "viral_reads", "viral_percent"],
-                    ["a", "3", "40", "3", "9", "1", "1", "33.33"],
-                    ["b", "1", "9", "1", "0", "1", "0", "0.00"]]
+    assert rows == [["Sample", "reads", "bases", "chunks", "frames", "reads_without_frames", "viral_reads", "viral_percent",
+                     "estimated_virus_share", "virus_share_low", "virus_share_high"],
+                    ["a", "3", "40", "3", "9", "1", "1", "33.33", "NA", "NA", "NA"],
+                    ["b", "1", "9", "1", "0", "1", "0", "0.00", "NA", "NA", "NA"]]
 
 
 def test_multiqc_shows_every_column_of_the_summary(tmp_path):
@@ -220,3 +221,42 @@ def test_compress_gzips_the_result_files_reproducibly_and_a_change_redoes_consen
     consensus.consensus(ctx, 0.5)
     assert sorted(p.name for p in packed.result_dir("a").iterdir()) == sorted(p.name for p in plain.result_dir("a").iterdir())
     assert reset_by_options(_config(), _config(compress=True)) == ["consensus"]
+    for option, value in (("calibration", "/c.json"), ("calibration_sha256", "ab" * 32), ("virus_share", 0.2),
+                          ("max_fdr", 0.1)):
+        assert reset_by_options(_config(), _config(**{option: value})) == ["consensus"], option
+
+
+def test_without_a_calibration_the_columns_are_na_and_the_run_says_why_once(tmp_path, capfd):
+    workdir = _run(tmp_path, 2)
+    for name in ("a", "b"):
+        rows = [line.split("\t") for line in (workdir.result_dir(name) / "reads.tsv").read_text().splitlines()[1:]]
+        assert {tuple(row[-2:]) for row in rows} == {("NA", "NA")}
+    assert capfd.readouterr().err.count("no calibration: reads.tsv's virus_probability and fdr are NA") == 1
+
+
+def test_calibrated_reads_table_and_max_fdr_calls_a_frameless_read_too(tmp_path):
+    """With a calibration, reads.tsv's virus_probability and fdr are numbers, and --max-fdr calls
+    exactly the reads whose printed fdr is within it, a read without frames included (here the
+    labelled frameless reads were viral, and the share is given high)."""
+    from virnucpro.calibration_meta import file_sha256
+    from virnucpro.evaluation.calibration import fit_calibration
+
+    rng = np.random.default_rng(0)
+    truth = rng.random(4000) < 0.5
+    frames = np.where(rng.random(4000) < 0.2, 0, rng.integers(1, 7, 4000))
+    frames[~truth & (frames == 0)] = 3  # only viral reads lack frames
+    scores = np.where(frames > 0, np.clip(rng.normal(0.35 + 0.3 * truth, 0.15), 0, 1), 0.0)
+    path = tmp_path / "calibration.json"
+    fit_calibration(truth, scores, frames, replicates=2).save(path)
+    workdir = _run(tmp_path / "run", 2, calibration=str(path), calibration_sha256=file_sha256(path), virus_share=0.9,
+                   max_fdr=0.2)
+    header, *rows = [line.split("\t") for line in (workdir.result_dir("a") / "reads.tsv").read_text().splitlines()]
+    assert header[-2:] == ["virus_probability", "fdr"]
+    by_id = {row[0]: dict(zip(header, row)) for row in rows}
+    for row in by_id.values():
+        assert (row["call"] == "virus") == (float(row["fdr"]) <= 0.2)
+    assert by_id["r2"]["frames"] == "0" and by_id["r2"]["call"] == "virus"
+    assert float(by_id["r2"]["virus_probability"]) > 0.95
+    assert ">r2" in (workdir.result_dir("a") / "viral.fna").read_text()
+    summary = [line.split("\t") for line in workdir.multiqc_summary.read_text().splitlines() if not line.startswith("#")]
+    assert summary[1][-3:] == ["0.9", "NA", "NA"]  # a given share has no interval

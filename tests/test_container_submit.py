@@ -102,7 +102,8 @@ def test_a_training_on_the_cpu_asks_no_gpu_libraries_for_its_train_task(sif, dem
 
 
 def test_charliecloud_binds_outside_tmp_and_names_the_mount_points_a_dry_run_does_not_create(
-        demo_models, example_inputs, tmp_path):
+        demo_models, inputs_outside_tmp, tmp_path):
+    example_inputs = inputs_outside_tmp
     image = tmp_path / "virnucpro.ch"
     image.mkdir()
     done = cli("submit", example_inputs, "--models", demo_models, "-w", tmp_path / "w", "--partition", "gpu", "--dry-run",

@@ -188,8 +188,8 @@ def calls_in_reads_tables(workdir, labels):
     """(tp, fp, reads called virus) from reads.tsv of each input of an evaluation (virus: gc_rich)."""
     tp = fp = 0
     for name, virus in (("gc_rich", True), ("at_rich", False)):
-        rows = (workdir / "results" / name / "reads.tsv").read_text().splitlines()[1:]
-        called = sum(row.split("\t")[-1] == "virus" for row in rows)
+        header, *rows = [line.split("\t") for line in (workdir / "results" / name / "reads.tsv").read_text().splitlines()]
+        called = sum(row[header.index("call")] == "virus" for row in rows)
         tp, fp = (tp + called, fp) if virus else (tp, fp + called)
     return tp, fp
 

@@ -16,11 +16,13 @@ import pytest
 import torch
 
 from training_shards import shard_paths, write_training_shards
+from virnucpro.calibration_meta import read_calibration
 from virnucpro.classifier_meta import ClassifierFileError, read_classifier_meta
 from virnucpro.engines.classifier import classify, load_classifier
 from virnucpro.errors import InputError
 from virnucpro.pipeline import ShardInterrupted
 from virnucpro.holdout import chunk_keys, held_out, sequence_key
+from virnucpro.storage import read_shard_frames
 from virnucpro.training import ORIGINAL, TrainingInterrupted, fit, write_classifier
 from virnucpro.training import rows as training_rows
 
@@ -332,11 +334,31 @@ def test_killed_or_terminated_mid_training_then_resumed_gives_bitwise_the_same_w
 
 # ------------------------------------------------------------------ the stage
 
+def write_read_tables(sources, inputs: int, folder: Path, frameless: int = 30) -> None:
+    """prepare's read table of each input: its reads with their frame counts, and `frameless`
+    reads without a frame (the train stage's calibration counts them)."""
+    from collections import Counter
+
+    frames = Counter()
+    for source in sources:
+        table = read_shard_frames(source.frames)
+        frames.update(zip(table.input_index.tolist(), table.read_ids))
+    for index in range(inputs):
+        rows = [f"{read}\t300\t1\t{count}\n" for (i, read), count in frames.items() if i == index]
+        rows += [f"empty{index}_{j}\t300\t1\t0\n" for j in range(frameless)]
+        (folder / f"reads-{index}.tsv").write_text("read_id\tlength\tchunks\tframes\n" + "".join(rows))
+        # the input itself, for the frameless reads: their sequence's key puts each on its side
+        (folder / f"in{index}.fa").write_text("".join(f">empty{index}_{j}\n{'N' * (j + 1)}\n" for j in range(frameless)))
+
+
 def fake_run(shards, folder: Path):
     sources, labels = shards
     shard_folder = sources[0].frames.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    write_read_tables(sources, 4, folder)
     workdir = SimpleNamespace(
         root=folder,  # no run.json or state: the report the stage writes at its end is refused with a warning
+        reads_table=lambda index: folder / f"reads-{index}.tsv",
         shard_frames=lambda k: shard_paths(shard_folder, k).frames,
         embeddings=lambda kind, k: getattr(shard_paths(shard_folder, k), kind),
         split_keys=lambda k: shard_paths(shard_folder, k).split_keys,
@@ -346,11 +368,11 @@ def fake_run(shards, folder: Path):
         classifier_meta=folder / "classifier/classifier.json")
     config = SimpleNamespace(
         shards=len(sources), labels=["virus" if label else "other" for label in labels], holdout=0.2, seed=7,
-        holdout_window=0,
+        holdout_window=0, genbank=[],
         device="cpu", chunk_length=300, embedding_dtype="float32", input_names=[f"in{i}" for i in range(4)],
-        inputs=[f"/data/in{i}.fa" for i in range(4)],
+        inputs=[str(folder / f"in{i}.fa") for i in range(4)],
         models=SimpleNamespace(dnabert="DNABERT-S", esm="esm2_t6_8M_UR50D", classifier="", demo=False),
-        fingerprint={"inputs": [{"path": "/data/in0.fa", "sha256": "ab" * 32}],
+        fingerprint={"inputs": [{"path": str(folder / "in0.fa"), "sha256": "ab" * 32}],
                      "models": {"esm": {"name": "esm2_t6_8M_UR50D"}, "dnabert": {"path": "/m", "sha256": "cd" * 32}}})
     return workdir, config
 
@@ -368,10 +390,17 @@ def test_train_stage_writes_the_classifier_and_stops_with_shard_interrupted(trai
     document = read_classifier_meta(workdir.classifier_weights)
     assert document["models"] == {"dnabert": {"name": "DNABERT-S", "sha256": "cd" * 32},
                                   "esm2": {"name": "esm2_t6_8M_UR50D", "sha256": None}}
-    assert document["training_inputs"][0] == {"name": "in0", "path": "/data/in0.fa", "label": "other",
+    assert document["training_inputs"][0] == {"name": "in0", "path": config.inputs[0], "label": "other",
                                               "sha256": "ab" * 32}
     assert document["chunk_length"] == 300 and document["input_widths"] == {"dnabert": 8, "esm2": 12}
     assert_same_weights(load_classifier(workdir.classifier_weights).state_dict(), trained[0].state)
+    # the classifier's own calibration, of its held-out reads (frameless ones included)
+    calibration = read_calibration(workdir.classifier_meta)
+    assert calibration["classifier_sha256"] == document["weights_sha256"] and calibration["chunk_length"] == 300
+    held_out = calibration["fitted_on"]
+    assert 0 < held_out["reads_without_frames"] < 120 and held_out["reads"] == calibration["counts"]["reads"]
+    assert calibration["counts"]["frameless"]["reads"] == held_out["reads_without_frames"]
+
 
 
 def test_status_shows_where_an_unfinished_training_stands(trained, tmp_path):

@@ -271,7 +271,7 @@ def test_evaluation_scores_and_calls_are_consensus_and_truth_is_the_label(quiet_
         is_virus = dict(line.split("\t") for line in highest.read_text().splitlines()[1:])
         chunks += [(label == "virus", score, is_virus[chunk] == "True") for chunk, score in per_chunk.items()]
         for row in reads_table.read_text().splitlines()[1:]:
-            read_id, _, _, frames_kept, _, score, call = row.split("\t")
+            read_id, _, _, frames_kept, _, score, call, *_ = row.split("\t")
             reads.append((label == "virus", float(score) if frames_kept != "0" else 0.0, call == "virus"))
     assert levels["chunk"].truth.tolist() == [c[0] for c in chunks] and len({c[0] for c in chunks}) == 2
     np.testing.assert_allclose(levels["chunk"].scores, [c[1] for c in chunks], rtol=1e-6)

@@ -104,7 +104,8 @@ STAGE_TABLE: tuple[Stage, ...] = (
           outputs=lambda w, shard, config: (*(path for name in config.input_names
                                               for path in w.result_files(name, config.compress)),
                                             w.results_index, w.multiqc_summary),
-          owns=lambda w, shard: (w.results,), options=("min_score", "compress"), kinds=(PREDICTION, EVALUATION),
+          owns=lambda w, shard: (w.results,), options=("min_score", "compress", "calibration", "calibration_sha256", "virus_share", "max_fdr"),
+          kinds=(PREDICTION, EVALUATION),
           summary="per-chunk and per-read calls of each input; the report"),
     # an embedding shard recomputed after training (healing a scratch purge) holds the same numbers:
     # the hours of a finished training are not spent again for it

@@ -107,10 +107,20 @@ def _add_run_options(parser: argparse.ArgumentParser, kind: str = "predict") -> 
     tuning.add_argument("--restart", action="store_true", help="discard this workdir's results and start again")
     if kind == "train":
         return
-    calls = parser.add_argument_group("read calls")
-    calls.add_argument("--min-score", type=_score, metavar="T",
-                       help="call a read virus iff its max_virus_score >= T (0..1); default: virus iff at least one "
-                            "chunk is viral by the original per-chunk rule. Changing it re-runs consensus only")
+    calls = parser.add_argument_group("read calls (changing any of them re-runs consensus only)")
+    rule = calls.add_mutually_exclusive_group()
+    rule.add_argument("--min-score", type=_score, metavar="T",
+                      help="call a read virus iff its max_virus_score >= T (0..1); default: virus iff at least one "
+                           "chunk is viral by the original per-chunk rule")
+    rule.add_argument("--max-fdr", type=_fdr, metavar="Q",
+                      help="call virus exactly the reads whose fdr (reads.tsv) is at most Q (0 < Q <= 1); needs a "
+                           "calibration")
+    calls.add_argument("--calibration", metavar="FILE",
+                       help="calibration of the read scores (evaluate's calibration.json): reads.tsv gains "
+                            "virus_probability and fdr at each input's own virus share; default: the classifier's own "
+                            "when it carries one (train fits one)")
+    calls.add_argument("--virus-share", type=_fraction, metavar="P",
+                       help="each input's virus share, 0 < P < 1, instead of estimating it from the input's reads")
     calls.add_argument("--compress", action="store_true",
                        help="gzip each input's result files (prediction_results.txt.gz, ...); "
                             "changing it re-runs consensus only")
@@ -210,6 +220,16 @@ def _score(text: str) -> float:
         value = -1.0
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
+    return value
+
+
+def _fdr(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a false-discovery rate: above 0, at most 1")
     return value
 
 

@@ -79,6 +79,8 @@ def run_request(args: argparse.Namespace) -> RunRequest:
         esm_residual=getattr(args, "esm_residual", "fp32"), kind=run_kind(args), holdout=getattr(args, "holdout", 0.1),
         seed=getattr(args, "seed", 42), holdout_window=getattr(args, "holdout_window", 0),
         target_fdr=getattr(args, "target_fdr", 0.05),
+        calibration=getattr(args, "calibration", None), virus_share=getattr(args, "virus_share", None),
+        max_fdr=getattr(args, "max_fdr", None),
     )
 
 

@@ -123,7 +123,7 @@ DEMO_BANNER = ('<div class="banner demo">DEMO MODELS: random weights (or a class
 
 
 def _page(summaries: dict, tables: dict, figures: dict, target_fdr: float, context: dict, call_rule: str,
-          demo: bool) -> str:
+          demo: bool, extra_sections: str = "") -> str:
     names = ("n", "positives", "accuracy", "precision", "recall", "f1", "mcc", "auroc", "auprc")
     head = "".join(f"<th>{e(level)}</th>" for level in summaries)
     rows = "".join(f"<tr><th class=text>{e(name)}</th>" + "".join(f"<td>{_number(s[name])}</td>" for s in summaries.values())
@@ -162,6 +162,7 @@ Where viruses are rarer than here, the same min-score gives a higher FDR.</p></s
 <section><h2>Curves</h2><div style="display:flex; flex-wrap:wrap; gap:2em">{image(figures['roc'], 'ROC curves')}
 {image(figures['pr'], 'precision-recall curves')}</div></section>
 <section><h2>Threshold tables</h2>{''.join(sections)}</section>
+{extra_sections}
 <section><h2>What was evaluated</h2><table>{about}</table></section>
 </main></body></html>
 """
@@ -169,11 +170,12 @@ Where viruses are rarer than here, the same min-score gives a higher FDR.</p></s
 
 def write_evaluation(folder: Path, levels: dict, target_fdr: float, context: dict,
                      call_rule: str = "a sequence is virus when its virus score is at least 0.5",
-                     demo: bool = False) -> dict:
+                     demo: bool = False, extra_sections: str = "") -> dict:
     """Write the evaluation of `levels` ({level: LevelScores, or a tuple of its fields}; calls
     default to score >= 0.5; `call_rule` says in words how the calls were made) into `folder`;
     `demo`: demo models (or a classifier trained on their embeddings) made the scores, and both
-    metrics.json and the page say so. Returns what metrics.json holds."""
+    metrics.json and the page say so; `extra_sections`: HTML added to the page (the calibration's).
+    Returns what metrics.json holds."""
     if not 0 < target_fdr < 1:
         raise ValueError(f"target FDR {target_fdr} is not between 0 and 1")
     folder = Path(folder)
@@ -193,7 +195,8 @@ def write_evaluation(folder: Path, levels: dict, target_fdr: float, context: dic
     result = {"target_fdr": target_fdr, "call_rule": call_rule, "levels": summaries, "context": context,
               "demo_models": demo, **({DEMO_KEY: DEMO_VALUE} if demo else {})}
     atomic_write_text(folder / METRICS_FILE, json.dumps(result, indent=1, sort_keys=True) + "\n")
-    atomic_write_text(folder / PAGE, _page(summaries, tables, figures, target_fdr, context, call_rule, demo))
+    atomic_write_text(folder / PAGE, _page(summaries, tables, figures, target_fdr, context, call_rule, demo,
+                                           extra_sections))
     return result
 
 

@@ -55,6 +55,12 @@ class RunOptions:
     seed: int = 42  # train: the split and the shuffles
     holdout_window: int = 0  # train: split records into windows of this many bases for the split (0: whole records)
     target_fdr: float = 0.05  # evaluate: the FDR whose minimum score the threshold table names
+    # consensus only, so not in the fingerprint: the calibration file (default: the classifier's own),
+    # its SHA-256 (a file refitted in place re-runs consensus), a given virus share, the --max-fdr calls
+    calibration: str | None = None
+    calibration_sha256: str | None = None
+    virus_share: float | None = None
+    max_fdr: float | None = None
 
     def run_options(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(RunOptions)}

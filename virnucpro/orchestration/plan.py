@@ -11,6 +11,8 @@ from typing import Callable
 
 from .. import console
 from ..atomic import refuse_linked_folders, remove_stale_temp_files
+from ..calibration_meta import (CalibrationFileError, check_identity, file_sha256, own_calibration, read_calibration,
+                                run_identity)
 from ..errors import InputError, StateError
 from ..fasta import read_inputs_list
 from ..modelstore.resolve import resolve_models
@@ -105,10 +107,44 @@ def new_config(request: RunRequest) -> RunConfig:
             console.warn(f"{request.inputs_list}: its GenBank column is ignored: an evaluation scores every stop-free "
                          "frame, as 'run' does (only a training keeps the frames inside annotated CDS)")
             genbank = []
+    calibration, calibration_sha256 = resolve_calibration(request, models.classifier)
     return RunConfig(inputs_list=str(Path(request.inputs_list).resolve()), inputs=[str(p) for p in inputs],
                      input_names=input_names(inputs), chunk_length=chunk_length,
                      shards=request.shards or auto_shards(inputs), models=models, labels=labels, genbank=genbank,
-                     **request.run_options())
+                     **{**request.run_options(), "calibration": calibration, "calibration_sha256": calibration_sha256})
+
+
+def resolve_calibration(request: RunRequest, classifier: str | None) -> tuple[str | None, str | None]:
+    """(path, SHA-256) of the calibration the read calls use: the one asked for, else the
+    classifier's own (train fits one), else none. Refuses --max-fdr with --min-score, and
+    --max-fdr or --virus-share without a calibration."""
+    if request.kind == TRAINING:
+        return None, None
+    if request.max_fdr is not None and request.min_score is not None:
+        raise InputError("--max-fdr and --min-score are two rules for the read calls: give one of them")
+    path = Path(request.calibration).resolve() if request.calibration else own_calibration(classifier)
+    if path is None:
+        flag = "--max-fdr" if request.max_fdr is not None else "--virus-share" if request.virus_share is not None else None
+        if flag:
+            raise InputError(f"{flag} needs a calibration of the classifier's read scores: pass --calibration FILE "
+                             "('virnucpro-slurm evaluate' writes E/evaluation/NAME/calibration.json), or a classifier that "
+                             "carries one ('virnucpro-slurm train' fits one)")
+        return None, None
+    if not path.is_file():
+        raise CalibrationFileError(f"{path}: no such calibration file (--calibration)")
+    return str(path), file_sha256(path)
+
+
+def check_calibration(config: RunConfig) -> None:
+    """Refuse, before any work, a calibration that is damaged, of chunk scores, or of another
+    classifier, chunk length or embedding models than this run's (its fingerprint names them)."""
+    if not config.calibration:
+        return
+    document = read_calibration(config.calibration)
+    if document["level"] != "read":
+        raise CalibrationFileError(f"{config.calibration}: a calibration of chunk scores; the read calls take the "
+                                   "read-level one (evaluate's calibration.json)")
+    check_identity(document, config.calibration, run_identity(config.fingerprint.get("models", {}), config.chunk_length))
 
 
 def compare_with_workdir(request: RunRequest, workdir: Workdir, config: RunConfig,
@@ -122,6 +158,7 @@ def compare_with_workdir(request: RunRequest, workdir: Workdir, config: RunConfi
         if request.shards is None:
             config.shards = previous.shards  # auto-sizing must not change a run in flight
         config.fingerprint = compute_fingerprint(config, hashes)
+        check_calibration(config)
         differences = fingerprint_differences(previous.fingerprint, config.fingerprint)
         # another classifier (an evaluation of a training's or a prediction's workdir, say) reuses
         # the embeddings: only what reads the classifier is computed again
@@ -138,6 +175,7 @@ def compare_with_workdir(request: RunRequest, workdir: Workdir, config: RunConfi
         # differences with nothing done (e.g. an input fixed after prepare refused it): nothing to lose
         return bool(differences), ([] if differences else reset)
     config.fingerprint = compute_fingerprint(config, hashes)
+    check_calibration(config)
     return request.restart, []
 
 

@@ -202,6 +202,9 @@ def reproduce_command(config: RunConfig, workdir: Workdir) -> str:
                         ("--dnabert-token-budget", config.dnabert_token_budget),
                         ("--checkpoint-tokens", config.checkpoint_tokens),
                         ("--min-score", None if training else getattr(config, "min_score", None)),
+                        ("--calibration", None if training else getattr(config, "calibration", None)),
+                        ("--virus-share", None if training else getattr(config, "virus_share", None)),
+                        ("--max-fdr", None if training else getattr(config, "max_fdr", None)),
                         ("--holdout", config.holdout if training else None),
                         ("--seed", config.seed if training else None),
                         ("--target-fdr", config.target_fdr if evaluation else None)):

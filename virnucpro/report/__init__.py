@@ -18,9 +18,10 @@ from ..paths import REPORT_INDEX as INDEX  # noqa: F401 (the page's name, for ca
 from ..paths import Workdir
 from ..pipeline import PREDICTION, TRAINING
 from . import page
-from .data import gather, gather_training, load_state
+from .data import FDR_BINS, gather, gather_training, load_state
 
 STAGES_PNG = "stages.png"
+RELIABILITY_PNG = "reliability.png"
 LOSS_PNG, FRAMES_PNG = "training.loss.png", "training.frames.png"  # a training run's figures
 # Past this many inputs the page keeps every input in its summary table but draws figures for the
 # first ones only: a page of thousands of embedded figures helps nobody and takes long to draw.
@@ -67,9 +68,19 @@ def _write_files(workdir: Workdir, config: RunConfig, state, report, event: str)
         atomic_write_bytes(workdir.report_file(reads_name), reads)
         drawn[stats.index] = {f"{stats.name}: virus scores per frame and per read": scores,
                               f"{stats.name}: read calls, frames lost to stop codons, chunks and frames per read": reads}
+        if stats.fdr_counts is not None:
+            fdr = figures.fdr_curve_figure(stats.name, stats.fdr_counts, FDR_BINS, page.share_text(stats).replace(
+                "&ndash;", "-") if stats.virus_share else "share not estimated")
+            atomic_write_bytes(workdir.report_file(f"{stats.name}.fdr.png"), fdr)
+            drawn[stats.index][f"{stats.name}: reads called virus at each --max-fdr"] = fdr
     stage_png = figures.stages_figure(report)
     atomic_write_bytes(workdir.report_file(STAGES_PNG), stage_png)
-    atomic_write_text(workdir.report_index, page.render(report, drawn, stage_png, max(0, len(report.inputs) - MAX_INPUT_FIGURES)))
+    reliability = None
+    if report.reliability is not None and report.reliability["rows"]:
+        reliability = figures.reliability_figure({"read": report.reliability["rows"]}, "Reliability of the calibration")
+        atomic_write_bytes(workdir.report_file(RELIABILITY_PNG), reliability)
+    atomic_write_text(workdir.report_index, page.render(report, drawn, stage_png, max(0, len(report.inputs) - MAX_INPUT_FIGURES),
+                                                        reliability))
     update_provenance(workdir, config, event, state)
     return workdir.report_index
 

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..calibration_meta import CalibrationFileError, read_calibration
 from ..errors import StateError
 from ..json_files import read_json
 from ..orchestration.config import RunConfig
@@ -35,6 +36,7 @@ BLOCK_ROWS = 65536
 FRAMES_PER_CHUNK = 6
 CALLS = ("virus", "others", "no_frames")
 TOP_READS = 25  # rows of the report's table of the best-scoring reads (of the whole run)
+FDR_BINS = np.r_[0.0, np.logspace(-4, 0, 81)]  # reads.tsv's fdr, for each input's curve of calls against --max-fdr
 
 
 class ScoreHistogram:
@@ -119,6 +121,8 @@ class InputStats:
     calls: dict = field(default_factory=lambda: {call: 0 for call in CALLS})
     # the TOP_READS best-scoring reads of this input: (max_virus_score, -row, read_id, chunks, call)
     top_reads: list = field(default_factory=list)
+    fdr_counts: np.ndarray | None = None  # reads per FDR_BINS bin of reads.tsv's fdr (None: no calibration)
+    virus_share: tuple | None = None  # (estimated_virus_share, low, high) as the MultiQC summary gives them
 
     @property
     def frames_lost_to_stops(self) -> int:
@@ -137,6 +141,7 @@ class RunReport:
     inputs: list[InputStats]
     min_score: float | None
     container: dict | None = None  # the image the latest submission's tasks run in
+    reliability: dict | None = None  # the run calibration's reliability rows and where they come from
 
     @property
     def complete(self) -> bool:
@@ -265,6 +270,7 @@ def read_results(workdir: Workdir, stats: InputStats, block_rows: int, scores: P
         viral = sum(label == "virus" for label in labels)
         stats.frame_labels["virus"] += viral
         stats.frame_labels["others"] += len(labels) - viral
+    read_fdr(stats, reads_file, block_rows)
     row = 0
     for read_ids, chunks, calls, best in table_blocks(reads_file, ("read_id", "chunks", "call", "max_virus_score"),
                                                       block_rows):
@@ -274,6 +280,50 @@ def read_results(workdir: Workdir, stats: InputStats, block_rows: int, scores: P
         stats.read_scores.add(values[values >= 0])
         keep_best_reads(stats, values, read_ids, chunks, calls, row)
         row += len(read_ids)
+
+
+def read_fdr(stats: InputStats, reads_file: Path, block_rows: int) -> None:
+    """The fdr column of reads.tsv folded into FDR_BINS (left None where it is NA or absent)."""
+    opened = gzip.open(reads_file, "rt", encoding="utf-8") if reads_file.name.endswith(COMPRESSED_SUFFIX) else \
+        open(reads_file, encoding="utf-8")
+    with opened as handle:
+        if "fdr" not in handle.readline().rstrip("\r\n").split("\t"):
+            return  # written before the column existed
+    counts = np.zeros(len(FDR_BINS) - 1, np.int64)
+    for (fdr,) in table_blocks(reads_file, ("fdr",), block_rows):
+        if fdr and fdr[0] == "NA":
+            return
+        counts += np.histogram(np.asarray(fdr, dtype=np.float64), bins=FDR_BINS)[0]
+    stats.fdr_counts = counts
+
+
+def read_shares(workdir: Workdir, inputs: list[InputStats]) -> None:
+    """Each input's estimated virus share and interval from the MultiQC summary (when it has them)."""
+    try:
+        lines = [line.rstrip("\n").split("\t") for line in workdir.multiqc_summary.read_text(encoding="utf-8").splitlines()
+                 if not line.startswith("#")]
+    except OSError:
+        return
+    if not lines or "estimated_virus_share" not in lines[0]:
+        return
+    columns = [lines[0].index(c) for c in ("estimated_virus_share", "virus_share_low", "virus_share_high")]
+    by_name = {row[0]: tuple(row[c] for c in columns) for row in lines[1:] if len(row) == len(lines[0])}
+    for stats in inputs:
+        share = by_name.get(stats.name)
+        stats.virus_share = share if share and share[0] != "NA" else None
+
+
+def read_reliability(config: RunConfig) -> dict | None:
+    """The reliability diagram of the calibration the run uses, and where it is (None: none, or unreadable)."""
+    path = getattr(config, "calibration", None)
+    if not path:
+        return None
+    try:
+        document = read_calibration(path)
+    except CalibrationFileError:
+        return None
+    return {"path": path, "rows": document.get("reliability", []), "method": document["method"],
+            "labelled_share": document["labelled_virus_share"], "reads": document.get("counts", {}).get("reads")}
 
 
 def keep_best_reads(stats: InputStats, values: np.ndarray, read_ids: list[str], chunks: list[str], calls: list[str],
@@ -312,9 +362,10 @@ def gather(workdir: Workdir, config: RunConfig, state: dict[str, dict[int, Shard
         read_results(workdir, stats, block_rows, scores, first_frame, getattr(config, "compress", False))
         first_frame += stats.frames
         inputs.append(stats)
+    read_shares(workdir, inputs)
     return RunReport(workdir=workdir, config=config, generated=time.time(), stages=stage_timings(state, config),
                      inputs=inputs, min_score=getattr(config, "min_score", None),
-                     container=submitted_container(submissions(workdir)))
+                     container=submitted_container(submissions(workdir)), reliability=read_reliability(config))
 
 
 # ---------------------------------------------------------------- a training run's report
@@ -340,6 +391,7 @@ class TrainingReport:
     classifier: dict | None  # classifier.json of a finished training
     progress: dict | None  # training/checkpoint.json: the epochs done so far
     problem: str | None = None  # why neither tells what the training did
+    container: dict | None = None  # the image the latest submission's tasks run in
 
     @property
     def complete(self) -> bool:
@@ -386,4 +438,5 @@ def gather_training(workdir: Workdir, config: RunConfig, state: dict[str, dict[i
         progress, unread = read_json_file(workdir.training_state)
         problem = problem or (unread if workdir.training_state.exists() else None)
     return TrainingReport(workdir=workdir, config=config, generated=time.time(), stages=stage_timings(state, config),
-                          inputs=inputs, classifier=classifier, progress=progress, problem=problem)
+                          inputs=inputs, classifier=classifier, progress=progress, problem=problem,
+                          container=submitted_container(submissions(workdir)))

@@ -239,3 +239,46 @@ def training_frames_figure(report: TrainingReport) -> bytes:
     else:
         _nothing_yet(split_ax, "Frames per class and side of the split", "known when the training has finished")
     return png_bytes(figure)
+
+
+def reliability_figure(rows_by_level: dict[str, list[dict]], title: str = "Reliability diagram") -> bytes:
+    """Calibration's reliability diagram: per probability bin, the mean calibrated probability
+    against the observed virus share of the labelled reads in it (cross-validated); the diagonal
+    is a perfect calibration. Point area follows the bin's reads."""
+    figure = Figure(figsize=(5.2, 4.6))
+    ax = figure.add_subplot()
+    ax.plot([0, 1], [0, 1], color="#95a5a6", linestyle="--", linewidth=1, label="perfect")
+    for colour, (level, rows) in zip(("#c0392b", "#2e86c1"), rows_by_level.items()):
+        if not rows:
+            continue
+        reads = np.array([r["reads"] for r in rows], dtype=np.float64)
+        x = [r["mean_probability"] for r in rows]
+        y = [r["virus_share"] for r in rows]
+        ax.plot(x, y, color=colour, linewidth=1.2, label=f"per {level}")
+        ax.scatter(x, y, s=12 + 120 * reads / reads.max(), color=colour, alpha=0.7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("calibrated P(virus), at the labelled share")
+    ax.set_ylabel("virus share of the labelled reads")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    figure.tight_layout()
+    return png_bytes(figure)
+
+
+def fdr_curve_figure(name: str, fdr_counts: np.ndarray, edges: np.ndarray, share: str) -> bytes:
+    """Reads called against --max-fdr Q: the reads whose fdr is at most Q (fdr_counts: reads per
+    fdr bin between `edges`)."""
+    figure = Figure(figsize=(5.2, 3.6))
+    ax = figure.add_subplot()
+    called = np.r_[0, np.cumsum(fdr_counts)]
+    ax.step(edges, called, where="post", color=COLOURS["virus"], linewidth=1.4)
+    for target in (0.01, 0.05, 0.1):
+        ax.axvline(target, color="#95a5a6", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlim(max(edges[1], 1e-4), 1)
+    ax.set_xlabel("--max-fdr Q (log scale)")
+    ax.set_ylabel("reads called virus")
+    ax.set_title(f"{name}: reads called at each --max-fdr ({share})", fontsize=9, parse_math=False)
+    figure.tight_layout()
+    return png_bytes(figure)

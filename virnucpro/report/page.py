@@ -86,8 +86,31 @@ def summary_rows(report: RunReport) -> list[list[str]]:
             percent(s.calls["virus"], s.reads) if s.has_results else "-",
             number(s.calls["others"]) if s.has_results else "-",
             number(s.calls["no_frames"]) if s.has_results else "-",
+            share_text(s),
         ])
     return rows
+
+
+def share_text(s: InputStats) -> str:
+    """The input's estimated virus share with its 95% interval; a given share (--virus-share) alone."""
+    if s.virus_share is None:
+        return "-"
+    share, low, high = s.virus_share
+    return e(share) if low == "NA" else f"{e(share)} ({e(low)}&ndash;{e(high)})"
+
+
+def calibration_section(report: RunReport, figure: bytes | None) -> str:
+    """The calibration the run's probabilities come from, and its reliability diagram."""
+    if report.reliability is None:
+        return ""
+    r = report.reliability
+    return (f'<section id="calibration"><h2>Calibration</h2><p>reads.tsv\'s <code>virus_probability</code> and '
+            f'<code>fdr</code> come from <code>{e(r["path"])}</code> ({e(r["method"])}, fitted on '
+            f'{number(r["reads"])} labelled reads at a virus share of {r["labelled_share"]:.3f}), adapted to each '
+            "input's own virus share (summary above; 95% interval). The diagram shows how well its probabilities "
+            "matched the labelled reads (out-of-fold): points on the diagonal are right. They hold where the reads "
+            "score like the labelled ones given their class.</p>"
+            + (image(figure, "reliability diagram") if figure else "") + "</section>")
 
 
 def link(report: RunReport, path: Path) -> str:
@@ -130,6 +153,7 @@ def input_section(report: RunReport, s: InputStats, figures: dict[str, bytes]) -
         ["reads shorter than one codon", number(s.reads_too_short) if s.prepared else "-"],
         ["frames labelled virus / others", f"{number(s.frame_labels['virus'])} / {number(s.frame_labels['others'])}" if s.has_results else "no results yet"],
         ["reads called virus / others / no_frames", " / ".join(f"{number(s.calls[c])} ({percent(s.calls[c], s.reads)})" for c in ("virus", "others", "no_frames")) if s.has_results else "no results yet"],
+        *([["estimated virus share (95% interval)", share_text(s)]] if s.virus_share else []),
     ], text_columns=2)
     pictures = "".join(image(png, alt) for alt, png in figures.items())
     return (f'<section id="input-{s.index}"><h2>{e(s.name)}</h2>{facts}'
@@ -202,14 +226,15 @@ def run_section(report: RunReport) -> str:
 
 
 def render(report: RunReport, input_figures: dict[int, dict[str, bytes]], stage_figure: bytes,
-           omitted_inputs: int = 0) -> str:
+           omitted_inputs: int = 0, reliability_figure: bytes | None = None) -> str:
     state = ('<div class="banner ok">Run complete.</div>' if report.complete else
              '<div class="banner progress">Run in progress or stopped: figures show what is finished so far.</div>')
     sections = "".join(input_section(report, s, input_figures[s.index]) for s in report.inputs if s.index in input_figures)
     if omitted_inputs:
         sections += f'<p class="muted">Figures of {omitted_inputs} more input(s) are left out; the summary table lists them all.</p>'
     summary = table(["input", "reads", "bases", "chunks", "frames kept / possible", "lost to stops",
-                     "virus reads", "virus share", "others", "no frames"], summary_rows(report))
+                     "virus reads", "share called virus", "others", "no frames", "estimated virus share (95%)"],
+                    summary_rows(report))
     return document(report, "VirNucPro report", state, f"""<section id="summary"><h2>Summary</h2>
 {summary}
 <p>Call rule: {call_rule(report.min_score)}. Reads with no stop-free frame in any chunk are <b>no_frames</b>.</p>
@@ -217,6 +242,7 @@ def render(report: RunReport, input_figures: dict[int, dict[str, bytes]], stage_
 {link(report, report.workdir.multiqc_summary)}.</p>
 </section>
 {top_reads_section(report)}
+{calibration_section(report, reliability_figure)}
 {sections}
 {stages_section(report, stage_figure)}
 {run_section(report)}""")

@@ -4,7 +4,10 @@
   printed as numpy float32 str() exactly like the original;
 - prediction_results_highestscore.csv (tab-separated, as the original): one row per chunk,
   `Is_Virus = max(score2) >= max(score1)` over the chunk's frames, sorted by Modified_ID;
-- reads.tsv: one row per read, including reads that yielded no frame;
+- reads.tsv: one row per read, including reads that yielded no frame; with a calibration (the run's
+  --calibration, else the classifier's own) each read's virus probability at its input's own
+  virus share and its fdr (evaluation.calibration), and with --max-fdr Q the calls are exactly
+  the reads whose fdr (as printed) is at most Q;
 - viral.fna: the input's records of the reads called virus as they are in the input (whole
   header, line breaks, letters; CRLF line ends as LF), ready for CheckV and other downstream tools.
 With --compress each of them is gzipped (+ .gz). Beside the folders, for the whole run:
@@ -26,7 +29,9 @@ import yaml
 
 from .. import console
 from ..atomic import _is_out_of_space, atomic_open, fsync_dir, make_temp_file
+from ..calibration_meta import file_sha256
 from ..errors import InputError, OutputError, ShardError, StaleInputError
+from ..evaluation.calibration import Calibration, InputCalibration, ShareEstimate, calibrate_input, load_calibration
 from ..fasta import _decode_header, fasta_blocks
 from ..json_files import read_json
 from ..orchestration.runner import StageContext
@@ -37,7 +42,10 @@ from .prepare import READS_COLUMNS
 
 PREDICTION_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
 HIGHEST_HEADER = "Modified_ID\tIs_Virus\n"
-READS_HEADER = ("read_id", "length", "chunks", "frames", "viral_chunks", "max_virus_score", "call")
+READS_HEADER = ("read_id", "length", "chunks", "frames", "viral_chunks", "max_virus_score", "call", "virus_probability",
+                "fdr")
+NO_CALIBRATION = ("no calibration: reads.tsv's virus_probability and fdr are NA; fit one with 'virnucpro-slurm evaluate' "
+                  "on labelled reads like these and pass --calibration E/evaluation/NAME/calibration.json")
 
 
 def labels(score_others: np.ndarray, score_virus: np.ndarray) -> np.ndarray:
@@ -216,18 +224,38 @@ def remove_other_variant(workdir, config) -> None:
             path.unlink(missing_ok=True)
 
 
+def run_calibration(config) -> Calibration | None:
+    """The calibration the run's read calls use, as planning checked it (None: none, said once)."""
+    if not getattr(config, "calibration", None):
+        console.info(NO_CALIBRATION)
+        return None
+    path = Path(config.calibration)
+    try:
+        changed = file_sha256(path) != config.calibration_sha256
+    except OSError as exc:
+        raise InputError(f"{path}: the run's calibration is unreadable ({exc.strerror or exc}); restore it, or run the "
+                         "same command with another --calibration") from None
+    if changed:
+        raise InputError(f"{path}: the calibration changed after the run was planned; run the same command again "
+                         "(it re-runs consensus with the new one)")
+    return load_calibration(path)
+
+
 def _consensus(ctx: StageContext, files: "ResultFiles", min_score: float | None = None) -> dict:
     workdir, config = ctx.workdir, ctx.config
     summary = read_summary(workdir)
     expected = [s["frames"] for s in summary["shards"]]
     totals = {"frames": 0, "chunks": 0, "reads": 0, "viral_reads": 0}
-    tally, current, viral_reads = InputTally(), 0, []
+    tally, current, viral_reads, estimates = InputTally(), 0, [], []
+    calibration = run_calibration(config)
 
     def finish_inputs_before(index: int) -> None:
         """Write the per-chunk and per-read files of every input before `index` (all its frames seen)."""
         nonlocal tally, current
         while current < index:
-            viral_reads.append(write_input_results(ctx, current, tally, min_score, summary, totals, files))
+            viral, estimate = write_input_results(ctx, current, tally, min_score, summary, totals, files, calibration)
+            viral_reads.append(viral)
+            estimates.append(estimate)
             tally, current = InputTally(), current + 1
 
     # Frames are in input order across the shards, so a frame's input follows from its position;
@@ -258,13 +286,15 @@ def _consensus(ctx: StageContext, files: "ResultFiles", min_score: float | None 
                 tally.add(frame_ids[a:b], s1[a:b], s2[a:b])
             first += len(frame_ids)
         finish_inputs_before(len(config.inputs))
-    write_run_tables(workdir, config, summary["inputs"], viral_reads, files)
+    write_run_tables(workdir, config, summary["inputs"], viral_reads, files, estimates)
     return totals
 
 
 def write_input_results(ctx: StageContext, index: int, tally: InputTally, min_score: float | None, summary: dict,
-                        totals: dict, files: "ResultFiles") -> int:
-    """The per-chunk, per-read and viral-read files of one input; returns how many reads are viral."""
+                        totals: dict, files: "ResultFiles",
+                        calibration: Calibration | None = None) -> tuple[int, ShareEstimate | None]:
+    """The per-chunk, per-read and viral-read files of one input; returns how many reads are viral
+    and, with a calibration, the input's virus share."""
     workdir, config = ctx.workdir, ctx.config
     name, compress = config.input_names[index], config.compress
     max_others, max_virus, new_read = tally.columns()
@@ -276,9 +306,15 @@ def write_input_results(ctx: StageContext, index: int, tally: InputTally, min_sc
         order = np.argsort(np.asarray(tally.chunk_ids, dtype=object), kind="stable")
         for block in blocks(order):
             handle.writelines(f"{tally.chunk_ids[i]}\t{virus[i]}\n" for i in block.tolist())
+    calibrated = None
+    if calibration is not None:
+        best, _, _ = read_calls(max_virus, chunk_is_virus, np.flatnonzero(new_read), None)
+        calibrated = read_probabilities(calibration, read_table_frames(workdir.reads_table(index)), best,
+                                        config.virus_share, config.max_fdr)
+        report_share(config.inputs[index], calibrated.estimate)
     viral = write_reads_table(workdir.reads_table(index), workdir.result_file(name, READS_TABLE, compress),
                               tally.chunk_ids, new_read, max_virus, chunk_is_virus, min_score,
-                              summary["inputs"][index]["reads"], files.open)
+                              summary["inputs"][index]["reads"], files.open, calibrated)
     with files.open(workdir.result_file(name, VIRAL_FASTA, compress), binary=True) as handle:
         write_viral_records(Path(config.inputs[index]), viral, handle)
     if tally.rows == 0:
@@ -287,7 +323,52 @@ def write_input_results(ctx: StageContext, index: int, tally: InputTally, min_sc
     totals["chunks"] += len(tally.chunk_ids)
     totals["viral_reads"] += len(viral)
     totals["reads"] += summary["inputs"][index]["reads"]
-    return len(viral)
+    return len(viral), None if calibrated is None else calibrated.estimate
+
+
+def read_probabilities(calibration: Calibration, frames: np.ndarray, best: np.ndarray, virus_share: float | None,
+                       max_fdr: float | None) -> InputCalibration:
+    """Every read's (prepare's table order; frames: its frame count) virus probability at the
+    input's share and its fdr, both as printed (6 significant digits), and with `max_fdr` the calls:
+    exactly the reads whose printed fdr is at most it, so the table checks against itself. `best`:
+    the max_virus_score of each read with frames, in order; the others score 0 (their band ignores it)."""
+    framed = frames > 0
+    if int(framed.sum()) != len(best):
+        raise ShardError(f"prepare's read table lists {int(framed.sum())} reads with frames, the predictions "
+                         f"{len(best)}; re-run with --restart")
+    scores = np.zeros(len(frames))
+    scores[framed] = best
+    result = calibrate_input(calibration, scores, frames, virus_share)
+    probability, fdr = as_printed(result.probability), as_printed(result.fdr)
+    return InputCalibration(probability, fdr, None if max_fdr is None else fdr <= max_fdr, result.estimate)
+
+
+def as_printed(values: np.ndarray) -> np.ndarray:
+    """The values as reads.tsv prints them (6 significant digits) and reads back."""
+    return np.asarray([float(f"{v:.6g}") for v in values.tolist()], dtype=np.float64)
+
+
+def read_table_frames(reads_in: Path) -> np.ndarray:
+    """The frames column of prepare's read table (every read, in order)."""
+    try:
+        with open(reads_in, encoding="utf-8", newline="") as source:
+            if source.readline() != "\t".join(READS_COLUMNS) + "\n":
+                raise ValueError("not its header")
+            return np.asarray([int(line.rsplit("\t", 1)[1]) for line in source], dtype=np.int64)
+    except (OSError, ValueError, IndexError) as exc:
+        raise StaleInputError(f"{reads_in}: prepare's read table is missing or damaged ({exc}); the prepare stage will "
+                              "run again", "prepare", 0) from None
+
+
+def report_share(path: str, estimate: ShareEstimate) -> None:
+    if estimate.method == "given":
+        console.info(f"{path}: virus share {estimate.share:g} (--virus-share)")
+        return
+    if estimate.share is not None:
+        console.info(f"{path}: estimated virus share {estimate.share:.4f} (95% interval {estimate.low:.4f}-"
+                     f"{estimate.high:.4f}) over {estimate.reads:,} reads")
+    if estimate.warning:
+        console.warn(f"{path}: {estimate.warning}")
 
 
 def write_viral_records(path: Path, viral: set[str], out) -> None:
@@ -311,18 +392,29 @@ def write_viral_records(path: Path, viral: set[str], out) -> None:
                          "the run read it: re-run the same command with --restart")
 
 
-def write_run_tables(workdir, config, inputs: list[dict], viral_reads: list[int], files: "ResultFiles") -> None:
+def write_run_tables(workdir, config, inputs: list[dict], viral_reads: list[int], files: "ResultFiles",
+                     estimates: list | None = None) -> None:
     """results/index.tsv (input path -> result folder) and the MultiQC summary of every input."""
+    estimates = estimates or [None] * len(inputs)
     with files.open(workdir.results_index) as handle:
         handle.write("input\tresults\n")
         handle.writelines(f"{tsv_field(path)}\t{name}\n" for path, name in zip(config.inputs, config.input_names))
     with files.open(workdir.multiqc_summary) as handle:
         handle.write(MULTIQC_HEADER)
         handle.write("\t".join(MULTIQC_COLUMNS) + "\n")
-        for name, counts, viral in zip(config.input_names, inputs, viral_reads):
+        for name, counts, viral, estimate in zip(config.input_names, inputs, viral_reads, estimates):
             share = f"{100 * viral / counts['reads']:.2f}" if counts["reads"] else "0.00"
             handle.write(f"{name}\t{counts['reads']}\t{counts['bases']}\t{counts['chunks']}\t{counts['frames']}\t"
-                         f"{counts['reads_without_frames']}\t{viral}\t{share}\n")
+                         f"{counts['reads_without_frames']}\t{viral}\t{share}\t{share_fields(estimate)}\n")
+
+
+def share_fields(estimate: ShareEstimate | None) -> str:
+    """estimated_virus_share, its 95% interval's ends: NA without a calibration, a given share without one."""
+    if estimate is None or estimate.share is None:
+        return "NA\tNA\tNA"
+    if estimate.method == "given":
+        return f"{estimate.share:g}\tNA\tNA"
+    return f"{estimate.share:.4f}\t{estimate.low:.4f}\t{estimate.high:.4f}"
 
 
 def tsv_field(text: str) -> str:
@@ -333,6 +425,7 @@ def tsv_field(text: str) -> str:
 # MultiQC custom content: YAML in '#' comment lines, then a table whose first column is the sample.
 # MultiQC shows only the columns its `headers:` block names, so every column has an entry here.
 COUNT = {"format": "{:,.0f}", "min": 0}
+SHARE = {"format": "{:,.4f}", "min": 0, "max": 1}
 MULTIQC_COLUMN_HEADERS = {
     "reads": {"title": "Reads", "description": "records read from the input", **COUNT},
     "bases": {"title": "Bases", "description": "nucleotides in the reads", **COUNT},
@@ -343,6 +436,10 @@ MULTIQC_COLUMN_HEADERS = {
     "viral_reads": {"title": "Viral reads", "description": "reads called virus", **COUNT},
     "viral_percent": {"title": "% viral", "description": "share of the reads called virus", "suffix": "%",
                       "max": 100, "min": 0, "format": "{:,.2f}"},
+    "estimated_virus_share": {"title": "Virus share", "description": "the share of viral reads estimated from the "
+                              "calibrated scores (NA without a calibration)", **SHARE},
+    "virus_share_low": {"title": "Share, 95% low", "description": "lower end of the share's 95% interval", **SHARE},
+    "virus_share_high": {"title": "Share, 95% high", "description": "upper end of the share's 95% interval", **SHARE},
 }
 MULTIQC_COLUMNS = ("Sample", *MULTIQC_COLUMN_HEADERS)
 MULTIQC_HEADER = "".join(f"# {line}\n" for line in yaml.safe_dump({
@@ -405,18 +502,20 @@ def read_calls(chunk_max_virus: np.ndarray, chunk_is_virus: np.ndarray, starts: 
 
 def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new_read: np.ndarray,
                       chunk_max_virus: np.ndarray, chunk_is_virus: np.ndarray, min_score: float | None,
-                      expected_reads: int, opener=atomic_open) -> set[str]:
+                      expected_reads: int, opener=atomic_open, calibrated: InputCalibration | None = None) -> set[str]:
     """reads.tsv: per read, the best virus score of any of its frames and the call; returns the
     ids of the reads called virus.
 
-    The call is `read_calls`'. Reads with frames come in the order of prepare's read table, which
-    also lists the others. A damaged read table (bad header, a malformed or cut line, rows missing or out of order, not
-    the `expected_reads` prepare recorded) is prepare's to redo: a StaleInputError.
+    The call is `read_calls`', or with `calibrated` calls (--max-fdr) theirs, a read without frames
+    included. Reads with frames come in the order of prepare's read table, which also lists the
+    others. A damaged read table (bad header, a malformed or cut line, rows missing or out of order,
+    not the `expected_reads` prepare recorded) is prepare's to redo: a StaleInputError.
     """
     starts = np.flatnonzero(new_read)
     best, viral_chunks, is_virus = read_calls(chunk_max_virus, chunk_is_virus, starts, min_score)
     is_virus, viral_chunks = is_virus.tolist(), viral_chunks.tolist()
     best_text = (text for block in blocks(best) for text in block.astype(str).tolist())
+    tails, fdr_calls = calibrated_fields(calibrated, expected_reads)
 
     def read_with_frames(j: int) -> str | None:
         return read_of_chunk(chunk_ids[starts[j]]) if j < len(starts) else None
@@ -442,14 +541,19 @@ def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new
                         or not fields[2].isdigit() or not fields[3].isdigit()):  # unrolled: run once per read
                     raise damaged(f"line {rows + 1} is malformed or cut short")
                 read_id, length, chunks, frames = fields
+                tail = tails[rows - 1] if tails is not None and rows <= len(tails) else "NA\tNA"
                 if read_id != expected:
-                    out.write(f"{read_id}\t{length}\t{chunks}\t0\t0\tNA\tno_frames\n")
+                    call = "virus" if fdr_calls is not None and fdr_calls[rows - 1] else "no_frames"
+                    if call == "virus":
+                        viral.add(read_id)
+                    out.write(f"{read_id}\t{length}\t{chunks}\t0\t0\tNA\t{call}\t{tail}\n")
                     continue
                 call = "others"
-                if is_virus[found]:
+                if (is_virus[found] if fdr_calls is None else fdr_calls[rows - 1]):
                     call = "virus"
                     viral.add(read_id)
-                out.write(f"{read_id}\t{length}\t{chunks}\t{frames}\t{viral_chunks[found]}\t{next(best_text)}\t{call}\n")
+                out.write(f"{read_id}\t{length}\t{chunks}\t{frames}\t{viral_chunks[found]}\t{next(best_text)}\t{call}"
+                          f"\t{tail}\n")
                 found += 1
                 expected = read_with_frames(found)
         except UnicodeDecodeError:
@@ -459,3 +563,14 @@ def write_reads_table(reads_in: Path, reads_out: Path, chunk_ids: list[str], new
     if rows != expected_reads:
         raise damaged(f"{rows} reads, prepare recorded {expected_reads}")
     return viral
+
+
+def calibrated_fields(calibrated: InputCalibration | None, reads: int) -> tuple[list[str] | None, list[bool] | None]:
+    """Per read: the text of its virus_probability and fdr columns, and its --max-fdr call."""
+    if calibrated is None:
+        return None, None
+    if len(calibrated.probability) != reads:
+        raise ShardError(f"{len(calibrated.probability)} calibrated reads for {reads} in prepare's table; re-run with "
+                         "--restart")
+    tails = [f"{q:.6g}\t{f:.6g}" for q, f in zip(calibrated.probability.tolist(), calibrated.fdr.tolist())]
+    return tails, None if calibrated.calls is None else calibrated.calls.tolist()

@@ -4,7 +4,8 @@ Reads every shard's frame table and its two embedding matrices (training.rows), 
 with its input's label, holds out a fraction of the sequences (by the split keys prepare wrote), and trains with the original recipe
 (training.recipe), checkpointing into training/ every epoch and when asked to stop (SIGTERM/USR2:
 at the next batch boundary), so a requeued or re-run task resumes where it stopped. Writes
-classifier/classifier.safetensors and classifier/classifier.json, then the training's report.
+classifier/classifier.safetensors and classifier/classifier.json, which carries the calibration of
+the held-out reads' scores (training.calibrate) as the classifier's own, then the training's report.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def classifier_metadata(config) -> dict:
 
 
 def open_stage(ctx):
-    from ..training import ORIGINAL, TrainingInterrupted, fit, write_classifier  # torch: when the stage opens
+    # torch: when the stage opens
+    from ..training import ORIGINAL, TrainingInterrupted, fit, write_classifier
+    from ..training.calibrate import held_out_calibration
 
     config, workdir = ctx.config, ctx.workdir
     device = resolve_device(config.device)
@@ -65,7 +68,10 @@ def open_stage(ctx):
                           console.info, RECIPE or ORIGINAL, warn=console.warn)
         except TrainingInterrupted as stop:
             raise ShardInterrupted({"epoch": stop.epoch + 1, "batch": stop.batch}) from None
-        write_classifier(workdir.classifier_weights, workdir.classifier_meta, trained, classifier_metadata(config))
+        calibration, said = held_out_calibration(workdir, config, trained.held_out_scores)
+        console.info(said)
+        write_classifier(workdir.classifier_weights, workdir.classifier_meta, trained, classifier_metadata(config),
+                         calibration)
         metrics = {"frames": trained.rows["training"] + trained.rows["held_out"], "epochs": trained.epochs,
                    "best_epoch": trained.best_epoch, "held_out_accuracy": trained.metrics.get("accuracy"),
                    "device": device}  # what --device auto became: the reports' "device" row

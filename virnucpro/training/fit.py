@@ -55,6 +55,7 @@ class TrainedClassifier:
     history: list = field(default_factory=list)  # per epoch: train_loss, held_out_loss, learning_rate
     metrics: dict = field(default_factory=dict)  # of the best weights on the held-out frames
     rows: dict = field(default_factory=dict)
+    held_out_scores: np.ndarray | None = None  # the best weights' virus score of every held-out row, in shard order
 
     def model(self) -> MLPClassifier:
         model = MLPClassifier(sum(self.input_widths.values()), self.recipe.hidden, self.recipe.classes)
@@ -292,7 +293,8 @@ def fit(sources: Sequence[ShardSource], labels_by_input: Sequence[int], holdout:
         metrics=held_out_metrics(truth, scores, progress["best_loss"]),
         rows={"training": index.training_rows, "held_out": index.held_out_rows,
               **{f"{side}_{name}": index.counts[(held, label)]
-                 for held, side in ((False, "training"), (True, "held_out")) for label, name in enumerate(CLASS_NAMES)}})
+                 for held, side in ((False, "training"), (True, "held_out")) for label, name in enumerate(CLASS_NAMES)}},
+        held_out_scores=scores)
 
 
 def held_out_metrics(truth: np.ndarray, scores: np.ndarray, loss: float) -> dict:
