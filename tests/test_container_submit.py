@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from source_tree import source_copy
 from virnucpro import __version__
 from virnucpro.orchestration.container import IMAGE_PYTHON, Container
 from virnucpro.orchestration.slurm.sbatch import container_task_lines
@@ -272,12 +273,7 @@ def test_the_login_node_requirements_are_the_packages_own_pins():
 
 def test_a_login_node_installed_without_torch_submits_a_container_run(sif, demo_models, example_inputs, tmp_path):
     """The README's login-node install: the package without its dependencies, then the light ones."""
-    source = tmp_path / "source"  # a build writes build/ and egg-info beside the sources: not in the checkout
-    source.mkdir()
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    for name in ("virnucpro", "slurm_templates"):
-        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    source = source_copy(tmp_path)
     venv = tmp_path / "login-node"
     python = venv / "bin" / "python"
     for argv in ([sys.executable, "-m", "venv", venv],

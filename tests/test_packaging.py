@@ -2,11 +2,12 @@
 finds its bundled example data, the demo DNABERT-S model code and the named SLURM profiles."""
 
 import os
-import shutil
 import site
 import subprocess
 import sys
 from pathlib import Path
+
+from source_tree import source_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,12 +19,7 @@ def run(argv, **kwargs):
 
 
 def test_an_installed_wheel_runs_without_the_checkout(tmp_path, demo_models, example_inputs):
-    source = tmp_path / "source"  # a build writes build/ and egg-info beside the sources: not in the checkout
-    source.mkdir()
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    for name in ("virnucpro", "slurm_templates"):
-        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    source = source_copy(tmp_path)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", source])
     wheel, = (tmp_path / "dist").glob("virnucpro-*.whl")
     venv = tmp_path / "venv"

@@ -136,29 +136,33 @@ def _add_esm_engine_options(group) -> None:
                             "compute (the GEMMs' dtype: less memory traffic)")
 
 
-def _positive_int(text: str) -> int:
-    """An option that counts something (shards, tokens): a whole number >= 1, refused at parse time."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
+def _number_option(convert, accept, what: str):
+    """An option's type: `text` converted (int or float) and accepted by `accept`, else refused at
+    parse time in one line saying what it must be (nan fails every comparison: refused too)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            return _refuse(text, what)
+        return value if accept(value) else _refuse(text, what)
+    return parse
+
+
+def _refuse(text: str, what: str):
+    raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+
+
+# counts (shards, tokens)
+_positive_int = _number_option(int, lambda v: v >= 1, "a whole number of at least 1")
+_whole_number = _number_option(int, lambda v: v >= 0, "a whole number of at least 0")
+# a duration: finite and > 0 (-1, nan and inf refused)
+positive_seconds = _number_option(float, lambda v: math.isfinite(v) and v > 0, "a positive number of seconds")
+_fraction = _number_option(float, lambda v: 0.0 < v < 1.0, "a fraction between 0 and 1 (both excluded)")
+_score = _number_option(float, lambda v: 0.0 <= v <= 1.0, "a score between 0 and 1")
+_fdr = _number_option(float, lambda v: 0.0 < v <= 1.0, "a false-discovery rate: above 0, at most 1")
 
 
 WATCH_MIN_SECONDS = 0.5  # a redraw folds every state record: faster would be a busy loop on a big run
-
-
-def positive_seconds(text: str) -> float:
-    """A duration option: a finite number of seconds > 0, refused at parse time (-1, nan, inf)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
 
 
 def _watch_seconds(text: str) -> float:
@@ -173,16 +177,6 @@ def _chunk_length(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _whole_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
-    return value
-
-
 def _seed(text: str) -> int:
     """--seed: 0 to 2**64 - 1 (-1 or 2**64 would pass int() and fail deep in the training)."""
     try:
@@ -195,42 +189,12 @@ def _seed(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1 (both excluded)")
-    return value
-
-
 def _device(text: str) -> str:
     """auto, cpu, cuda or cuda:N; anything else (tpu, mps, cuda:x) is refused at parse time."""
     head, _, index = text.partition(":")
     if text in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit()):
         return text
     raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda or cuda:N")
-
-
-def _score(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
-    return value
-
-
-def _fdr(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a false-discovery rate: above 0, at most 1")
-    return value
 
 
 ONLY_CHOICES = ("esm2", "dnabert", "classifiers")
