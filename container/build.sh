@@ -31,6 +31,14 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$out" ] || { echo "build.sh: --out DIR is required" >&2; usage; }
+# A rebuild replaces the image folder this script wrote (it holds ch/virnucpro-image.json); anything
+# else of that name is the user's, and is never removed.
+if [ -e "$out/virnucpro.ch" ] || [ -L "$out/virnucpro.ch" ]; then
+    if [ -L "$out/virnucpro.ch" ] || [ ! -f "$out/virnucpro.ch/ch/virnucpro-image.json" ]; then
+        echo "build.sh: $out/virnucpro.ch exists and is not an image this script built; move it away or give another --out" >&2
+        exit 2
+    fi
+fi
 if [ -n "$wheels" ] && ! ls "$wheels"/*.whl >/dev/null 2>&1; then
     echo "build.sh: $wheels: no .whl files there; give the folder that holds the torch wheel" >&2
     exit 2

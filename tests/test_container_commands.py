@@ -145,3 +145,24 @@ def test_the_container_module_imports_no_torch():
     code = "import sys, virnucpro.orchestration.container; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("kind", ["folder", "link"])
+def test_build_never_replaces_a_virnucpro_ch_it_did_not_build(tmp_path, kind):
+    """A rebuild replaces the image folder build.sh wrote (it holds ch/virnucpro-image.json); a
+    folder of that name without it, or a link, is the user's: refused before any work, untouched."""
+    theirs = tmp_path / "theirs"
+    (theirs / "keep").mkdir(parents=True)
+    (theirs / "keep" / "file").write_text("mine\n")
+    image = tmp_path / "out" / "virnucpro.ch"
+    image.parent.mkdir()
+    if kind == "folder":
+        theirs.rename(image)
+        kept = image / "keep" / "file"
+    else:
+        image.symlink_to(theirs)
+        kept = theirs / "keep" / "file"
+    done = subprocess.run(["bash", str(ROOT / "container" / "build.sh"), "--out", str(image.parent)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "is not an image this script built" in done.stderr, done.stderr
+    assert kept.read_text() == "mine\n" and (image.is_symlink() == (kind == "link"))
